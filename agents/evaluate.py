@@ -1,0 +1,44 @@
+"""``worldrl eval CHECKPOINT``: rebuild the run's env and agent from the checkpoint and evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from agents.acting import carry_primer
+from agents.run_dir import CheckpointError, load_checkpoint
+from agents.train import build_agent, build_env, evaluate, load_agent_state, resolve_device
+
+
+def evaluate_checkpoint(path: str | Path, episodes: int | None = None,
+                        max_steps: int | None = None, seed: int = 12345) -> dict:
+    payload = load_checkpoint(path)
+    if "config" not in payload:
+        raise CheckpointError(f"{path} has no config entry")
+    cfg = OmegaConf.create(payload["config"])
+    torch.manual_seed(seed)
+    env = build_env(cfg.env, seed=seed, num_envs=1)
+    agent, obs_keys = build_agent(cfg, env, resolve_device(cfg.device))
+    env.append_transform(carry_primer(agent))
+    try:
+        load_agent_state(agent, payload["agent"])
+    except (RuntimeError, KeyError) as err:
+        raise CheckpointError(
+            f"{path}: the weights do not fit the agent of its config: {err}"
+        ) from None
+    episodes = episodes or cfg.eval.episodes
+    returns = evaluate(agent, obs_keys, env, episodes, max_steps or cfg.eval.max_steps)
+    env.close()
+    result = {
+        "checkpoint": str(path), "env_steps": payload["counters"]["env_steps"],
+        "episodes": episodes, "return_mean": float(np.mean(returns)),
+        "return_std": float(np.std(returns)), "returns": returns,
+    }
+    out = Path(path)
+    out = (out if out.is_dir() else out.parent) / "eval_checkpoint.json"
+    out.write_text(json.dumps(result, indent=1))
+    return result

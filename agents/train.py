@@ -1,0 +1,265 @@
+"""The training loop: collect with a TorchRL ``Collector``, replay, learn at a fixed train ratio.
+
+Reads like DreamerV3's ``run/train.py``::
+
+    prefill with the random policy
+    for each collected batch:
+        add it to replay
+        while replayed steps < train_ratio * env steps: one update on a replayed [B, T] batch
+        every N steps: log, evaluate, write a video, checkpoint
+
+The same command after a kill resumes from the last checkpoint with the replay on disk intact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import envs
+from agents import make_agent
+from agents.acting import ActingModule, act_space_of, carry_primer, obs_space_of
+from agents.logger import Logger
+from agents.run_dir import (
+    CHECKPOINT_FILE,
+    load_checkpoint,
+    prepare,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from worldrl.replay import Replay
+
+MODEL_OBS_KEYS = ("pixels", "vector", "audio")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ValueError(f"unknown device {name!r}; choose one of: auto, cpu, cuda")
+    return torch.device(name)
+
+
+def agent_config(cfg: DictConfig) -> DictConfig:
+    """The agent's own sub-config with its backbone sub-config merged in."""
+    agent = OmegaConf.create(OmegaConf.to_container(cfg.agent, resolve=True))
+    agent.backbone = OmegaConf.create(OmegaConf.to_container(cfg.backbone, resolve=True))
+    return agent
+
+
+def build_env(env_cfg: DictConfig, seed: int | None, num_envs: int | None = None):
+    return envs.make_env(
+        env_cfg.suite, env_cfg.task, num_envs=num_envs or env_cfg.num_envs,
+        parallel=env_cfg.parallel, seed=seed, options=OmegaConf.to_container(env_cfg.options),
+    )
+
+
+def build_agent(cfg: DictConfig, env, device: torch.device):
+    obs_space = obs_space_of(env.observation_spec, MODEL_OBS_KEYS)
+    act_space = act_space_of(env.action_spec)
+    agent = make_agent(cfg.agent.name, obs_space, act_space, agent_config(cfg))
+    return agent.to(device), list(obs_space)
+
+
+def agent_state(agent) -> dict:
+    state = {"model": agent.state_dict()}
+    if hasattr(agent, "optim_state_dict"):
+        state["optim"] = agent.optim_state_dict()
+    return state
+
+
+def load_agent_state(agent, state: dict) -> None:
+    agent.load_state_dict(state["model"])
+    if "optim" in state and hasattr(agent, "load_optim_state_dict"):
+        agent.load_optim_state_dict(state["optim"])
+
+
+def evaluate(agent, obs_keys, env, episodes: int, max_steps: int) -> list[float]:
+    """Returns of ``episodes`` episodes with the policy's mode (``eval``), each capped."""
+    policy = ActingModule(agent, obs_keys, env.action_spec, mode="eval")
+    returns = []
+    for _ in range(episodes):
+        td = env.rollout(max_steps, policy, break_when_any_done=True, auto_cast_to_device=True)
+        returns.append(float(td["next", "reward"].sum()))
+    return returns
+
+
+def _check(cfg: DictConfig) -> None:
+    """Validate names before anything touches the disk."""
+    envs.check_task(cfg.env.suite, cfg.env.task)
+    resolve_device(cfg.device)
+    t = cfg.train
+    for key in ("batch_size", "seq_len", "steps_per_batch"):
+        if t[key] < 1:
+            raise ValueError(f"train.{key} must be >= 1, got {t[key]}")
+    if t.train_ratio < 0:
+        raise ValueError(f"train.train_ratio must be >= 0, got {t.train_ratio}")
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train (or resume) the run described by ``cfg``; returns the final summary."""
+    _check(cfg)
+    device = resolve_device(cfg.device)
+    env = build_env(cfg.env, seed=None)  # fails on a missing optional dependency before any I/O
+    run_dir, resuming = prepare(cfg)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    ckpt = load_checkpoint(run_dir / CHECKPOINT_FILE) if resuming else None
+    counters = dict(ckpt["counters"]) if ckpt else {
+        "env_steps": 0, "updates": 0, "episodes": 0, "last_eval": 0, "last_log": 0,
+        "last_checkpoint": 0, "last_video": 0, "resumes": 0,
+    }
+    if ckpt and counters["env_steps"] >= cfg.steps:
+        env.close()
+        print(f"{run_dir} already trained for {counters['env_steps']} steps (steps={cfg.steps}); "
+              "raise steps=... to train further")
+        summary_file = run_dir / "summary.json"
+        return json.loads(summary_file.read_text()) if summary_file.exists() else counters
+    if ckpt:
+        counters["resumes"] += 1
+    # a resumed run reseeds its envs: the episodes in flight at the kill are gone
+    env.set_seed(cfg.seed + 1000 * counters["resumes"])
+    agent, obs_keys = build_agent(cfg, env, device)
+    env.append_transform(carry_primer(agent))
+    eval_env = build_env(cfg.env, cfg.seed + 10_000 + counters["resumes"], num_envs=1)
+    eval_env.append_transform(carry_primer(agent))
+
+    t = cfg.train
+    num_envs = cfg.env.num_envs
+    replay = Replay(run_dir / "replay", cfg.replay.capacity, num_envs, t.batch_size, t.seq_len,
+                    sampler=cfg.replay.sampler, seed=cfg.seed)
+    if ckpt:
+        load_agent_state(agent, ckpt["agent"])
+        replay.load_state_dict(ckpt["replay"])
+        set_rng_state(ckpt["rng"])
+        print(f"resumed {run_dir} at env step {counters['env_steps']} "
+              f"({counters['updates']} updates, {len(replay)} replay rows)")
+
+    policy = ActingModule(agent, obs_keys, env.action_spec, mode="random")
+    from torchrl.collectors import Collector
+
+    collector = Collector(env, policy, frames_per_batch=num_envs * t.steps_per_batch,
+                          total_frames=-1, auto_register_policy_transforms=False)
+    logger = Logger(run_dir)
+    pbar = _progress(cfg, counters["env_steps"])
+    train_metrics: dict[str, list[float]] = defaultdict(list)
+    recent_returns: list[float] = []
+    replayed_per_update = t.batch_size * t.seq_len
+    start_time, start_steps = time.time(), counters["env_steps"]
+
+    def checkpoint():
+        save_checkpoint(run_dir / CHECKPOINT_FILE, {
+            "agent": agent_state(agent), "counters": counters, "replay": replay.state_dict(),
+            "rng": rng_state(), "config": OmegaConf.to_container(cfg, resolve=True),
+        })
+        counters["last_checkpoint"] = counters["env_steps"]
+
+    try:
+        for batch in collector:
+            counters["env_steps"] += batch.numel()
+            step = counters["env_steps"]
+            replay.add(batch)
+            done = batch["next", "done"].reshape(-1)
+            if done.any():
+                rets = batch["next", "episode_reward"].reshape(-1)[done].tolist()
+                lens = batch["next", "step_count"].reshape(-1)[done].tolist()
+                for r, n in zip(rets, lens):
+                    counters["episodes"] += 1
+                    recent_returns.append(r)
+                    logger.row("episodes", {"step": step, "episode": counters["episodes"],
+                                            "return": r, "length": n})
+
+            if step >= t.prefill and replay.ready():
+                policy.mode = "train"
+                due = math.floor((step - t.prefill) * t.train_ratio / replayed_per_update)
+                while counters["updates"] < due:
+                    data = replay.sample().to(device)
+                    for k, v in agent.train_step(data).items():
+                        train_metrics[k].append(float(v))
+                    counters["updates"] += 1
+
+            if step - counters["last_log"] >= t.log_every:
+                sps = (step - start_steps) / max(time.time() - start_time, 1e-9)
+                row = {k: float(np.mean(v)) for k, v in train_metrics.items()}
+                row.update({"env_steps_per_s": sps, "updates": counters["updates"],
+                            "replay_rows": len(replay), "episodes": counters["episodes"]})
+                if recent_returns:
+                    row["episode/return"] = float(np.mean(recent_returns))
+                logger.scalars(step, row)
+                train_metrics.clear()
+                counters["last_log"] = step
+            if t.video_every and step - counters["last_video"] >= t.video_every and replay.ready():
+                _video(agent, replay, run_dir, step, device)
+                counters["last_video"] = step
+            if cfg.eval.every and step - counters["last_eval"] >= cfg.eval.every:
+                _eval(agent, obs_keys, eval_env, cfg, logger, step)
+                counters["last_eval"] = step
+            if step - counters["last_checkpoint"] >= t.checkpoint_every:
+                checkpoint()
+            if pbar is not None:
+                pbar.update(batch.numel())
+                post = {"sps": f"{(step - start_steps) / max(time.time() - start_time, 1e-9):.0f}",
+                        "upd": counters["updates"]}
+                if recent_returns:
+                    post["ret"] = f"{recent_returns[-1]:.1f}"
+                pbar.set_postfix(post, refresh=False)
+            recent_returns = recent_returns[-100:]
+            if step >= cfg.steps:
+                break
+        final = _eval(agent, obs_keys, eval_env, cfg, logger, counters["env_steps"])
+        counters["last_eval"] = counters["env_steps"]
+        checkpoint()
+    finally:
+        collector.shutdown()
+        eval_env.close()
+        if pbar is not None:
+            pbar.close()
+        logger.close()
+    summary = {
+        "env_steps": counters["env_steps"], "updates": counters["updates"],
+        "episodes": counters["episodes"], "replay_rows": len(replay),
+        "eval_return_mean": float(np.mean(final)), "eval_return_std": float(np.std(final)),
+        "eval_episodes": len(final), "resumes": counters["resumes"],
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _progress(cfg, initial: int):
+    if not cfg.train.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.steps, initial=initial, unit="step", dynamic_ncols=True,
+                desc=f"{cfg.env.suite}/{cfg.env.task}")
+
+
+def _eval(agent, obs_keys, eval_env, cfg, logger, step) -> list[float]:
+    returns = evaluate(agent, obs_keys, eval_env, cfg.eval.episodes, cfg.eval.max_steps)
+    mean, std = float(np.mean(returns)), float(np.std(returns))
+    logger.row("eval", {"step": step, "return_mean": mean, "return_std": std,
+                        "episodes": len(returns)})
+    logger.scalars(step, {"eval/return": mean})
+    return returns
+
+
+def _video(agent, replay, run_dir: Path, step: int, device) -> None:
+    frames = agent.video(replay.sample().to(device))
+    if frames is None:
+        return
+    import imageio
+
+    out = run_dir / "videos"
+    out.mkdir(exist_ok=True)
+    imageio.mimsave(out / f"openloop-{step:08d}.gif", list(np.asarray(frames)), duration=0.1)

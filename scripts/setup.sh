@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Set up worldrl in a virtual environment (./.venv by default), idempotently.
+#
+#   bash scripts/setup.sh            # the library with Atari + DMC + TensorBoard extras
+#   bash scripts/setup.sh dev        # the same plus pytest, ruff, scipy (for the tests)
+#
+# torch is installed first, on its own: on a machine with an NVIDIA driver (nvidia-smi works) pip's
+# default CUDA build, otherwise the CPU build. Without this step pip would resolve an unpinned
+# `torch` to the newest CUDA build (several GB) even on a CPU-only machine.
+# Environment: WORLDRL_VENV (venv path), PYTHON (interpreter, >= 3.10), TORCH_VERSION (default
+# 2.13.0), TORCH_INDEX_URL (a wheel index for torch, e.g. PyTorch's CPU index on a CPU machine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras="${1:-all}"
+venv="${WORLDRL_VENV:-.venv}"
+python="${PYTHON:-python3}"
+torch_version="${TORCH_VERSION:-2.13.0}"
+
+"$python" - <<'PY' || { echo "worldrl needs Python >= 3.10 (set PYTHON=...)" >&2; exit 1; }
+import sys
+sys.exit(0 if sys.version_info >= (3, 10) else 1)
+PY
+
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+
+if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
+    echo "setup: NVIDIA driver found: installing the CUDA build of torch==$torch_version"
+    "${pip[@]}" install "torch==$torch_version"
+  else
+    echo "setup: no CUDA driver: installing the CPU build of torch==$torch_version"
+    if [ -n "${TORCH_INDEX_URL:-}" ]; then
+      "${pip[@]}" install "torch==$torch_version" --index-url "$TORCH_INDEX_URL"
+    else
+      "${pip[@]}" install "torch==$torch_version"
+    fi
+  fi
+fi
+
+echo "setup: installing worldrl[$extras] (editable)"
+"${pip[@]}" install -e ".[$extras]"
+"$venv/bin/python" -c "import torch, torchrl, worldrl, agents, envs, kernels; \
+print(f'setup: ok (torch {torch.__version__}, torchrl {torchrl.__version__}, cuda={torch.cuda.is_available()})')"

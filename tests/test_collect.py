@@ -1,0 +1,106 @@
+"""Collection through TorchRL's Collector with the acting module and its recurrent carry."""
+
+import pytest
+import torch
+from torch import nn
+from torchrl.collectors import Collector
+
+import envs
+from agents.acting import ActingModule, carry_primer
+from tests.helpers import CounterEnv
+
+
+class CountingAgent(nn.Module):
+    """Carry = steps seen since the episode started; acts 1 (one-hot) in train/eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def carry_spec(self):
+        return {"count": (1,)}
+
+    def act(self, obs, is_first, carry, mode="train"):
+        self.calls += 1
+        count = torch.where(is_first[:, None], torch.zeros_like(carry["count"]), carry["count"])
+        count = count + 1
+        action = torch.zeros(is_first.shape[0], 3)
+        action[:, 1] = 1
+        return action, {"count": count}
+
+
+def make_collector(agent, num_envs=2, mode="train"):
+    env = envs.wrap(CounterEnv, num_envs=num_envs, seed=0)
+    env.append_transform(carry_primer(agent))
+    policy = ActingModule(agent, ["vector"], env.action_spec, mode=mode)
+    col = Collector(env, policy, frames_per_batch=num_envs * 20, total_frames=-1,
+                    auto_register_policy_transforms=False)
+    return col, policy
+
+
+def test_carry_is_threaded_through_steps_and_reset_at_episode_start():
+    agent = CountingAgent()
+    col, _ = make_collector(agent)
+    batches = []
+    for i, b in enumerate(col):
+        batches.append(b)
+        if i == 2:
+            break
+    col.shutdown()
+    data = torch.cat(batches, dim=1)  # [2 envs, 60 steps]
+    t = data["vector"][..., 2]             # step within the episode, from the env
+    written = data["next", "carry", "count"][..., 0]
+    read = data["carry", "count"][..., 0]
+    assert torch.equal(written, t + 1)     # reset at every is_first, +1 per step otherwise
+    assert data["is_first"].sum() >= 10     # many episodes crossed, in both envs
+    # the carry read at step t is the one written at step t-1 within an episode
+    same_episode = ~data["is_first"][:, 1:, 0]
+    assert torch.equal(read[:, 1:][same_episode], written[:, :-1][same_episode])
+    assert (data["action"][..., 1] == 1).all()
+
+
+def test_random_mode_then_switch_to_the_agent():
+    agent = CountingAgent()
+    col, policy = make_collector(agent, mode="random")
+    it = iter(col)
+    first = next(it)
+    assert agent.calls == 0
+    assert first["action"][..., 0].any() or first["action"][..., 2].any()  # not all action 1
+    policy.mode = "train"
+    second = next(it)
+    col.shutdown()
+    assert agent.calls == 20 and (second["action"][..., 1] == 1).all()
+
+
+def test_unknown_mode_is_refused():
+    _, policy = make_collector(CountingAgent(), num_envs=1)
+    with pytest.raises(ValueError, match="unknown acting mode 'greedy'.*random, train, eval"):
+        policy.mode = "greedy"
+
+
+@pytest.mark.parametrize("name,keys", [
+    ("gym_CartPole-v1", {"vector"}),
+    ("atari100k_pong", {"pixels", "life_loss"}),
+    ("dmc_proprio_cheetah_run", {"vector"}),
+])
+def test_suites_through_the_collector(name, keys):
+    env = envs.make(name, seed=0)
+    agent = CountingAgent()
+    env.append_transform(carry_primer(agent))
+    policy = ActingModule(agent, [k for k in keys if k != "life_loss"], env.action_spec,
+                          mode="random")
+    col = Collector(env, policy, frames_per_batch=8, total_frames=8,
+                    auto_register_policy_transforms=False)
+    batch = next(iter(col))
+    col.shutdown()
+    assert keys <= set(batch.keys()) and batch.shape == (8,)
+    assert batch["is_first"][0]
+
+
+def test_env_name_errors():
+    with pytest.raises(ValueError, match="unknown task 'pongg' for env suite 'atari100k'"):
+        envs.make("atari100k_pongg")
+    with pytest.raises(ValueError, match="unknown env name 'mujoco_ant'"):
+        envs.make("mujoco_ant")
+    with pytest.raises(ValueError, match="unknown env suite 'procgen'.*atari100k"):
+        envs.make_env("procgen", "coinrun")

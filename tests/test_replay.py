@@ -1,0 +1,128 @@
+"""Replay: DreamerV3 row layout, [B, T] windows, episode starts, FIFO, bounded memory, resume."""
+
+import torch
+from tensordict import TensorDict
+from tensordict.memmap import MemoryMappedTensor
+from torchrl.collectors import Collector
+
+import envs
+from agents.acting import ActingModule, carry_primer
+from agents.random_agent import RandomAgent
+from tests.helpers import CounterEnv
+from worldrl.replay import Replay
+
+
+def collect(num_envs, batches, steps_per_batch=16, seed=0):
+    env = envs.wrap(CounterEnv, num_envs=num_envs, seed=seed)
+    agent = RandomAgent({"vector": ((3,), torch.float32)}, {"discrete": True, "n": 3})
+    env.append_transform(carry_primer(agent))
+    policy = ActingModule(agent, ["vector"], env.action_spec, mode="random")
+    col = Collector(env, policy, frames_per_batch=num_envs * steps_per_batch, total_frames=-1,
+                    auto_register_policy_transforms=False)
+    out = []
+    for i, b in enumerate(col):
+        out.append(b.clone())
+        if i + 1 == batches:
+            break
+    col.shutdown()
+    return out
+
+
+def transitions(obs, next_obs, reward, done, terminated, is_first):
+    """A hand-made collector batch [1, T] with vector observations."""
+    steps = len(obs)
+    b = lambda x: torch.tensor(x).reshape(1, steps, 1)  # noqa: E731
+    v = lambda x: torch.tensor(x, dtype=torch.float32).reshape(1, steps, 1)  # noqa: E731
+    return TensorDict({
+        "vector": v(obs), "is_first": b(is_first), "action": torch.ones(1, steps, 2),
+        "next": {"vector": v(next_obs), "reward": v(reward), "done": b(done),
+                 "terminated": b(terminated), "truncated": b(done) & ~b(terminated)},
+    }, batch_size=[1, steps])
+
+
+def test_rows_follow_dreamer_layout(tmp_path):
+    # episode A: obs 0 -> 1 -> 2 (terminal, reward 5); episode B: obs 10 -> 11 (not yet done)
+    batch = transitions(
+        obs=[0, 1, 10], next_obs=[1, 2, 11], reward=[1, 5, 7], done=[False, True, False],
+        terminated=[False, True, False], is_first=[True, False, True],
+    )
+    rp = Replay(tmp_path, 100, 1, batch_size=1, seq_len=4)
+    assert rp.add(batch) == 4
+    rows = rp.storage._storage[:4, 0]
+    assert rows["vector"].reshape(-1).tolist() == [0, 1, 2, 10]
+    assert rows["reward"].tolist() == [0, 1, 5, 0]          # reward arriving with each obs
+    assert rows["is_first"].tolist() == [True, False, False, True]
+    assert rows["is_last"].tolist() == [False, False, True, False]
+    assert rows["terminated"].tolist() == [False, False, True, False]
+    assert rows["action"][2].abs().sum() == 0               # no action at a final obs
+    assert rows["episode"][0] == rows["episode"][2] != rows["episode"][3]
+    # the next batch continues episode B: its first row gets the reward of 10 -> 11
+    rp.add(transitions(obs=[11], next_obs=[12], reward=[3], done=[False], terminated=[False],
+                       is_first=[False]))
+    assert rp.storage._storage[4, 0]["reward"] == 7
+
+
+def test_windows_are_contiguous_and_mark_every_episode_start(tmp_path):
+    rp = Replay(tmp_path, 10_000, 2, batch_size=64, seq_len=12)
+    for b in collect(2, 6):
+        rp.add(b)
+    batch = rp.sample()
+    assert batch.shape == (64, 12)
+    env_id, counter, t = batch["vector"].unbind(-1)
+    # one stream per window, consecutive steps of it
+    assert (env_id == env_id[:, :1]).all()
+    assert (counter[:, 1:] - counter[:, :-1] == 1).all()
+    # a new episode inside a window is always marked, and only there
+    new_episode = batch["episode"][:, 1:] != batch["episode"][:, :-1]
+    assert new_episode.any()
+    assert torch.equal(new_episode, batch["is_first"][:, 1:])
+    assert (t[batch["is_first"]] == 0).all()
+    # every episode ends in a final row (terminated or truncated), then starts afresh
+    before_start = torch.roll(batch["is_first"], -1, dims=1)[:, :-1]
+    assert batch["is_last"][:, :-1][before_start].all()
+    last = batch["is_last"]
+    assert (batch["terminated"][last] ^ batch["truncated"][last]).all()
+    assert (batch["terminated"] & ~last).sum() == 0
+
+
+def test_fifo_windows_never_cross_the_write_position(tmp_path):
+    rp = Replay(tmp_path, 2 * 40, 2, batch_size=256, seq_len=10)  # 40 steps per stream
+    for b in collect(2, 12):   # ~200 steps per stream: wrapped several times
+        rp.add(b)
+    assert len(rp) == 80 and rp.steps_per_stream() == 40
+    batch = rp.sample()
+    env_id, counter = batch["vector"][..., 0], batch["vector"][..., 1]
+    assert (counter[:, 1:] - counter[:, :-1] == 1).all()
+    stored = rp.storage._storage["vector"]  # [40, 2, 3]
+    for stream in range(2):
+        ids = stored[:, stream, 0].unique()
+        assert len(ids) == 1
+        newest = stored[:, stream, 1].max()
+        mine = counter[env_id == ids[0]]
+        assert mine.numel() > 0 and (mine > newest - 40).all() and (mine <= newest).all()
+
+
+def test_storage_stays_on_disk(tmp_path):
+    rp = Replay(tmp_path / "replay", 1000, 1, batch_size=2, seq_len=4)
+    for b in collect(1, 2):
+        rp.add(b)
+    stored = rp.storage._storage["vector"]
+    assert isinstance(stored, MemoryMappedTensor) and stored.filename.startswith(str(tmp_path))
+    assert (tmp_path / "replay" / "meta.json").exists()
+    sample = rp.sample()
+    assert not isinstance(sample["vector"], MemoryMappedTensor)  # a copy of the batch only
+
+
+def test_state_dict_reopens_rows_on_disk(tmp_path):
+    rp = Replay(tmp_path, 1000, 2, batch_size=4, seq_len=5, seed=3)
+    for b in collect(2, 3):
+        rp.add(b)
+    state = rp.state_dict()
+    expected = rp.sample()
+    rp.sampler.load_state_dict(state["sampler"])
+    again = Replay(tmp_path, 1000, 2, batch_size=4, seq_len=5, seed=99)
+    again.load_state_dict(state)
+    assert len(again) == len(rp)
+    got = again.sample()
+    assert torch.equal(got["vector"], expected["vector"])
+    assert torch.equal(got["is_first"], expected["is_first"])
