@@ -1,0 +1,30 @@
+"""Standalone scan kernels for worldrl: Triton on CUDA, fast PyTorch on CPU.
+
+Imports torch (and triton when installed) only; never worldrl, agents, envs, gymnasium or torchrl.
+
+    linear_scan(a, b, h0=None, reset=None, reverse=False, return_last=False)   [B, T, D]
+    selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                   delta_softplus=False, return_last_state=False, initial_state=None)
+    selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
+                           dt_softplus=False)
+
+Every op takes ``backend="auto"|"triton"|"torch"|"ref"``; "auto" follows ``$KERNELS_BACKEND``
+when it is set, else CUDA -> Triton and CPU -> the vectorised PyTorch path. See kernels/README.md.
+"""
+
+from kernels._triton_utils import BACKENDS, HAS_TRITON
+from kernels.linear_scan import linear_scan, linear_scan_ref
+from kernels.selective_scan import selective_scan, selective_scan_fn, selective_scan_ref
+from kernels.selective_state_update import selective_state_update, selective_state_update_ref
+
+__all__ = [
+    "BACKENDS",
+    "HAS_TRITON",
+    "linear_scan",
+    "linear_scan_ref",
+    "selective_scan",
+    "selective_scan_fn",
+    "selective_scan_ref",
+    "selective_state_update",
+    "selective_state_update_ref",
+]

@@ -1,0 +1,388 @@
+"""Benchmark the scans: ``python -m kernels.bench`` writes results/kernels.json and .png.
+
+For T in {64, 256, 1024, 4096, 16384} it times forward and forward+backward, reports the bytes that
+must move divided by the time (GB/s) and the peak memory of one call, for:
+
+* linear_scan: ours (backend "auto": Triton on CUDA, the chunked torch scan on CPU), the
+  sequential PyTorch loop (``linear_scan_ref``), and accelerated-scan when installed (its Triton
+  ``accelerated_scan.scalar.scan`` on CUDA, its torch ``accelerated_scan.ref.scan`` on CPU; its
+  layout is [B, D, T], prepared outside the timed region).
+* selective_scan: ours against ``selective_scan_ref`` (the sequential loop).
+
+Sizes: CPU linear_scan B*D = 4*256, selective_scan batch=2, dim=64, N=16; CUDA linear_scan
+B*D = 16*4096, selective_scan batch=8, dim=1024, N=16 (all float32). On CUDA it also measures the
+device-to-device copy bandwidth and reports each linear_scan forward as a fraction of it.
+CPU peak memory is the rise of the process's peak RSS (Linux VmHWM, reset before each call after
+glibc's malloc_trim; a lower bound where the allocator reuses pages it kept);
+CUDA peak memory is ``torch.cuda.max_memory_allocated`` above the inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import kernels
+from kernels import linear_scan, linear_scan_ref, selective_scan, selective_scan_ref
+
+SEQLENS = (64, 256, 1024, 4096, 16384)
+
+
+# ------------------------------------------------------------------------------ machine info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parents[1]
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10)
+        if out.returncode != 0:
+            return "uncommitted"
+        dirty = subprocess.run(["git", "status", "--porcelain", "kernels"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {
+        "cpu": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "torch": torch.__version__,
+        "triton": None,
+        "python": platform.python_version(),
+        "commit": _git_commit(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, "-m", "kernels.bench", *sys.argv[1:]]),
+    }
+    if kernels.HAS_TRITON:
+        import triton
+
+        info["triton"] = triton.__version__
+    return info
+
+
+# ------------------------------------------------------------------------------ measuring
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn, device, reps: int, budget_s: float) -> float:
+    """Fastest of ``reps`` calls after one warm-up (fewer reps when a call is slow): on a shared
+    machine the minimum is the stable statistic; the JSON also keeps the median."""
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    first = time.perf_counter() - t0
+    reps = max(1, min(reps, int(budget_s / max(first, 1e-6))))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return min(times), statistics.median(times)
+
+
+def _rss_status(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def peak_memory(fn, device) -> int | None:
+    """Bytes the call needs above what was allocated before it (see module docstring)."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return int(torch.cuda.max_memory_allocated(device) - base)
+    _malloc_trim()  # hand freed heap pages back so that the call's allocations show in RSS
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    except OSError:
+        return None
+    base = _rss_status("VmRSS")
+    fn()
+    peak = _rss_status("VmHWM")
+    return None if base is None or peak is None else max(0, peak - base)
+
+
+def measure(fwd, fwd_bwd, bytes_fwd, bytes_fwd_bwd, device, reps, budget_s):
+    row = {}
+    for mode, fn, nbytes in (("fwd", fwd, bytes_fwd), ("fwd_bwd", fwd_bwd, bytes_fwd_bwd)):
+        t, t_median = time_call(fn, device, reps, budget_s)
+        row[mode] = {
+            "time_ms": t * 1e3,
+            "median_time_ms": t_median * 1e3,
+            "gb_per_s": nbytes / t / 1e9,
+            "peak_mem_mb": (lambda m: None if m is None else m / 2**20)(peak_memory(fn, device)),
+        }
+    return row
+
+
+def copy_bandwidth(device) -> float | None:
+    """Device-to-device copy GB/s (read + write) on a 1 GiB buffer."""
+    if device.type != "cuda":
+        return None
+    x = torch.empty(2**28, dtype=torch.float32, device=device)
+    y = torch.empty_like(x)
+    t, _ = time_call(lambda: y.copy_(x), device, reps=20, budget_s=5.0)
+    return 2 * x.numel() * 4 / t / 1e9
+
+
+# ------------------------------------------------------------------------------ benchmarks
+
+
+def _backward(out, grad):
+    out.backward(grad)
+
+
+def bench_linear_scan(device, sizes, reps, budget_s, log):
+    bsz, dim = sizes["B"], sizes["D"]
+    try:
+        if device.type == "cuda":
+            from accelerated_scan.scalar import scan as acc_scan
+        else:
+            from accelerated_scan.ref import scan as acc_scan
+    except ImportError:
+        acc_scan = None
+        log("accelerated-scan not installed: pip install accelerated-scan to compare")
+    rows = []
+    for seqlen in SEQLENS:
+        g = torch.Generator().manual_seed(seqlen)
+        a = (torch.rand(bsz, seqlen, dim, generator=g) * 0.5 + 0.5).to(device)
+        b = torch.randn(bsz, seqlen, dim, generator=g).to(device)
+        grad = torch.randn(bsz, seqlen, dim, generator=g).to(device)
+        el = a.element_size() * a.numel()
+        impls = {
+            "ours": lambda a_, b_: linear_scan(a_, b_),
+            "loop": lambda a_, b_: linear_scan_ref(a_, b_),
+        }
+        layouts = {"ours": False, "loop": False}
+        if acc_scan is not None:
+            impls["accelerated_scan"] = lambda a_, b_: acc_scan(a_, b_)
+            layouts["accelerated_scan"] = True  # [B, D, T] contiguous
+        row = {"T": seqlen}
+        for name, fn in impls.items():
+            if layouts[name]:
+                xa = a.transpose(1, 2).contiguous()
+                xb = b.transpose(1, 2).contiguous()
+                gg = grad.transpose(1, 2).contiguous()
+            else:
+                xa, xb, gg = a, b, grad
+            xa_g = xa.clone().requires_grad_()
+            xb_g = xb.clone().requires_grad_()
+
+            def fwd(fn=fn, xa=xa, xb=xb):
+                with torch.no_grad():
+                    return fn(xa, xb)
+
+            def fwd_bwd(fn=fn, xa_g=xa_g, xb_g=xb_g, gg=gg):
+                xa_g.grad = xb_g.grad = None
+                _backward(fn(xa_g, xb_g), gg)
+
+            # fwd: read a, b, write h; bwd: read a, h, grad, write grad_a, grad_b
+            row[name] = measure(fwd, fwd_bwd, 3 * el, 8 * el, device, reps, budget_s)
+        row["speedup_vs_loop"] = {
+            mode: row["loop"][mode]["time_ms"] / row["ours"][mode]["time_ms"]
+            for mode in ("fwd", "fwd_bwd")
+        }
+        log(f"linear_scan T={seqlen}: ours fwd {row['ours']['fwd']['time_ms']:.3f} ms, "
+            f"loop {row['loop']['fwd']['time_ms']:.3f} ms (x{row['speedup_vs_loop']['fwd']:.1f});"
+            f" fwd+bwd x{row['speedup_vs_loop']['fwd_bwd']:.1f}")
+        rows.append(row)
+        del a, b, grad
+    return rows
+
+
+def bench_selective_scan(device, sizes, reps, budget_s, log):
+    batch, dim, dstate = sizes["batch"], sizes["dim"], sizes["N"]
+    rows = []
+    for seqlen in SEQLENS:
+        g = torch.Generator().manual_seed(seqlen)
+        u = torch.randn(batch, dim, seqlen, generator=g).to(device)
+        delta = (torch.rand(batch, dim, seqlen, generator=g) * 0.1).to(device)
+        A = -(torch.rand(dim, dstate, generator=g) + 0.5).to(device)
+        B = torch.randn(batch, dstate, seqlen, generator=g).to(device)
+        C = torch.randn(batch, dstate, seqlen, generator=g).to(device)
+        D = torch.randn(dim, generator=g).to(device)
+        z = torch.randn(batch, dim, seqlen, generator=g).to(device)
+        bias = torch.randn(dim, generator=g).to(device) * 0.1
+        grad = torch.randn(batch, dim, seqlen, generator=g).to(device)
+        el = u.element_size()
+        io = batch * dim * seqlen * el
+        bc = batch * dstate * seqlen * el
+        bytes_fwd = 4 * io + 2 * bc  # u, delta, z in; out; B, C in
+        bytes_bwd = bytes_fwd + 7 * io + 4 * bc  # + dout in, du/ddelta/dz out, dB/dC out
+        row = {"T": seqlen}
+        inputs = (u, delta, A, B, C, D, z, bias)
+        for name, fn in (("ours", selective_scan), ("loop", selective_scan_ref)):
+            leaves = [x.clone().requires_grad_() for x in inputs]
+
+            def fwd(fn=fn, inputs=inputs):
+                with torch.no_grad():
+                    return fn(*inputs, True)
+
+            def fwd_bwd(fn=fn, leaves=leaves, grad=grad):
+                for x in leaves:
+                    x.grad = None
+                _backward(fn(*leaves, True), grad)
+
+            row[name] = measure(fwd, fwd_bwd, bytes_fwd, bytes_bwd, device, reps, budget_s)
+        row["speedup_vs_loop"] = {
+            mode: row["loop"][mode]["time_ms"] / row["ours"][mode]["time_ms"]
+            for mode in ("fwd", "fwd_bwd")
+        }
+        log(f"selective_scan L={seqlen}: ours fwd {row['ours']['fwd']['time_ms']:.3f} ms, "
+            f"ref {row['loop']['fwd']['time_ms']:.3f} ms (x{row['speedup_vs_loop']['fwd']:.1f});"
+            f" fwd+bwd x{row['speedup_vs_loop']['fwd_bwd']:.1f}")
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------ plot
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for r, op in enumerate(("linear_scan", "selective_scan")):
+        rows = results[op]["rows"]
+        seqlens = [row["T"] for row in rows]
+        names = [k for k, v in rows[0].items()
+                 if isinstance(v, dict) and isinstance(v.get("fwd"), dict)]
+        for c, mode in enumerate(("fwd", "fwd_bwd")):
+            ax = axes[r][c]
+            for name in names:
+                ax.plot(seqlens, [row[name][mode]["time_ms"] for row in rows], marker="o",
+                        label=name)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("T (sequence length)")
+            ax.set_ylabel("time per call (ms)")
+            ax.set_title(f"{op} {mode.replace('_', '+')} ({results[op]['sizes_text']})")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend()
+    m = results["machine"]
+    dev = m["gpu"] or f"{m['cpu']} ({m['torch_threads']} thread(s))"
+    fig.suptitle(f"kernels bench on {dev}; torch {m['torch']}; {m['date']}; commit {m['commit']}",
+                 fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: reproducible on a shared machine)")
+    p.add_argument("--reps", type=int, default=10, help="timed repetitions (fastest is reported)")
+    p.add_argument("--budget", type=float, default=2.0,
+                   help="seconds of timed repetitions per measurement at most")
+    p.add_argument("--out", default="results/kernels.json")
+    p.add_argument("--png", default="results/kernels.png")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        ls_sizes = {"B": 16, "D": 4096}
+        ss_sizes = {"batch": 8, "dim": 1024, "N": 16}
+    else:
+        ls_sizes = {"B": 4, "D": 256}
+        ss_sizes = {"batch": 2, "dim": 64, "N": 16}
+
+    def log(msg):
+        print(msg, flush=True)
+
+    results = {"machine": machine_info(device), "device": str(device), "dtype": "float32",
+               "seqlens": list(SEQLENS)}
+    log(f"machine: {results['machine']}")
+    copy_bw = copy_bandwidth(device)
+    results["copy_gb_per_s"] = copy_bw
+    ls_rows = bench_linear_scan(device, ls_sizes, args.reps, args.budget, log)
+    if copy_bw:
+        for row in ls_rows:
+            row["ours"]["fwd"]["fraction_of_copy_bw"] = row["ours"]["fwd"]["gb_per_s"] / copy_bw
+    results["linear_scan"] = {
+        "sizes": ls_sizes, "sizes_text": f"B={ls_sizes['B']}, D={ls_sizes['D']}, fp32",
+        "layout": "[B, T, D]; accelerated_scan timed on [B, D, T] copies", "rows": ls_rows,
+        "bytes_model": "fwd 3*B*T*D*4 (a, b in; h out); fwd+bwd 8*B*T*D*4",
+        "baseline": "loop = kernels.linear_scan_ref (Python loop over T)",
+    }
+    ss_rows = bench_selective_scan(device, ss_sizes, args.reps, args.budget, log)
+    results["selective_scan"] = {
+        "sizes": ss_sizes,
+        "sizes_text": f"batch={ss_sizes['batch']}, dim={ss_sizes['dim']}, N={ss_sizes['N']}, fp32",
+        "options": "D, z, delta_bias, delta_softplus=True; B, C [batch, N, L]",
+        "rows": ss_rows,
+        "bytes_model": "fwd: u, delta, z, out (4*b*d*L*4) + B, C (2*b*N*L*4); "
+                       "fwd+bwd adds dout, du, ddelta, dz and re-reads (7*b*d*L*4 + 4*b*N*L*4)",
+        "baseline": "loop = kernels.selective_scan_ref (Python loop over L)",
+    }
+    results["min_speedup_T_ge_256"] = {
+        op: {mode: min(row["speedup_vs_loop"][mode] for row in results[op]["rows"]
+                       if row["T"] >= 256) for mode in ("fwd", "fwd_bwd")}
+        for op in ("linear_scan", "selective_scan")
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, Path(args.png))
+    log(f"wrote {out} and {args.png}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
