@@ -54,17 +54,12 @@ def load_config(overrides: Sequence[str] = ()) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+            cfg = compose("config", overrides=overrides)
     except (ConfigCompositionException, MissingConfigException, ConfigKeyError) as err:
         raise ConfigError(_explain(err, overrides)) from None
     finally:
         GlobalHydra.instance().clear()
-    choices = cfg.hydra.runtime.choices
-    OmegaConf.set_struct(cfg, False)
-    cfg.size_name = choices.get("size")
-    del cfg["hydra"]
     OmegaConf.resolve(cfg)
-    OmegaConf.set_struct(cfg, True)
     return cfg
 
 

@@ -1,0 +1,286 @@
+"""DreamerV3 agent: world model + actor-critic + optimiser behind a small contract.
+
+``cfg`` is the ``agent`` config node (``worldrl/configs/agent/dreamer.yaml``, merged with a
+``size`` preset) with the ``backbone`` node merged in under ``cfg.backbone``. Sections:
+
+* ``size``: ``deter, hidden, stoch, classes, units, depth``; each fills the key of the same name,
+  where it is absent or null, in ``backbone`` (keys the backbone class takes),
+  ``world_model.{encoder,decoder}`` (``units, depth``), ``world_model.{reward_head,cont_head}``,
+  ``actor`` and ``critic`` (``units``); explicit values win;
+* ``world_model``: ``obs_keys, free_nats, reward_grad, loss_scales, encoder, decoder, reward_head,
+  cont_head`` (:class:`worldrl.world_model.WorldModel`);
+* ``backbone``: ``name`` (registry key) + the backbone's keyword options;
+* ``actor``, ``critic``: :class:`worldrl.behavior.Actor` / :class:`worldrl.heads.CriticHead`;
+* ``behavior``: :class:`worldrl.behavior.ActorCritic` options plus ``loss_scales`` (``policy,
+  value, repval``);
+* ``optim``: :class:`worldrl.optim.LaProp` (one optimiser over all modules, as DreamerV3).
+
+Unknown keys raise a ValueError that lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from worldrl.backbones import BACKBONES
+from worldrl.behavior import ActorCritic
+from worldrl.imagination import flatten_states
+from worldrl.optim import LaProp
+from worldrl.world_model import WorldModel
+
+__all__ = ["DreamerAgent", "resolve_config"]
+
+SIZE_KEYS = ("deter", "hidden", "stoch", "classes", "units", "depth")
+#: Config sections and the size keys they take from ``agent.size`` when absent or null.
+SIZED_SECTIONS = {
+    ("world_model", "encoder"): ("units", "depth"),
+    ("world_model", "decoder"): ("units", "depth"),
+    ("world_model", "reward_head"): ("units",),
+    ("world_model", "cont_head"): ("units",),
+    ("actor",): ("units",),
+    ("critic",): ("units",),
+}
+TOP_KEYS = ("name", "size", "world_model", "backbone", "actor", "critic", "behavior", "optim")
+MODES = ("train", "eval")
+
+
+def _plain(cfg: Any) -> Any:
+    """OmegaConf DictConfig / ListConfig / Mapping -> plain dicts and lists (resolved)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig | ListConfig):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    if isinstance(cfg, Mapping):
+        return {str(k): _plain(v) for k, v in cfg.items()}
+    if isinstance(cfg, list | tuple):
+        return [_plain(v) for v in cfg]
+    return cfg
+
+
+def _check_keys(cfg: Mapping[str, Any], valid: list[str] | tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(cfg) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {where}; valid: {sorted(valid)}")
+
+
+def _kwargs_of(fn: Any, skip: int = 0) -> list[str]:
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def resolve_config(cfg: Any) -> dict[str, Any]:
+    """Plain-dict copy of ``cfg`` with ``agent.size`` filled into absent / null size keys."""
+    cfg = copy.deepcopy(_plain(cfg))
+    if not isinstance(cfg, dict):
+        raise TypeError(f"agent cfg must be a mapping, got {type(cfg).__name__}")
+    _check_keys(cfg, TOP_KEYS, "the agent config")
+    size = cfg.get("size") or {}
+    _check_keys(size, ("name", *SIZE_KEYS), "agent.size")
+    backbone = cfg.setdefault("backbone", {"name": "rssm"}) or {"name": "rssm"}
+    cfg["backbone"] = backbone
+    name = backbone.get("name", "rssm")
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choices: {sorted(BACKBONES)}")
+    accepted = inspect.signature(BACKBONES[name].__init__).parameters
+    sections = {("backbone",): tuple(k for k in SIZE_KEYS if k in accepted), **SIZED_SECTIONS}
+    for path, keys in sections.items():
+        node = cfg
+        for p in path:
+            if node.get(p) is None:
+                node[p] = {}
+            node = node[p]
+        for key in keys:
+            if node.get(key) is None:
+                if size.get(key) is None:
+                    raise ValueError(
+                        f"agent.{'.'.join(path)}.{key} is not set and agent.size.{key} is missing; "
+                        f"pick a size preset (xs, s, m, l, xl) or set it explicitly")
+                node[key] = size[key]
+    return cfg
+
+
+class DreamerAgent(nn.Module):
+    """DreamerV3 learner (see the module docstring for the config).
+
+    Args:
+        obs_space: ``{key: (shape, dtype)}``; images uint8 ``[3, 64, 64]``, vectors float ``[D]``.
+        act_space: ``{'discrete': bool, 'n': int, 'low': ..., 'high': ...}``. Continuous actions
+            are produced and expected in ``[-1, 1]``; mapping to ``low``/``high`` is the
+            environment's job.
+        cfg: the agent config (plain dict or OmegaConf).
+    """
+
+    def __init__(self, obs_space: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
+                 act_space: Mapping[str, Any], cfg: Any):
+        super().__init__()
+        for key in ("discrete", "n"):
+            if key not in act_space:
+                raise ValueError(f"act_space lacks {key!r}; it has {sorted(act_space)}")
+        self.discrete = bool(act_space["discrete"])
+        self.action_size = int(act_space["n"])
+        if self.action_size < 1:
+            raise ValueError(f"act_space['n'] must be >= 1, got {act_space['n']}")
+        self.obs_space = {k: (tuple(int(s) for s in v[0]), v[1]) for k, v in obs_space.items()}
+        self.cfg = cfg = resolve_config(cfg)
+
+        beh = dict(cfg.get("behavior") or {})
+        self.ac_scales = {"policy": 1.0, "value": 1.0, "repval": 0.3,
+                          **dict(beh.pop("loss_scales", None) or {})}
+        _check_keys(self.ac_scales, ("policy", "value", "repval"), "agent.behavior.loss_scales")
+        _check_keys(beh, [k for k in _kwargs_of(ActorCritic.__init__, 4)
+                           if k not in ("actor", "critic")], "agent.behavior")
+
+        backbone = dict(cfg.get("backbone") or {"name": "rssm"})
+        backbone_name = backbone.pop("name", "rssm")
+        wm_cfg = dict(cfg.get("world_model") or {})
+        _check_keys(wm_cfg, [k for k in _kwargs_of(WorldModel.__init__, 5)
+                             if k != "cont_target_scale"], "agent.world_model")
+        contdisc = beh.get("contdisc", True)
+        horizon = float(beh.get("horizon", 333))
+        self.wm = WorldModel(self.obs_space, self.action_size, backbone_name, backbone,
+                             cont_target_scale=(1.0 - 1.0 / horizon) if contdisc else 1.0,
+                             **wm_cfg)
+        self.ac = ActorCritic(self.wm.backbone.feat_size, self.action_size, self.discrete,
+                              actor=cfg.get("actor"), critic=cfg.get("critic"), **beh)
+        assert self.ac.cont_target_scale == self.wm.cont_target_scale
+
+        optim = dict(cfg.get("optim") or {})
+        _check_keys(optim, _kwargs_of(LaProp.__init__, 2), "agent.optim")
+        self.opt = LaProp([
+            {"params": list(self.wm.parameters()), "name": "world_model"},
+            {"params": list(self.ac.actor.parameters()), "name": "actor"},
+            {"params": list(self.ac.critic.parameters()), "name": "critic"},
+        ], **optim)
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    @property
+    def device(self) -> torch.device:
+        return self.updates.device
+
+    def optim_state_dict(self) -> dict[str, Any]:
+        """The optimiser's state (not part of ``state_dict``); checkpoints save both."""
+        return self.opt.state_dict()
+
+    def load_optim_state_dict(self, state: dict[str, Any]) -> None:
+        self.opt.load_state_dict(state)
+
+    # ---------------------------------------------------------------------------------- acting
+    def carry_spec(self) -> dict[str, tuple[int, ...]]:
+        return {**self.wm.backbone.state_spec(), "prev_action": (self.action_size,)}
+
+    def initial_carry(self, batch_size: int) -> dict[str, Tensor]:
+        state = self.wm.backbone.initial(batch_size)
+        return {**state, "prev_action": torch.zeros(batch_size, self.action_size,
+                                                     device=self.device)}
+
+    @torch.no_grad()
+    def act(self, obs: Mapping[str, Tensor], is_first: Tensor, carry: Mapping[str, Tensor],
+            mode: str = "train") -> tuple[Tensor, dict[str, Tensor]]:
+        """One policy step. ``mode='train'`` samples, ``'eval'`` takes the mode. The carry (state
+        and previous action) is reset where ``is_first``. Returns ``(action [B, A], carry)``:
+        one-hot float for discrete actions, ``[-1, 1]`` for continuous ones."""
+        if mode not in MODES:
+            raise ValueError(f"unknown act mode {mode!r}; choices: {list(MODES)}")
+        missing = [k for k in self.carry_spec() if k not in carry]
+        if missing:
+            raise KeyError(f"carry lacks {missing}; expected keys {list(self.carry_spec())}")
+        dev = self.device
+        obs = {k: torch.as_tensor(obs[k], device=dev) for k in self.wm.obs_keys}
+        is_first = torch.as_tensor(is_first, device=dev).bool().reshape(-1)
+        B = is_first.shape[0]
+        embed = self.wm.encoder(obs)
+        assert embed.shape == (B, self.wm.encoder.out_features), embed.shape
+        state = {k: carry[k].to(dev) for k in self.wm.backbone.state_keys()}
+        prev = carry["prev_action"].to(dev).float()
+        _, _, state = self.wm.backbone.observe(embed[:, None], prev[:, None], is_first[:, None],
+                                               state)
+        feat = self.wm.backbone.get_feat(state)
+        dist = self.ac.policy(feat)
+        action = dist.sample() if mode == "train" else dist.mode()
+        action = action.detach()
+        if not self.discrete:
+            action = action.clamp(-1.0, 1.0)
+        assert action.shape == (B, self.action_size), action.shape
+        return action, {**state, "prev_action": action}
+
+    # -------------------------------------------------------------------------------- training
+    def _to_device(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        return {k: torch.as_tensor(v, device=self.device) for k, v in batch.items()
+                if isinstance(v, Tensor | np.ndarray)}
+
+    def losses(self, batch: Mapping[str, Tensor]
+               ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """All DreamerV3 losses on one batch: ``(total, terms, metrics)`` (no update)."""
+        batch = self._to_device(batch)
+        wm_total, terms, post, metrics = self.wm.loss(batch)
+        B, T = batch["is_first"].shape
+        K = min(self.ac.imag_last or T, T)
+        last_k = {k: v[:, T - K:] for k, v in post.items()}
+        start = flatten_states(last_k, self.wm.backbone.state_keys())
+        traj = self.ac.rollout(self.wm.backbone, self.wm.reward_head, self.wm.cont_head, start)
+        ac_terms, outs, ac_metrics = self.ac.imag_loss(traj, update=self.training)
+        terms = {**terms, **ac_terms}
+        total = wm_total
+        total = total + self.ac_scales["policy"] * ac_terms["policy"].mean()
+        total = total + self.ac_scales["value"] * ac_terms["value"].mean()
+        if self.ac.repval_loss and K > 1:
+            feat = self.wm.backbone.get_feat(last_k)
+            boot = outs["ret"][0].reshape(B, K)
+            sl = {k: batch[k][:, T - K:] if k in batch else None
+                  for k in ("reward", "terminated", "is_first", "is_last")}
+            repval = self.ac.replay_value_loss(feat, sl["reward"], sl["terminated"],
+                                               sl["is_first"], boot, sl["is_last"],
+                                               update=self.training)
+            terms["repval"] = repval
+            total = total + self.ac_scales["repval"] * repval.mean()
+        metrics.update({f"loss/{k}": v.mean().detach() for k, v in ac_terms.items()})
+        if "repval" in terms:
+            metrics["loss/repval"] = terms["repval"].mean().detach()
+        metrics.update({f"actor/{k}": v for k, v in ac_metrics.items()})
+        metrics["loss/total"] = total.detach()
+        return total, terms, metrics
+
+    def train_step(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
+        """One world-model + actor-critic update (one optimiser step, then the slow critic)."""
+        self.train()
+        total, _, metrics = self.losses(batch)
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt.step()
+        self.ac.update_slow()
+        self.updates += 1
+        out = {k: float(v) for k, v in metrics.items()}
+        out.update({f"grad/{k}": v for k, v in self.opt.last_metrics.items()})
+        out["updates"] = float(self.updates)
+        out["lr"] = self.opt.current_lr(self.opt.param_groups[0], int(self.updates))
+        return out
+
+    # ----------------------------------------------------------------------------- diagnostics
+    @torch.no_grad()
+    def video(self, batch: Mapping[str, Tensor], context: int = 5) -> np.ndarray | None:
+        """Open-loop video of the first image key: uint8 ``[T, 3H, B'W, C]`` (rows truth / model /
+        error, columns up to 6 batch entries); ``None`` for vector-only observations."""
+        was = self.training
+        self.eval()
+        try:
+            batch = self._to_device(batch)
+            T = batch["is_first"].shape[1]
+            videos, _ = self.wm.open_loop(batch, context=min(context, T - 1))
+        finally:
+            self.train(was)
+        if not videos:
+            return None
+        video = videos[sorted(videos)[0]]  # [B, T, C, 3H, W]
+        video = video.permute(1, 3, 0, 4, 2)  # [T, 3H, B, W, C]
+        T, H3, B, W, C = video.shape
+        return video.reshape(T, H3, B * W, C).cpu().numpy()

@@ -1,0 +1,465 @@
+"""Network building blocks: linear layers, norms, MLP, CNN encoder / decoder, multi-key codecs.
+
+Modelled on ``dreamerv3/rssm.py`` (``Encoder``/``Decoder``) and ``embodied/jax/nets.py`` of
+danijar/dreamerv3 (2024+), written for PyTorch (channels-first images ``[..., C, H, W]``).
+
+* Weights use DreamerV3's ``trunc_normal`` fan-in init (normal truncated at 2 std, rescaled by
+  1.1368 so the variance is ``1 / fan_in``) times ``outscale``; biases start at zero.
+  :class:`BlockLinear` uses the fan-in of the *whole* input, as DreamerV3's initializer does.
+* :class:`Norm` is RMSNorm (default) or LayerNorm with ``eps = 1e-4``, computed in float32.
+* Images enter the encoder as ``uint8`` and are mapped to ``x / 255 - 0.5``; the decoder ends in a
+  sigmoid and its :class:`~worldrl.dists.MSE` loss compares with ``x / 255`` in ``[0, 1]`` (summed
+  over pixels), exactly as DreamerV3.
+* Vectors enter the encoder through ``symlog`` and are decoded with a symlog-MSE (summed over
+  dimensions).
+* ``strided=False`` (DreamerV3 default): stride-1 convolutions followed by 2x2 max-pooling in the
+  encoder and nearest-neighbour upsampling + convolution in the decoder. ``strided=True``: stride-2
+  convolutions / transposed convolutions (4x cheaper; our CPU preset uses it).
+* The image decoder's input projection is DreamerV3's ``bspace`` scheme: a block-linear map from
+  ``deter`` (``bspace`` blocks) plus an MLP from ``stoch``, summed, normed. ``bspace=0`` uses one
+  linear layer from ``feat``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import einops
+import torch
+from torch import Tensor, nn
+
+from worldrl.dists import MSE, symlog
+
+__all__ = [
+    "ACTIVATIONS",
+    "NORMS",
+    "get_act",
+    "trunc_normal_init_",
+    "Linear",
+    "BlockLinear",
+    "Norm",
+    "ChannelNorm",
+    "MLP",
+    "ConvEncoder",
+    "ConvDecoder",
+    "MultiEncoder",
+    "MultiDecoder",
+    "split_obs_space",
+]
+
+ACTIVATIONS = {
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "tanh": nn.Tanh,
+    "none": nn.Identity,
+}
+NORMS = ("rms", "layer", "none")
+
+
+def get_act(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choices: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def trunc_normal_init_(weight: Tensor, fan_in: int, scale: float = 1.0) -> None:
+    """DreamerV3 ``trunc_normal`` fan-in init, multiplied by ``scale`` (``outscale``)."""
+    with torch.no_grad():
+        if scale == 0.0:
+            weight.zero_()
+            return
+        std = 1.1368 * math.sqrt(1.0 / fan_in)
+        nn.init.trunc_normal_(weight, mean=0.0, std=1.0, a=-2.0, b=2.0)
+        weight.mul_(std * scale)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` with DreamerV3 init (trunc-normal fan-in times ``outscale``, zero bias)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 outscale: float = 1.0):
+        self.outscale = outscale
+        super().__init__(in_features, out_features, bias=bias)
+
+    def reset_parameters(self) -> None:
+        trunc_normal_init_(self.weight, self.in_features, self.outscale)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
+class BlockLinear(nn.Module):
+    """Block-diagonal linear map: ``blocks`` independent ``in/blocks -> out/blocks`` maps.
+
+    Input ``[..., in]`` is split into ``blocks`` contiguous groups (DreamerV3 ``BlockLinear``).
+    """
+
+    def __init__(self, in_features: int, out_features: int, blocks: int, bias: bool = True,
+                 outscale: float = 1.0):
+        super().__init__()
+        if in_features % blocks or out_features % blocks:
+            raise ValueError(
+                f"BlockLinear needs in_features={in_features} and out_features={out_features} "
+                f"divisible by blocks={blocks}")
+        self.in_features, self.out_features, self.blocks = in_features, out_features, blocks
+        self.weight = nn.Parameter(
+            torch.empty(blocks, in_features // blocks, out_features // blocks))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        trunc_normal_init_(self.weight, in_features, outscale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        assert x.shape[-1] == self.in_features, (x.shape, self.in_features)
+        x = x.reshape(*x.shape[:-1], self.blocks, self.in_features // self.blocks)
+        x = torch.einsum("...ki,kio->...ko", x, self.weight)
+        x = x.reshape(*x.shape[:-2], self.out_features)
+        if self.bias is not None:
+            x = x + self.bias
+        return x
+
+
+class Norm(nn.Module):
+    """RMSNorm / LayerNorm over the last axis with a learned scale (and shift for LayerNorm)."""
+
+    def __init__(self, dim: int, impl: str = "rms", eps: float = 1e-4):
+        super().__init__()
+        if impl not in NORMS:
+            raise ValueError(f"unknown norm {impl!r}; choices: {list(NORMS)}")
+        self.impl, self.eps = impl, eps
+        if impl != "none":
+            self.scale = nn.Parameter(torch.ones(dim))
+        if impl == "layer":
+            self.shift = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.impl == "none":
+            return x
+        dtype = x.dtype
+        x = x.float()
+        if self.impl == "rms":
+            x = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + self.eps) * self.scale
+        else:
+            mean = x.mean(-1, keepdim=True)
+            var = (x.square().mean(-1, keepdim=True) - mean.square()).clamp_min(0.0)
+            x = (x - mean) * torch.rsqrt(var + self.eps) * self.scale + self.shift
+        return x.to(dtype)
+
+
+class ChannelNorm(Norm):
+    """:class:`Norm` over the channel axis of ``[N, C, H, W]`` feature maps."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.movedim(-3, -1)).movedim(-1, -3)
+
+
+class MLP(nn.Module):
+    """``layers`` x (Linear -> Norm -> act); accepts any leading batch shape."""
+
+    def __init__(self, in_features: int, layers: int, units: int, act: str = "silu",
+                 norm: str = "rms"):
+        super().__init__()
+        mods: list[nn.Module] = []
+        dim = in_features
+        for _ in range(layers):
+            mods += [Linear(dim, units), Norm(units, norm), get_act(act)]
+            dim = units
+        self.net = nn.Sequential(*mods)
+        self.out_features = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def _conv_pad(kernel: int) -> int:
+    return (kernel - 1) // 2
+
+
+class ConvEncoder(nn.Module):
+    """CNN over ``[N, C, H, W]`` float images; halves the resolution once per depth.
+
+    Output: flattened features ``[N, depth * mults[-1] * (H / 2^L) * (W / 2^L)]``.
+    """
+
+    def __init__(self, in_channels: int, resolution: Sequence[int], depth: int = 64,
+                 mults: Sequence[int] = (2, 3, 4, 4), kernel: int = 5, act: str = "silu",
+                 norm: str = "rms", strided: bool = False):
+        super().__init__()
+        self.depths = [depth * m for m in mults]
+        self.strided = strided
+        factor = 2 ** len(self.depths)
+        h, w = resolution
+        if h % factor or w % factor:
+            raise ValueError(
+                f"image resolution {tuple(resolution)} must be divisible by 2^{len(self.depths)}"
+                f" (one halving per entry of mults={list(mults)})")
+        self.minres = (h // factor, w // factor)
+        if not all(3 <= r <= 16 for r in self.minres):
+            raise ValueError(
+                f"CNN output resolution {self.minres} must be in [3, 16] per side; "
+                f"adjust mults={list(mults)} for resolution {tuple(resolution)}")
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for d in self.depths:
+            if strided:
+                layers.append(nn.Conv2d(cin, d, kernel, stride=2, padding=_conv_pad(kernel)))
+            else:
+                layers.append(nn.Conv2d(cin, d, kernel, stride=1, padding="same"))
+                layers.append(nn.MaxPool2d(2))
+            layers += [ChannelNorm(d, norm), get_act(act)]
+            cin = d
+        self.net = nn.Sequential(*layers)
+        for m in self.net:
+            if isinstance(m, nn.Conv2d):
+                trunc_normal_init_(m.weight, m.in_channels * kernel * kernel)
+                nn.init.zeros_(m.bias)
+        self.out_features = self.depths[-1] * self.minres[0] * self.minres[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.net(x)
+        assert x.shape[-2:] == self.minres, (x.shape, self.minres)
+        return x.flatten(-3)
+
+
+class ConvDecoder(nn.Module):
+    """Transposed CNN from ``feat = concat(deter, stoch)`` to ``[N, C, H, W]`` in ``[0, 1]``."""
+
+    def __init__(self, deter: int, stoch: int, out_channels: int, resolution: Sequence[int],
+                 depth: int = 64, mults: Sequence[int] = (2, 3, 4, 4), kernel: int = 5,
+                 units: int = 1024, act: str = "silu", norm: str = "rms",
+                 outscale: float = 1.0, bspace: int = 8, strided: bool = False):
+        super().__init__()
+        self.deter, self.stoch = deter, stoch
+        self.depths = [depth * m for m in mults]
+        self.strided, self.bspace = strided, bspace
+        factor = 2 ** len(self.depths)
+        h, w = resolution
+        if h % factor or w % factor:
+            raise ValueError(
+                f"image resolution {tuple(resolution)} must be divisible by 2^{len(self.depths)}")
+        self.minres = (h // factor, w // factor)
+        if not all(3 <= r <= 16 for r in self.minres):
+            raise ValueError(f"CNN decoder start resolution {self.minres} must be in [3, 16]")
+        self.resolution = (h, w)
+        self.out_channels = out_channels
+        c0 = self.depths[-1]
+        space = c0 * self.minres[0] * self.minres[1]
+        if bspace:
+            if deter % bspace or c0 % bspace:
+                raise ValueError(
+                    f"bspace={bspace} must divide deter={deter} and the top depth {c0}")
+            self.sp0 = BlockLinear(deter, space, bspace)
+            self.sp1 = nn.Sequential(Linear(stoch, 2 * units), Norm(2 * units, norm),
+                                     get_act(act), Linear(2 * units, space))
+        else:
+            self.space = Linear(deter + stoch, space)
+        self.spnorm = ChannelNorm(c0, norm)
+        self.spact = get_act(act)
+        layers: list[nn.Module] = []
+        cin = c0
+        outs = list(reversed(self.depths[:-1])) + [out_channels]
+        for i, d in enumerate(outs):
+            last = i == len(outs) - 1
+            if strided:
+                pad = _conv_pad(kernel)
+                conv = nn.ConvTranspose2d(cin, d, kernel, stride=2, padding=pad,
+                                          output_padding=2 + 2 * pad - kernel)
+            else:
+                layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+                conv = nn.Conv2d(cin, d, kernel, padding="same")
+            fan_in = cin * kernel * kernel
+            trunc_normal_init_(conv.weight, fan_in, outscale if last else 1.0)
+            nn.init.zeros_(conv.bias)
+            layers.append(conv)
+            if not last:
+                layers += [ChannelNorm(d, norm), get_act(act)]
+            cin = d
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, feat: Tensor) -> Tensor:
+        assert feat.shape[-1] == self.deter + self.stoch, (feat.shape, self.deter, self.stoch)
+        c0 = self.depths[-1]
+        h, w = self.minres
+        if self.bspace:
+            deter, stoch = feat[..., : self.deter], feat[..., self.deter :]
+            x0 = einops.rearrange(self.sp0(deter), "n (g h w c) -> n (g c) h w",
+                                  g=self.bspace, h=h, w=w)
+            x1 = self.sp1(stoch).reshape(-1, h, w, c0).permute(0, 3, 1, 2)
+            x = x0 + x1
+        else:
+            x = self.space(feat).reshape(-1, h, w, c0).permute(0, 3, 1, 2)
+        x = self.spact(self.spnorm(x))
+        x = torch.sigmoid(self.net(x))
+        assert x.shape[1:] == (self.out_channels, *self.resolution), x.shape
+        return x
+
+
+_RESERVED = ("is_first", "is_last", "is_terminal", "is_init", "terminated", "truncated", "done",
+             "reward", "action", "prev_action")
+
+ObsSpace = Mapping[str, tuple[tuple[int, ...], torch.dtype]]
+
+
+def split_obs_space(obs_space: ObsSpace, keys: Sequence[str] | None = None
+                    ) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """Split an observation space into image keys (uint8 ``[C, H, W]``) and vector keys (``[D]``).
+
+    Bookkeeping keys (``is_first``, ``reward``, ...) are skipped. With ``keys=None`` keys of other
+    shapes (scalars, audio) are skipped too; an explicit ``keys`` list must name existing, supported
+    keys, else a ValueError names the offending key.
+    """
+    explicit = keys is not None
+    if explicit:
+        missing = [k for k in keys if k not in obs_space]
+        if missing:
+            raise ValueError(f"obs keys {missing} not in the observation space {list(obs_space)}")
+        names = list(keys)
+    else:
+        names = [k for k in obs_space if k not in _RESERVED]
+    images, vectors = {}, {}
+    for k in names:
+        shape, dtype = obs_space[k]
+        shape = tuple(int(s) for s in shape)
+        if len(shape) == 3 and dtype == torch.uint8:
+            images[k] = shape
+        elif len(shape) == 1 and dtype != torch.uint8:
+            vectors[k] = shape
+        elif not explicit:
+            continue  # e.g. scalar flags or audio: not decoded unless asked for
+        else:
+            raise ValueError(
+                f"observation {k!r} has shape {shape} and dtype {dtype}; supported: uint8 "
+                f"images [C, H, W] and float vectors [D] (pass world_model.obs_keys to select)")
+    if not images and not vectors:
+        raise ValueError(f"no usable observation keys in {list(obs_space)}")
+    return images, vectors
+
+
+def _batch_shape(x: Tensor, event: tuple[int, ...], key: str) -> tuple[int, ...]:
+    n = len(event)
+    if tuple(x.shape[x.ndim - n:]) != event:
+        raise ValueError(
+            f"observation {key!r} has shape {tuple(x.shape)}; expected [..., *{event}]")
+    return tuple(x.shape[: x.ndim - n])
+
+
+class MultiEncoder(nn.Module):
+    """Encodes a dict of observations ``{key: [*batch, *shape]}`` into ``[*batch, embed]``.
+
+    Image keys (uint8 ``[C, H, W]``, same resolution) are concatenated on channels and go through
+    :class:`ConvEncoder`; vector keys are symlog-ed, concatenated and go through an :class:`MLP`.
+    """
+
+    def __init__(self, obs_space: ObsSpace, keys: Sequence[str] | None = None, *,
+                 units: int = 1024, depth: int = 64, mults: Sequence[int] = (2, 3, 4, 4),
+                 layers: int = 3, kernel: int = 5, act: str = "silu", norm: str = "rms",
+                 symlog: bool = True, strided: bool = False):
+        super().__init__()
+        self.images, self.vectors = split_obs_space(obs_space, keys)
+        self.image_keys = sorted(self.images)
+        self.vector_keys = sorted(self.vectors)
+        self.use_symlog = symlog
+        self.out_features = 0
+        if self.images:
+            res = {s[1:] for s in self.images.values()}
+            if len(res) != 1:
+                raise ValueError(f"all image keys need one resolution, got {self.images}")
+            channels = sum(self.images[k][0] for k in self.image_keys)
+            self.cnn = ConvEncoder(channels, res.pop(), depth, mults, kernel, act, norm, strided)
+            self.out_features += self.cnn.out_features
+        if self.vectors:
+            dim = sum(self.vectors[k][0] for k in self.vector_keys)
+            self.mlp = MLP(dim, layers, units, act, norm)
+            self.out_features += self.mlp.out_features
+
+    def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
+        outs, bshape = [], None
+        if self.images:
+            imgs = [obs[k] for k in self.image_keys]
+            for k, x in zip(self.image_keys, imgs):
+                if x.dtype != torch.uint8:
+                    raise TypeError(f"image {k!r} must be uint8, got {x.dtype}")
+            bshape = _batch_shape(imgs[0], self.images[self.image_keys[0]], self.image_keys[0])
+            x = torch.cat(imgs, -3).float() / 255.0 - 0.5
+            x = self.cnn(x.reshape(-1, *x.shape[-3:]))
+            outs.append(x)
+        if self.vectors:
+            vecs = [obs[k].float() for k in self.vector_keys]
+            vshape = _batch_shape(vecs[0], self.vectors[self.vector_keys[0]], self.vector_keys[0])
+            assert bshape is None or vshape == bshape, (bshape, vshape)
+            bshape = vshape
+            x = torch.cat(vecs, -1)
+            if self.use_symlog:
+                x = symlog(x)
+            outs.append(self.mlp(x.reshape(-1, x.shape[-1])))
+        x = torch.cat(outs, -1)
+        return x.reshape(*bshape, self.out_features)
+
+
+class MultiDecoder(nn.Module):
+    """Decodes ``feat [*batch, deter + stoch]`` into ``{key: distribution}``.
+
+    Image keys give :class:`~worldrl.dists.MSE` over ``[C, H, W]`` in ``[0, 1]`` (``loss`` takes
+    the uint8 target and divides by 255); vector keys give a symlog-MSE over ``[D]``. Losses are
+    summed over the event axes and have the batch shape.
+    """
+
+    def __init__(self, obs_space: ObsSpace, deter: int, stoch: int,
+                 keys: Sequence[str] | None = None, *, units: int = 1024, depth: int = 64,
+                 mults: Sequence[int] = (2, 3, 4, 4), layers: int = 3, kernel: int = 5,
+                 act: str = "silu", norm: str = "rms", outscale: float = 1.0, bspace: int = 8,
+                 symlog: bool = True, strided: bool = False):
+        super().__init__()
+        self.images, self.vectors = split_obs_space(obs_space, keys)
+        self.image_keys = sorted(self.images)
+        self.vector_keys = sorted(self.vectors)
+        self.deter, self.stoch = deter, stoch
+        self.squash = "symlog" if symlog else None
+        if self.images:
+            res = {s[1:] for s in self.images.values()}
+            if len(res) != 1:
+                raise ValueError(f"all image keys need one resolution, got {self.images}")
+            channels = sum(self.images[k][0] for k in self.image_keys)
+            self.cnn = ConvDecoder(deter, stoch, channels, res.pop(), depth, mults, kernel, units,
+                                   act, norm, outscale, bspace, strided)
+        if self.vectors:
+            dim = sum(self.vectors[k][0] for k in self.vector_keys)
+            self.mlp = MLP(deter + stoch, layers, units, act, norm)
+            self.vec_out = Linear(units if layers else deter + stoch, dim, outscale=outscale)
+
+    def forward(self, feat: Tensor) -> dict[str, _ImageMSE | MSE]:
+        bshape = feat.shape[:-1]
+        flat = feat.reshape(-1, feat.shape[-1])
+        out: dict[str, _ImageMSE | MSE] = {}
+        if self.images:
+            x = self.cnn(flat)
+            x = x.reshape(*bshape, *x.shape[1:])
+            start = 0
+            for k in self.image_keys:
+                c = self.images[k][0]
+                out[k] = _ImageMSE(x[..., start:start + c, :, :])
+                start += c
+        if self.vectors:
+            x = self.vec_out(self.mlp(flat)).reshape(*bshape, -1)
+            start = 0
+            for k in self.vector_keys:
+                d = self.vectors[k][0]
+                out[k] = MSE(x[..., start:start + d], event_dims=1, squash=self.squash)
+                start += d
+        return out
+
+
+class _ImageMSE(MSE):
+    """MSE over ``[C, H, W]`` in ``[0, 1]``; a uint8 target is divided by 255."""
+
+    def __init__(self, mean: Tensor):
+        super().__init__(mean, event_dims=3)
+
+    def loss(self, target: Tensor) -> Tensor:
+        if target.dtype == torch.uint8:
+            target = target.float() / 255.0
+        return super().loss(target)
+
+    def image(self) -> Tensor:
+        """Prediction as uint8 ``[..., C, H, W]``."""
+        return (self.pred().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)

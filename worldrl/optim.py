@@ -1,0 +1,113 @@
+"""DreamerV3's optimiser (``Agent._make_opt`` + ``embodied/jax/opt.py``, 2024+).
+
+The update chain, per parameter tensor ``p`` with gradient ``g`` at update ``t`` (1-based):
+
+1. adaptive gradient clipping: ``g <- g / max(1, |g| / (agc * max(pmin, |p|)))`` with Frobenius
+   norms of the whole tensor (``agc = 0.3``, ``pmin = 1e-3``);
+2. RMS scaling (LaProp: normalise *before* momentum): ``nu <- b2 nu + (1 - b2) g^2``,
+   ``u = g / (sqrt(nu / (1 - b2^t)) + eps)`` with ``b2 = 0.999`` and ``eps = 1e-20``;
+3. momentum: ``mu <- b1 mu + (1 - b1) u``, ``m = mu / (1 - b1^t)`` (``b1 = 0.9``; Nesterov
+   optional);
+4. optional decoupled weight decay (``wd``, default 0) on tensors with ``ndim >= 2``;
+5. ``p <- p - lr_t m`` with ``lr = 4e-5`` and a linear warm-up over the first 1000 updates.
+
+Deviation: optax's warm-up evaluates the schedule at the 0-based count, so DreamerV3's first update
+has learning rate 0; ours uses ``lr * min(1, t / warmup)`` with the 1-based ``t``. DreamerV3's
+weight decay is masked by a regex on kernel names; ours applies to tensors with ``ndim >= 2``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["LaProp"]
+
+
+class LaProp(torch.optim.Optimizer):
+    """LaProp with adaptive gradient clipping and linear warm-up (DreamerV3 defaults).
+
+    Param groups may carry a ``name``; :attr:`last_metrics` then holds ``{name}/grad_norm`` (before
+    clipping), ``{name}/clipped`` (fraction of tensors that AGC clipped) and ``{name}/update_rms``
+    after every :meth:`step`.
+    """
+
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 4e-5,
+                 agc: float = 0.3, pmin: float = 1e-3, eps: float = 1e-20, beta1: float = 0.9,
+                 beta2: float = 0.999, momentum: bool = True, nesterov: bool = False,
+                 wd: float = 0.0, warmup: int = 1000):
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if agc < 0:
+            raise ValueError(f"agc must be >= 0 (0 disables it), got {agc}")
+        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+            raise ValueError(f"betas must be in [0, 1), got beta1={beta1}, beta2={beta2}")
+        if warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {warmup}")
+        defaults = dict(lr=lr, agc=agc, pmin=pmin, eps=eps, beta1=beta1, beta2=beta2,
+                        momentum=momentum, nesterov=nesterov, wd=wd, warmup=warmup)
+        super().__init__(params, defaults)
+        self.last_metrics: dict[str, float] = {}
+
+    def current_lr(self, group: dict[str, Any], step: int) -> float:
+        warmup = group["warmup"]
+        return group["lr"] * (min(1.0, step / warmup) if warmup else 1.0)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D401
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        metrics: dict[str, float] = {}
+        for gi, group in enumerate(self.param_groups):
+            name = group.get("name", f"group{gi}")
+            b1, b2, eps = group["beta1"], group["beta2"], group["eps"]
+            gsq, clipped, count, usq, usize = 0.0, 0, 0, 0.0, 0
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad.float()
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["nu"] = torch.zeros_like(p, dtype=torch.float32)
+                    state["mu"] = torch.zeros_like(p, dtype=torch.float32)
+                state["step"] += 1
+                t = state["step"]
+                gnorm = torch.linalg.vector_norm(g)
+                gsq = gsq + gnorm.square()
+                count += 1
+                if group["agc"]:
+                    pnorm = torch.linalg.vector_norm(p.detach().float())
+                    upper = group["agc"] * torch.clamp_min(pnorm, group["pmin"])
+                    factor = 1.0 / torch.clamp_min(gnorm / upper, 1.0)
+                    clipped = clipped + (factor < 1.0).float()
+                    g = g * factor
+                nu = state["nu"]
+                nu.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+                u = g / ((nu / (1.0 - b2**t)).sqrt() + eps)
+                if group["momentum"]:
+                    mu = state["mu"]
+                    mu.mul_(b1).add_(u, alpha=1.0 - b1)
+                    if group["nesterov"]:
+                        u = (b1 * mu + (1.0 - b1) * u) / (1.0 - b1**t)
+                    else:
+                        u = mu / (1.0 - b1**t)
+                lr = self.current_lr(group, t)
+                if group["wd"] and p.ndim >= 2:
+                    u = u + group["wd"] * p.detach().float()
+                update = -lr * u
+                usq = usq + update.square().sum()
+                usize += update.numel()
+                p.add_(update.to(p.dtype))
+            if count:
+                metrics[f"{name}/grad_norm"] = math.sqrt(float(gsq))
+                metrics[f"{name}/clipped"] = float(clipped) / count
+                metrics[f"{name}/update_rms"] = math.sqrt(float(usq) / max(usize, 1))
+        self.last_metrics = metrics
+        return loss

@@ -1,0 +1,201 @@
+"""DreamerV3 world model: encoder + backbone + decoder + reward + continue heads.
+
+Batch layout (from replay, ``[B, T, ...]``):
+
+* observations: ``pixels`` uint8 ``[B, T, 3, H, W]`` and/or ``vector`` float ``[B, T, D]`` (any
+  keys of the observation space the codecs accept);
+* ``action`` float ``[B, T, A]``: the action taken *at* obs ``t`` (one-hot for discrete);
+  the backbone gets ``prev_action[:, t] = action[:, t-1]`` (zero at ``t = 0`` and wherever
+  ``is_first``);
+* ``reward`` float ``[B, T]``: received on arriving at obs ``t``;
+* ``is_first`` bool ``[B, T]``: episode starts (the state is reset there; rows may cross episode
+  boundaries);
+* ``terminated`` bool ``[B, T]``: obs ``t`` is terminal; continue target
+  ``(1 - terminated) * cont_target_scale`` (DreamerV3 ``contdisc``: the scale is ``1 - 1/333``).
+
+Loss terms (each ``[B, T]``, total = ``sum(scale * term.mean())``): one reconstruction term per
+decoded key (scale ``rec`` unless the key has its own scale), ``rew``, ``con``, ``dyn`` (1.0) and
+``rep`` (0.1), the KLs clipped below at ``free_nats = 1``. The reward and continue heads read the
+posterior ``feat`` with gradients into the representation (DreamerV3 ``reward_grad: True``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from worldrl.backbones import make_backbone
+from worldrl.backbones.base import State
+from worldrl.heads import ContinueHead, RewardHead
+from worldrl.nets import MultiDecoder, MultiEncoder
+
+__all__ = ["WorldModel", "shift_actions", "DEFAULT_LOSS_SCALES"]
+
+DEFAULT_LOSS_SCALES = {"rec": 1.0, "rew": 1.0, "con": 1.0, "dyn": 1.0, "rep": 0.1}
+
+
+def shift_actions(action: Tensor, is_first: Tensor) -> Tensor:
+    """``prev[:, t] = action[:, t-1]``, zero at ``t = 0`` and where ``is_first[:, t]``."""
+    prev = torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1)
+    return prev * (~is_first.bool())[..., None].to(prev.dtype)
+
+
+class WorldModel(nn.Module):
+    """Encoder, backbone (picked by name), decoder, reward and continue heads.
+
+    Args:
+        obs_space: ``{key: (shape, dtype)}``.
+        action_size: action vector size ``A``.
+        backbone: registry name (``worldrl.backbones.BACKBONES``).
+        backbone_cfg: keyword config of the backbone.
+        obs_keys: observation keys to encode and decode (``None``: all usable keys).
+        encoder, decoder, reward_head, cont_head: keyword configs of
+            :class:`~worldrl.nets.MultiEncoder`, :class:`~worldrl.nets.MultiDecoder`,
+            :class:`~worldrl.heads.RewardHead`, :class:`~worldrl.heads.ContinueHead`.
+        loss_scales: ``rec, rew, con, dyn, rep`` (and optionally per-observation-key) scales.
+        free_nats: KL clip.
+        reward_grad: reward head gradients reach the representation.
+        cont_target_scale: factor on the continue target (``1 - 1/horizon`` with ``contdisc``).
+    """
+
+    def __init__(self, obs_space: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
+                 action_size: int, backbone: str = "rssm",
+                 backbone_cfg: Mapping[str, Any] | None = None, *,
+                 obs_keys: Sequence[str] | None = None, encoder: dict | None = None,
+                 decoder: dict | None = None, reward_head: dict | None = None,
+                 cont_head: dict | None = None, loss_scales: Mapping[str, float] | None = None,
+                 free_nats: float = 1.0, reward_grad: bool = True,
+                 cont_target_scale: float = 1.0):
+        super().__init__()
+        self.encoder = MultiEncoder(obs_space, obs_keys, **(encoder or {}))
+        self.backbone = make_backbone(backbone, self.encoder.out_features, action_size,
+                                      backbone_cfg or {})
+        bb = self.backbone
+        self.decoder = MultiDecoder(obs_space, bb.deter_size, bb.stoch_size, obs_keys,
+                                    **(decoder or {}))
+        self.reward_head = RewardHead(bb.feat_size, **(reward_head or {}))
+        self.cont_head = ContinueHead(bb.feat_size, **(cont_head or {}))
+        self.obs_keys = sorted([*self.encoder.image_keys, *self.encoder.vector_keys])
+        self.image_keys = list(self.decoder.image_keys)
+        self.action_size = action_size
+        scales = {**DEFAULT_LOSS_SCALES, **dict(loss_scales or {})}
+        unknown = set(scales) - set(DEFAULT_LOSS_SCALES) - set(self.obs_keys)
+        if unknown:
+            raise ValueError(f"unknown world-model loss scale(s) {sorted(unknown)}; valid: "
+                             f"{sorted(set(DEFAULT_LOSS_SCALES) | set(self.obs_keys))}")
+        self.scales = {k: float(v) for k, v in scales.items()}
+        self.free_nats = float(free_nats)
+        self.reward_grad = reward_grad
+        self.cont_target_scale = float(cont_target_scale)
+
+    def scale(self, term: str) -> float:
+        if term in self.scales:
+            return self.scales[term]
+        if term in self.obs_keys:
+            return self.scales["rec"]
+        raise KeyError(f"no loss scale for term {term!r}")
+
+    def check_batch(self, batch: Mapping[str, Tensor]) -> tuple[int, int]:
+        """Validate the batch layout; return ``(B, T)``."""
+        need = [*self.obs_keys, "action", "reward", "is_first", "terminated"]
+        missing = [k for k in need if k not in batch]
+        if missing:
+            raise KeyError(f"batch lacks {missing}; it has {sorted(batch)}")
+        B, T = batch["is_first"].shape[:2]
+        if batch["is_first"].shape != (B, T):
+            raise ValueError(f"is_first must be [B, T], got {tuple(batch['is_first'].shape)}")
+        expect = {"action": (B, T, self.action_size), "reward": (B, T), "terminated": (B, T)}
+        for k, shape in expect.items():
+            if tuple(batch[k].shape) != shape:
+                raise ValueError(
+                    f"batch[{k!r}] has shape {tuple(batch[k].shape)}, expected {shape}")
+        for k in self.obs_keys:
+            if tuple(batch[k].shape[:2]) != (B, T):
+                raise ValueError(f"batch[{k!r}] has shape {tuple(batch[k].shape)}, expected "
+                                 f"[{B}, {T}, ...]")
+        return B, T
+
+    def observe(self, batch: Mapping[str, Tensor], state: State | None = None,
+                sample: bool = True) -> tuple[Tensor, State, State, State]:
+        """Encode and run the backbone: ``(embed, post, prior, last_state)``."""
+        embed = self.encoder({k: batch[k] for k in self.obs_keys})
+        is_first = batch["is_first"].bool()
+        prev_action = shift_actions(batch["action"].float(), is_first)
+        post, prior, last = self.backbone.observe(embed, prev_action, is_first, state, sample)
+        return embed, post, prior, last
+
+    def loss(self, batch: Mapping[str, Tensor], state: State | None = None
+             ) -> tuple[Tensor, dict[str, Tensor], State, dict[str, Tensor]]:
+        """World-model loss: ``(total, terms {name: [B, T]}, post, metrics)``."""
+        B, T = self.check_batch(batch)
+        embed, post, prior, _ = self.observe(batch, state)
+        feat = self.backbone.get_feat(post)
+        assert feat.shape == (B, T, self.backbone.feat_size), feat.shape
+
+        terms: dict[str, Tensor] = {}
+        dyn, rep = self.backbone.kl_losses(post, prior, self.free_nats)
+        terms["dyn"], terms["rep"] = dyn, rep
+        for key, dist in self.decoder(feat).items():
+            terms[key] = dist.loss(batch[key])
+        rew_in = feat if self.reward_grad else feat.detach()
+        terms["rew"] = self.reward_head.loss(rew_in, batch["reward"].float())
+        cont = (1.0 - batch["terminated"].float()) * self.cont_target_scale
+        terms["con"] = self.cont_head.loss(feat, cont)
+        for k, v in terms.items():
+            assert v.shape == (B, T), (k, v.shape)
+        total = sum(self.scale(k) * v.mean() for k, v in terms.items())
+
+        with torch.no_grad():
+            raw_dyn, _ = self.backbone.kl_losses(post, prior, free_nats=0.0)
+            metrics = {f"loss/{k}": v.mean() for k, v in terms.items()}
+            metrics["kl/dyn"] = raw_dyn.mean()
+            metrics["kl/rep"] = raw_dyn.mean()  # equal values; only the gradients differ
+            metrics["wm_loss"] = total.detach()
+            metrics["reward_max_data"] = batch["reward"].abs().max().float()
+            metrics["reward_max_pred"] = self.reward_head(feat).pred().abs().max()
+            metrics.update(self.backbone.latent_metrics(post, prior))
+        return total, terms, post, metrics
+
+    @torch.no_grad()
+    def open_loop(self, batch: Mapping[str, Tensor], context: int = 5, max_batch: int = 6
+                  ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Open-loop prediction: observe ``context`` steps, then imagine with the replayed actions.
+
+        Returns ``(videos, metrics)``: ``videos[key]`` uint8 ``[B', T, C, 3H, W]`` with truth,
+        model and error ``(model - truth + 255) / 2`` stacked along the height, for each image key;
+        ``metrics['openloop/<key>_mse']`` for every decoded key (mean squared error of the
+        open-loop part; vectors in their own units). Vector-only models return no videos.
+        """
+        self.check_batch(batch)
+        B, T = batch["is_first"].shape
+        if not 0 < context < T:
+            raise ValueError(f"open_loop context must be in [1, T-1] with T={T}, got {context}")
+        n = min(max_batch, B)
+        data = {k: v[:n] for k, v in batch.items() if isinstance(v, Tensor)}
+        obs_part = {k: v[:, :context] for k, v in data.items()}
+        _, post, _, state = self.observe(obs_part)
+        feats = [self.backbone.get_feat(post)]
+        action = data["action"].float()
+        imagined = []
+        for t in range(context, T):
+            state = self.backbone.imagine_step(state, action[:, t - 1])
+            imagined.append(self.backbone.get_feat(state))
+        feats.append(torch.stack(imagined, 1))
+        feat = torch.cat(feats, 1)
+        recons = self.decoder(feat)
+        videos: dict[str, Tensor] = {}
+        metrics: dict[str, Tensor] = {}
+        for key, dist in recons.items():
+            truth = data[key]
+            if key in self.image_keys:
+                model = dist.image()
+                err = ((model.int() - truth.int() + 255) // 2).to(torch.uint8)
+                videos[key] = torch.cat([truth, model, err], -2)
+                diff = model[:, context:].float() / 255 - truth[:, context:].float() / 255
+            else:
+                diff = dist.pred()[:, context:] - truth[:, context:].float()
+            metrics[f"openloop/{key}_mse"] = diff.square().mean()
+        return videos, metrics
