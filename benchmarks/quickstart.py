@@ -1,0 +1,110 @@
+"""The README's default job, measured: DreamerV3 (size XS) on CartPole-v1, several seeds.
+
+    python -m benchmarks.quickstart                 # seeds 0 1 2 -> results/quickstart_cartpole.*
+
+Each seed runs the default command exactly as the README gives it (``worldrl train``, with only
+``seed`` and ``run_dir`` added) in a subprocess, one after the other, and is timed from process
+start to exit (start-up, collection, updates, evaluations and checkpoints included). The target:
+mean evaluation return >= 475 over 10 episodes within 20k env steps and 20 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.machine import stamp
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_seed(seed: int, run_root: Path, extra: list[str]) -> dict:
+    run_dir = run_root / f"s{seed}"
+    cmd = [sys.executable, "-m", "agents.cli", "train", f"seed={seed}", f"run_dir={run_dir}",
+           "train.progress=false", *extra]
+    t = time.time()
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    wall = time.time() - t
+    if out.returncode != 0:
+        raise RuntimeError(f"seed {seed} failed:\n{out.stderr[-3000:]}")
+    with open(run_dir / "eval.csv") as f:
+        evals = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    first = next((e["step"] for e in evals if e["return_mean"] >= 475), None)
+    return {"seed": seed, "wall_s": wall, "final_eval_mean": summary["eval_return_mean"],
+            "final_eval_std": summary["eval_return_std"], "env_steps": summary["env_steps"],
+            "updates": summary["updates"], "first_step_eval_ge_475": first, "evals": evals,
+            "run_dir": str(run_dir)}
+
+
+def plot(rows: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in rows:
+        x = [e["step"] for e in r["evals"]]
+        y = [e["return_mean"] for e in r["evals"]]
+        ax.plot(x, y, "o-", label=f"seed {r['seed']} ({r['wall_s'] / 60:.1f} min)")
+    ax.axhline(475, color="gray", ls="--", label="475")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("eval return (mean of 10)")
+    ax.set_title("DreamerV3 XS on CartPole-v1 (worldrl train), CPU")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--runs", default="runs/quickstart-bench")
+    p.add_argument("--out", default="results/quickstart_cartpole")
+    p.add_argument("extra", nargs="*", help="extra overrides (the README job uses none)")
+    args = p.parse_args(argv)
+    rows = []
+    for seed in args.seeds:
+        r = run_seed(seed, ROOT / args.runs, args.extra)
+        print(f"seed {seed}: final eval {r['final_eval_mean']:.1f} +- {r['final_eval_std']:.1f}, "
+              f"first >= 475 at {r['first_step_eval_ge_475']}, {r['wall_s'] / 60:.1f} min",
+              flush=True)
+        rows.append(r)
+    solved = sum(r["final_eval_mean"] >= 475 and r["wall_s"] <= 1200 for r in rows)
+    report = {**stamp("python -m benchmarks.quickstart " + " ".join(sys.argv[1:])),
+              "target": "final mean eval return >= 475 (10 episodes) within 20k env steps and "
+                        "20 minutes wall clock", "seeds_meeting_target": solved,
+              "seeds": len(rows), "results": rows}
+    out = ROOT / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    plot(rows, out.with_suffix(".png"))
+    m = report["machine"]
+    lines = [
+        "# Quickstart: DreamerV3 XS on CartPole-v1 (the README's default job)", "",
+        f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}. Commit "
+        f"`{report['commit']}`, {report['date']}. Command: `{report['command']}`.", "",
+        f"Target: {report['target']}. Met by **{solved} of {len(rows)}** seeds.", "",
+        "| seed | final eval (10 ep) | first eval >= 475 at step | env steps | updates | wall |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {r['seed']} | {r['final_eval_mean']:.1f} +- {r['final_eval_std']:.1f} | "
+              f"{r['first_step_eval_ge_475']} | {r['env_steps']} | {r['updates']} | "
+              f"{r['wall_s'] / 60:.1f} min |" for r in rows]
+    lines += ["", f"![curves]({out.with_suffix('.png').name})"]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""World-model update and full train-step speed of the DreamerV3 agent on the Atari100k config.
+
+    python -m benchmarks.train_speed          # sizes xs and s -> results/train_speed_cpu.{json,md}
+    python -m benchmarks.train_speed --sizes s m --device cuda --out results/train_speed_gpu
+
+Batches are synthetic with the Atari100k shapes (pixels uint8 [3, 64, 64], 6 one-hot actions) at
+DreamerV3's batch 16 x 64; the arithmetic does not depend on the values. "World-model update" is
+the world-model loss, its backward pass and the optimiser step; "train step" adds imagination and
+the actor-critic losses (DreamerV3's full update). Times are medians over the timed repeats, after
+warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from agents.dreamer import DreamerAgent
+from benchmarks.machine import stamp
+from worldrl.config import load_config
+
+
+def synthetic_batch(batch: int, seq: int, actions: int, device) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    act = torch.randint(0, actions, (batch, seq), generator=g)
+    data = {
+        "pixels": torch.randint(0, 256, (batch, seq, 3, 64, 64), dtype=torch.uint8, generator=g),
+        "action": torch.nn.functional.one_hot(act, actions).float(),
+        "reward": torch.randn(batch, seq, generator=g).clamp(-1, 1),
+        "is_first": torch.rand(batch, seq, generator=g) < 0.01,
+        "terminated": torch.zeros(batch, seq, dtype=torch.bool),
+    }
+    return {k: v.to(device) for k, v in data.items()}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_fn(fn, repeats: int, warmup: int, device) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def measure(size: str, device: torch.device, batch: int, seq: int, repeats: int, warmup: int,
+            amp: bool = False, compile_: bool = False) -> dict:
+    cfg = load_config(["env=atari100k", f"size={size}"])
+    agent_cfg = {**OmegaConf.to_container(cfg.agent, resolve=True),
+                 "backbone": OmegaConf.to_container(cfg.backbone, resolve=True)}
+    agent = DreamerAgent({"pixels": ((3, 64, 64), torch.uint8)},
+                         {"discrete": True, "n": 6}, agent_cfg).to(device)
+    if compile_:
+        agent.wm.compile()
+        agent.ac.compile()
+    data = synthetic_batch(batch, seq, 6, device)
+    params = sum(p.numel() for p in agent.parameters())
+    ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else None
+
+    def wm_update():
+        agent.opt.zero_grad(set_to_none=True)
+        if ctx:
+            with ctx():
+                loss = agent.wm.loss(data)[0]
+        else:
+            loss = agent.wm.loss(data)[0]
+        loss.backward()
+        agent.opt.step()
+
+    def train_step():
+        if ctx:
+            with ctx():
+                agent.train_step(data)
+        else:
+            agent.train_step(data)
+
+    wm = time_fn(wm_update, repeats, warmup, device)
+    full = time_fn(train_step, repeats, warmup, device)
+    wm_s, full_s = statistics.median(wm), statistics.median(full)
+    return {
+        "size": size, "params_M": params / 1e6, "batch": batch, "seq_len": seq,
+        "device": str(device), "bf16_autocast": amp, "torch_compile": compile_,
+        "wm_update_s": wm_s, "wm_updates_per_s": 1 / wm_s,
+        "train_step_s": full_s, "train_steps_per_s": 1 / full_s,
+        "replayed_steps_per_s": batch * seq / full_s,
+        "repeats": repeats,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", nargs="+", default=["xs", "s"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seq", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--amp", action="store_true", help="also measure with bf16 autocast")
+    p.add_argument("--compile", action="store_true", help="also measure with torch.compile")
+    p.add_argument("--out", default="results/train_speed_cpu")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    rows = []
+    for size in args.sizes:
+        variants = [(False, False)]
+        if args.amp:
+            variants.append((True, False))
+        if args.compile:
+            variants.append((False, True))
+        for amp, comp in variants:
+            r = measure(size, device, args.batch, args.seq, args.repeats, args.warmup, amp, comp)
+            rows.append(r)
+            print(f"size={size:3s} amp={amp!s:5s} compile={comp!s:5s} params={r['params_M']:.1f}M "
+                  f"wm update {r['wm_update_s']:.2f}s  train step {r['train_step_s']:.2f}s",
+                  flush=True)
+    # projected hours for one Atari100k game: 100k env steps at DreamerV3's train ratio 256
+    # (batch 16 x 64 -> one update per 4 env steps), updates only
+    for r in rows:
+        r["atari100k_hours_at_ratio_256"] = 100_000 / 4 * r["train_step_s"] / 3600
+    report = {**stamp("python -m benchmarks.train_speed " + " ".join(sys.argv[1:])),
+              "what": __doc__.split("\n\n")[2].replace("\n", " "), "results": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    m = report["machine"]
+    lines = [
+        "# DreamerV3 update speed, Atari100k config", "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, GPU "
+        f"{m['gpu']}; torch {m['torch']}. Commit `{report['commit']}`, {report['date']}.",
+        f"Command: `{report['command']}`.", "", report["what"], "",
+        "| size | params | device | bf16 | compile | WM update (s) | WM updates/s | train step (s) "
+        "| replayed steps/s | h per Atari100k game (ratio 256) |",
+        "|---|---:|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {r['size']} | {r['params_M']:.1f}M | {r['device']} | {r['bf16_autocast']} | "
+              f"{r['torch_compile']} | {r['wm_update_s']:.3f} | {r['wm_updates_per_s']:.2f} | "
+              f"{r['train_step_s']:.3f} | {r['replayed_steps_per_s']:.0f} | "
+              f"{r['atari100k_hours_at_ratio_256']:.1f} |" for r in rows]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
