@@ -43,6 +43,8 @@ def machine() -> dict:
         "torch": torch.__version__,
         "platform": platform.platform(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        # other work on the machine when the measurement started (1, 5, 15 min averages)
+        "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     try:
         import torchrl

@@ -87,7 +87,8 @@ def main(argv=None) -> int:
     lines = [
         "# Env throughput through the collector (CPU)", "",
         f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}, torchrl "
-        f"{m.get('torchrl')}. Commit `{report['commit']}`, {report['date']}.",
+        f"{m.get('torchrl')}. Commit `{report['commit']}`, {report['date']}. Load average at "
+        f"start: {m['loadavg_at_start']}.",
         f"Command: `{report['command']}`. {report['what']}.", "",
         "| env | envs | env steps/s |", "|---|---:|---:|",
     ]
