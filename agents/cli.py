@@ -6,6 +6,10 @@
                                           evaluate a checkpoint (file or run directory)
     worldrl plot RUN_DIR [--out FILE]     learning-curve PNG from a run's CSVs
     worldrl config [OVERRIDE ...]         print the composed config
+    worldrl audio CHECKPOINT --out X.wav [--context N] [--horizon N] [--truth Y.wav] [--png Z]
+                                          a world model's imagined audio of a rollout (audio-visual
+                                          envs): observe N steps, imagine the rest, WAV via
+                                          inverse mel + Griffin-Lim (worldrl/audio.py)
 """
 
 from __future__ import annotations
@@ -31,7 +35,84 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curve.png)")
     c = sub.add_parser("config", help="print the composed config")
     c.add_argument("overrides", nargs="*")
+    a = sub.add_parser("audio", help="write the imagined audio of a rollout as a WAV file")
+    a.add_argument("checkpoint", help="checkpoint file or run directory (audio-visual env)")
+    a.add_argument("--out", required=True, help="WAV path for the model's audio")
+    a.add_argument("--context", type=int, default=8, help="steps observed before imagining")
+    a.add_argument("--horizon", type=int, default=56, help="steps imagined after the context")
+    a.add_argument("--truth", default=None, help="also write the real audio's spectrogram, "
+                   "inverted the same way, to this WAV path")
+    a.add_argument("--png", default=None, help="also write the truth/model/error spectrogram")
+    a.add_argument("--iters", type=int, default=64, help="Griffin-Lim iterations")
+    a.add_argument("--seed", type=int, default=0)
     return p
+
+
+def audio_rollout(checkpoint: str | Path, out: str | Path, context: int = 8, horizon: int = 56,
+                  truth: str | Path | None = None, png: str | Path | None = None,
+                  iters: int = 64, seed: int = 0) -> dict:
+    """Run the checkpoint's policy in its env for ``context + horizon`` steps; the world model
+    observes the first ``context`` and imagines the rest from the actions taken (open loop); its
+    decoded ``audio`` becomes a WAV file (inverse mel + Griffin-Lim; :mod:`worldrl.audio`)."""
+    import numpy as np
+    import torch
+    from omegaconf import OmegaConf
+
+    from agents.acting import ActingModule, carry_primer
+    from agents.run_dir import CheckpointError, load_checkpoint
+    from agents.train import build_agent, build_env, load_agent_state
+    from envs.atari_av import LogMel, mel_filterbank
+    from worldrl import audio as wav
+
+    if context < 1 or horizon < 1:
+        raise ValueError(f"--context and --horizon must be >= 1, got {context}, {horizon}")
+    payload = load_checkpoint(checkpoint)
+    cfg = OmegaConf.create(payload["config"])
+    torch.manual_seed(seed)
+    env = build_env(cfg.env, seed=seed, num_envs=1)
+    agent, obs_keys = build_agent(cfg, env, torch.device("cpu"))
+    if "audio" not in getattr(getattr(agent, "wm", None), "audio_keys", ()):
+        env.close()
+        raise ValueError(f"{checkpoint}: the agent has no world model of 'audio' observations "
+                         f"(env suite {cfg.env.suite!r}); train on env=atari100k_av")
+    env.append_transform(carry_primer(agent))
+    try:
+        load_agent_state(agent, payload["agent"])
+    except (RuntimeError, KeyError) as err:
+        raise CheckpointError(f"{checkpoint}: the weights do not fit its config: {err}") from None
+    policy = ActingModule(agent, obs_keys, env.action_spec, mode="eval")
+    with torch.no_grad():
+        td = env.rollout(context + horizon, policy, break_when_any_done=True)
+    env.close()
+    T = td.shape[0]
+    if T <= context:
+        raise ValueError(f"the episode ended after {T} steps, within --context={context}")
+    batch = {k: td[k][None] for k in obs_keys}
+    batch.update(action=td["action"].float()[None], is_first=td["is_first"].reshape(1, T),
+                 reward=torch.zeros(1, T), terminated=torch.zeros(1, T, dtype=torch.bool))
+    agent.eval()
+    pred = agent.wm.predict_open_loop(batch, context, max_batch=1)["audio"].pred()[0]
+    real = batch["audio"][0].float()
+    params = LogMel(**OmegaConf.to_container(cfg.env.options.get("audio") or {}))
+    fbank = mel_filterbank(params)
+    opts = dict(n_fft=params.n_fft, hop=params.hop, offset=params.offset, iters=iters, seed=seed)
+    written = {"out": str(wav.write_wav(out, wav.logmel_to_waveform(pred.clamp_min(0), fbank,
+                                                                    **opts),
+                                        params.sample_rate))}
+    if truth:
+        written["truth"] = str(wav.write_wav(truth, wav.logmel_to_waveform(real, fbank, **opts),
+                                             params.sample_rate))
+    if png:
+        import imageio
+
+        img = wav.spectrogram_image(real[None], pred[None], context)[0].permute(1, 2, 0)
+        Path(png).parent.mkdir(parents=True, exist_ok=True)
+        imageio.imwrite(png, np.repeat(np.repeat(img.numpy(), 2, 0), 2, 1))
+        written["png"] = str(png)
+    open_loop = (pred[context:] - real[context:]).square().mean()
+    copy_last = (real[context - 1:context] - real[context:]).square().mean()
+    return {**written, "steps": T, "context": context, "sample_rate": params.sample_rate,
+            "openloop_audio_mse": float(open_loop), "copy_last_audio_mse": float(copy_last)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             from worldrl.config import load_config, to_yaml
 
             print(to_yaml(load_config(args.overrides)), end="")
+        elif args.command == "audio":
+            print(json.dumps(audio_rollout(args.checkpoint, args.out, args.context, args.horizon,
+                                           args.truth, args.png, args.iters, args.seed)))
     except (ConfigError, RunDirError, CheckpointError, ValueError, ImportError,
             FileNotFoundError) as err:
         print(f"worldrl {args.command}: error: {err}", file=sys.stderr)

@@ -31,9 +31,8 @@ from torch import Tensor, nn
 
 from worldrl.backbones import BACKBONES
 from worldrl.behavior import ActorCritic
-from worldrl.imagination import flatten_states
 from worldrl.optim import LaProp
-from worldrl.world_model import WorldModel
+from worldrl.world_model import WorldModel, shift_actions
 
 __all__ = ["DreamerAgent", "resolve_config"]
 
@@ -226,7 +225,9 @@ class DreamerAgent(nn.Module):
         B, T = batch["is_first"].shape
         K = min(self.ac.imag_last or T, T)
         last_k = {k: v[:, T - K:] for k, v in post.items()}
-        start = flatten_states(last_k, self.wm.backbone.state_keys())
+        is_first = batch["is_first"].bool()
+        start = self.wm.backbone.imagination_starts(
+            post, shift_actions(batch["action"].float(), is_first), is_first, K)
         traj = self.ac.rollout(self.wm.backbone, self.wm.reward_head, self.wm.cont_head, start)
         ac_terms, outs, ac_metrics = self.ac.imag_loss(traj, update=self.training)
         terms = {**terms, **ac_terms}
@@ -278,9 +279,28 @@ class DreamerAgent(nn.Module):
             videos, _ = self.wm.open_loop(batch, context=min(context, T - 1))
         finally:
             self.train(was)
-        if not videos:
+        keys = [k for k in sorted(videos) if k in self.wm.image_keys]
+        if not keys:
             return None
-        video = videos[sorted(videos)[0]]  # [B, T, C, 3H, W]
+        video = videos[keys[0]]  # [B, T, C, 3H, W]
         video = video.permute(1, 3, 0, 4, 2)  # [T, 3H, B, W, C]
         T, H3, B, W, C = video.shape
         return video.reshape(T, H3, B * W, C).cpu().numpy()
+
+    @torch.no_grad()
+    def spectrogram(self, batch: Mapping[str, Tensor], context: int = 5) -> np.ndarray | None:
+        """Open-loop spectrograms of the first audio key: uint8 ``[3M * B', T*F, 3]`` (per batch
+        entry, truth / model / ``|error|`` panels, stacked down; see
+        :func:`worldrl.audio.spectrogram_image`); ``None`` without audio observations."""
+        if not self.wm.audio_keys:
+            return None
+        was = self.training
+        self.eval()
+        try:
+            batch = self._to_device(batch)
+            T = batch["is_first"].shape[1]
+            videos, _ = self.wm.open_loop(batch, context=min(context, T - 1))
+        finally:
+            self.train(was)
+        img = videos[self.wm.audio_keys[0]]  # [B, 3, 3M, T*F]
+        return torch.cat(list(img.permute(0, 2, 3, 1)), 0).cpu().numpy()

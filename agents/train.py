@@ -138,7 +138,7 @@ def train(cfg: DictConfig) -> dict:
     t = cfg.train
     num_envs = cfg.env.num_envs
     replay = Replay(run_dir / "replay", cfg.replay.capacity, num_envs, t.batch_size, t.seq_len,
-                    sampler=cfg.replay.sampler, seed=cfg.seed)
+                    sampler=cfg.replay.sampler, seed=cfg.seed, reward_smoothing=cfg.replay)
     if ckpt:
         load_agent_state(agent, ckpt["agent"])
         replay.load_state_dict(ckpt["replay"])
@@ -255,11 +255,16 @@ def _eval(agent, obs_keys, eval_env, cfg, logger, step) -> list[float]:
 
 
 def _video(agent, replay, run_dir: Path, step: int, device) -> None:
-    frames = agent.video(replay.sample().to(device))
-    if frames is None:
-        return
+    """Open-loop diagnostics: a GIF of predicted frames and a PNG of predicted spectrograms."""
     import imageio
 
+    batch = replay.sample().to(device)
     out = run_dir / "videos"
-    out.mkdir(exist_ok=True)
-    imageio.mimsave(out / f"openloop-{step:08d}.gif", list(np.asarray(frames)), duration=0.1)
+    frames = agent.video(batch)
+    if frames is not None:
+        out.mkdir(exist_ok=True)
+        imageio.mimsave(out / f"openloop-{step:08d}.gif", list(np.asarray(frames)), duration=0.1)
+    spectrogram = getattr(agent, "spectrogram", lambda _: None)(batch)
+    if spectrogram is not None:
+        out.mkdir(exist_ok=True)
+        imageio.imwrite(out / f"openloop-{step:08d}-audio.png", np.asarray(spectrogram))

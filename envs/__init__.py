@@ -19,6 +19,7 @@ import gymnasium as gym
 from envs.atari import ATARI100K_GAMES, make_atari100k
 from envs.classic import GYM_TASKS, make_classic
 from envs.dmc import DMC_TASKS
+from envs.memory import MEMORY_TASKS, make_memory
 
 OBS_KEYS = ("pixels", "vector", "audio")
 
@@ -33,11 +34,19 @@ def _make_dmc_proprio(task: str, **kwargs: Any) -> gym.Env:
     return _make_dmc(task, obs="vector", **kwargs)
 
 
+def _make_atari100k_av(game: str, **kwargs: Any) -> gym.Env:
+    from envs.atari_av import make_atari100k_av  # imports torch (log-mel); only when used
+
+    return make_atari100k_av(game, **kwargs)
+
+
 SUITES: dict[str, tuple[Callable[..., gym.Env], tuple[str, ...]]] = {
     "atari100k": (make_atari100k, ATARI100K_GAMES),
+    "atari100k_av": (_make_atari100k_av, ATARI100K_GAMES),  # + audio: log-mel [7, 40] per step
     "dmc": (_make_dmc, DMC_TASKS),
     "dmc_proprio": (_make_dmc_proprio, DMC_TASKS),
     "gym": (make_classic, GYM_TASKS),
+    "memory": (make_memory, MEMORY_TASKS),
 }
 
 

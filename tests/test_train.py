@@ -123,7 +123,7 @@ def test_different_config_is_refused_and_overwrite_moves_aside(tmp_path, capsys)
 
 
 @pytest.mark.parametrize("override,message", [
-    ("env=atari", "unknown env 'atari'; choose one of: atari100k, dmc, dmc_proprio, gym"),
+    ("env=atari", "unknown env 'atari'; choose one of: atari100k, "),
     ("backbone=lstm", "unknown backbone 'lstm'; choose one of: "),
     ("size=huge", "unknown size 'huge'; choose one of: "),
     ("env.task=pongg", "unknown task 'pongg' for env suite 'gym'; choose one of: CartPole-v1"),

@@ -8,6 +8,14 @@ collectors emit transitions ``(obs_t, action_t, next: obs_{t+1}, reward, done)``
 :meth:`Replay.add` turns them into rows and adds the final observation of each episode as a row of
 its own (``is_last``), so that the continue and reward heads see terminal observations.
 
+**Reward smoothing** (DreamSmooth, :mod:`worldrl.smoothing`; ``replay.reward_smoothing``). Every
+row also carries ``reward_raw``, the environment's reward; ``reward`` is the smoothed reward the
+reward head learns (equal to ``reward_raw`` with ``none``). Gaussian and uniform smoothing see
+``radius`` future rewards of the same episode, so :meth:`Replay.add` holds an env stream's newest
+rows in its pending area until ``radius`` later rows of their episode (or its final row) have
+arrived: at most ``radius`` rows per stream beyond the lock-step slack, whatever the episode
+length. EMA smoothing is causal and writes at once.
+
 Storage is time-major, ``[capacity / num_envs, num_envs]``: one stream per env copy, written in
 lock-step. Sampling draws ``[batch_size, seq_len]`` windows of consecutive rows of one stream.
 
@@ -21,6 +29,7 @@ Only the sampled batch is read into memory; the buffer stays on disk (``LazyMemm
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +39,11 @@ from torchrl.data import LazyMemmapStorage, ReplayBuffer
 from torchrl.data.replay_buffers.samplers import Sampler
 from torchrl.data.replay_buffers.writers import RoundRobinWriter
 
+from worldrl.smoothing import RewardSmoother, make_smoother
+
 #: Observation keys copied from the collector into replay when present.
 OBS_KEYS = ("pixels", "vector", "audio", "life_loss")
-SAMPLERS = ("uniform",)
+SAMPLERS = ("uniform", "dfs")
 
 
 class SequenceSampler(Sampler):
@@ -88,6 +99,125 @@ class SequenceSampler(Sampler):
 
     def loads(self, path):  # pragma: no cover
         self.load_state_dict(torch.load(Path(path) / "sampler.pt"))
+
+
+class DFSSampler(SequenceSampler):
+    """Drama's dynamic frequency-based sampling (DFS) of ``[B, T]`` windows.
+
+    Per stored row (time, stream) two counts: how often a window starting there was used to train
+    the world model (``wm``) and to start imagination (``imag``); one int32 each, zeroed when the
+    FIFO overwrites the row. Weights over the valid window starts (``realwenlongwang/drama``,
+    ``replay_buffer.py``)::
+
+        world model:  softmax(-wm / tau)
+        imagination:  softmax((wm - alpha * im - beta * max(0, wm - im)) / imag_tau),
+                      im = imag / imag_scale
+
+    so the world model prefers windows it has seen least (fresh data), and imagination prefers
+    windows the world model has trained on more often than they were imagined from. Starts are
+    drawn without replacement (with replacement only when a batch needs more starts than there are
+    windows of non-zero weight). Drama's defaults: ``tau = imag_tau = 10``, ``alpha = beta = 1``,
+    ``imag_scale`` = imagination batch / world-model batch (1 here).
+
+    ``mode``: ``joint`` (default; our training loop trains the world model and starts imagination
+    from the same batch: world-model weights, both counts of the drawn starts ``+= 1``),
+    ``world_model`` or ``imagination`` (Drama's two separate batches: that purpose's weights and
+    count). Set it with :meth:`using`.
+    """
+
+    MODES = ("joint", "world_model", "imagination")
+
+    def __init__(self, seq_len: int, steps: int, streams: int,
+                 generator: torch.Generator | None = None, tau: float = 10.0,
+                 imag_tau: float = 10.0, alpha: float = 1.0, beta: float = 1.0,
+                 imag_scale: float = 1.0):
+        super().__init__(seq_len, generator)
+        if tau <= 0 or imag_tau <= 0 or imag_scale <= 0:
+            raise ValueError(f"DFS needs tau, imag_tau, imag_scale > 0, got tau={tau}, "
+                             f"imag_tau={imag_tau}, imag_scale={imag_scale}")
+        self.tau, self.imag_tau, self.alpha, self.beta = tau, imag_tau, alpha, beta
+        self.imag_scale = imag_scale
+        self.wm_count = torch.zeros(steps, streams, dtype=torch.int32)
+        self.imag_count = torch.zeros(steps, streams, dtype=torch.int32)
+        self.mode = "joint"
+
+    @contextlib.contextmanager
+    def using(self, mode: str):
+        """``with sampler.using('imagination'): replay.sample()``."""
+        if mode not in self.MODES:
+            raise ValueError(f"unknown DFS mode {mode!r}; choose one of: {', '.join(self.MODES)}")
+        old, self.mode = self.mode, mode
+        try:
+            yield self
+        finally:
+            self.mode = old
+
+    def valid_starts(self, storage) -> tuple[torch.Tensor, torch.Tensor]:
+        """All window starts ``(time, stream)``, oldest first, that do not cross the cursor."""
+        steps, capacity = len(storage), storage.max_size
+        streams = self.wm_count.shape[1]
+        if steps < self.seq_len:
+            raise RuntimeError(
+                f"replay holds {steps} steps per stream, fewer than seq_len={self.seq_len}")
+        oldest = self.cursor % capacity if steps == capacity else 0
+        time = (oldest + torch.arange(steps - self.seq_len + 1)) % capacity
+        return (time[:, None].expand(-1, streams).reshape(-1),
+                torch.arange(streams).repeat(time.shape[0]))
+
+    def weights(self, storage, mode: str | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(time, stream, probability)`` of every valid window start under ``mode``."""
+        mode = mode or self.mode
+        time, stream = self.valid_starts(storage)
+        wm = self.wm_count[time, stream].double()
+        if mode == "imagination":
+            im = self.imag_count[time, stream].double() / self.imag_scale
+            score = (wm - self.alpha * im - self.beta * (wm - im).clamp_min(0)) / self.imag_tau
+        else:
+            score = -wm / self.tau
+        return time, stream, torch.softmax(score, 0)
+
+    def window_starts(self, storage, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        time, stream, probs = self.weights(storage)
+        replace = batch_size > int((probs > 0).sum())
+        pick = torch.multinomial(probs, batch_size, replacement=replace,
+                                 generator=self.generator)
+        start, stream = time[pick], stream[pick]
+        if self.mode in ("joint", "world_model"):
+            self.wm_count.index_put_((start, stream), torch.ones_like(start, dtype=torch.int32),
+                                     accumulate=True)
+        if self.mode in ("joint", "imagination"):
+            self.imag_count.index_put_((start, stream), torch.ones_like(start, dtype=torch.int32),
+                                       accumulate=True)
+        return start, stream
+
+    def extend(self, index) -> None:
+        """New rows were written at time rows ``index``: fresh data, zero counts."""
+        index = torch.as_tensor(index).reshape(-1)
+        self.wm_count[index] = 0
+        self.imag_count[index] = 0
+
+    def add(self, index) -> None:
+        self.extend(index)
+
+    def _empty(self):
+        super()._empty()
+        self.wm_count.zero_()
+        self.imag_count.zero_()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "wm_count": self.wm_count.clone(),
+                "imag_count": self.imag_count.clone(), "mode": self.mode}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        for key in ("wm_count", "imag_count"):
+            if tuple(state_dict[key].shape) != tuple(getattr(self, key).shape):
+                raise ValueError(f"DFS {key} in the checkpoint has shape "
+                                 f"{tuple(state_dict[key].shape)}, expected "
+                                 f"{tuple(getattr(self, key).shape)}")
+            getattr(self, key).copy_(state_dict[key])
+        self.mode = state_dict.get("mode", "joint")
 
 
 def _transitions_to_rows(
@@ -155,12 +285,15 @@ class Replay:
         capacity: rows kept in total across env copies (FIFO).
         num_envs: env copies feeding the buffer (one stream each).
         batch_size, seq_len: the sampled shape ``[batch_size, seq_len]``.
-        sampler: ``uniform`` (DreamerV3).
+        sampler: ``uniform`` (DreamerV3) or ``dfs`` (Drama's :class:`DFSSampler`).
         seed: seeds the sampler's generator.
+        reward_smoothing: DreamSmooth: the ``replay`` config node (``reward_smoothing``,
+            ``smoothing_*``), a mode name or a :class:`~worldrl.smoothing.RewardSmoother`.
     """
 
     def __init__(self, directory: str | Path, capacity: int, num_envs: int, batch_size: int,
-                 seq_len: int, sampler: str = "uniform", seed: int = 0):
+                 seq_len: int, sampler: str = "uniform", seed: int = 0,
+                 reward_smoothing: Any = None):
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown replay sampler {sampler!r}; choose one of: "
                              f"{', '.join(SAMPLERS)}")
@@ -172,7 +305,11 @@ class Replay:
         self.num_envs = num_envs
         self.batch_size = batch_size
         self.seq_len = seq_len
-        self.sampler = SequenceSampler(seq_len, torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)
+        if sampler == "dfs":
+            self.sampler = DFSSampler(seq_len, steps, num_envs, generator)
+        else:
+            self.sampler = SequenceSampler(seq_len, generator)
         self.storage = LazyMemmapStorage(steps, scratch_dir=self.directory, existsok=True)
         self.buffer = ReplayBuffer(
             storage=self.storage, sampler=self.sampler, writer=RoundRobinWriter(),
@@ -182,6 +319,8 @@ class Replay:
         self._carry_reward = torch.zeros(num_envs)
         self._episode = torch.zeros(num_envs, dtype=torch.long)
         self.rows_added = 0
+        self.smoother = (reward_smoothing if isinstance(reward_smoothing, RewardSmoother)
+                         else make_smoother(reward_smoothing, num_envs))
 
     def __len__(self) -> int:
         """Rows stored (all streams)."""
@@ -198,9 +337,15 @@ class Replay:
             raise ValueError(f"batch has {batch.shape[0]} env streams, replay expects "
                              f"{self.num_envs}")
         rows = _transitions_to_rows(batch, self._carry_reward, self._episode, self.num_envs)
+        ready = []
         for n, r in enumerate(rows):
+            r["reward_raw"] = r["reward"].clone()
+            smoothed = self.smoother.push(n, r["reward"], r["is_first"], r["is_last"])
             self._pending[n] = r if self._pending[n] is None else torch.cat([self._pending[n], r])
-        k = min(len(p) for p in self._pending)
+            final = len(self._pending[n]) - self.smoother.pending(n)  # rows with a final reward
+            self._pending[n]["reward"][final - len(smoothed):final] = smoothed
+            ready.append(final)
+        k = min(ready)
         if k == 0:
             return 0
         block = torch.stack([p[:k] for p in self._pending], dim=1)  # [k, num_envs]
@@ -228,6 +373,7 @@ class Replay:
             "carry_reward": self._carry_reward.clone(),
             "episode": self._episode.clone(),
             "rows_added": self.rows_added,
+            "smoothing": self.smoother.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -252,3 +398,5 @@ class Replay:
         self._carry_reward = state["carry_reward"].clone()
         self._episode = state["episode"].clone()
         self.rows_added = state["rows_added"]
+        if "smoothing" in state:
+            self.smoother.load_state_dict(state["smoothing"])

@@ -2,8 +2,8 @@
 
 Batch layout (from replay, ``[B, T, ...]``):
 
-* observations: ``pixels`` uint8 ``[B, T, 3, H, W]`` and/or ``vector`` float ``[B, T, D]`` (any
-  keys of the observation space the codecs accept);
+* observations: ``pixels`` uint8 ``[B, T, 3, H, W]``, ``vector`` float ``[B, T, D]`` and/or
+  ``audio`` float ``[B, T, F, M]`` (any keys of the observation space the codecs accept);
 * ``action`` float ``[B, T, A]``: the action taken *at* obs ``t`` (one-hot for discrete);
   the backbone gets ``prev_action[:, t] = action[:, t-1]`` (zero at ``t = 0`` and wherever
   ``is_first``);
@@ -17,6 +17,16 @@ Loss terms (each ``[B, T]``, total = ``sum(scale * term.mean())``): one reconstr
 decoded key (scale ``rec`` unless the key has its own scale), ``rew``, ``con``, ``dyn`` (1.0) and
 ``rep`` (0.1), the KLs clipped below at ``free_nats = 1``. The reward and continue heads read the
 posterior ``feat`` with gradients into the representation (DreamerV3 ``reward_grad: True``).
+
+**Loss balancing** (``loss_balance``). ``none``: the fixed scales above. ``harmony``: HarmonyDream
+(Ma et al., ICML 2024; ``thuml/HarmonyDream``, ``dreamerv3-jax``): one learnable ``s_i`` per task
+(``rew``, each decoded observation key, and the dynamics ``dyn`` for the KL terms), initialised at
+0, with the rectified loss ``L_i / sigma_i + log(1 + sigma_i)``, ``sigma_i = exp(s_i)``. As in
+the paper's DreamerV3 code the dynamics task is ``(dyn_scale * dyn + rep_scale * rep) /
+(dyn_scale + rep_scale)`` under one ``s``, the continue loss keeps its fixed scale, and the
+configured ``rec``/``rew``/per-key scales are replaced by the learned ones. The ``s_i`` are
+parameters of the world model and train with its optimiser. For a fixed ``L`` the minimiser is
+``sigma^2 / (1 + sigma) = L``.
 """
 
 from __future__ import annotations
@@ -25,16 +35,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from worldrl.audio import spectrogram_image
 from worldrl.backbones import make_backbone
 from worldrl.backbones.base import State
 from worldrl.heads import ContinueHead, RewardHead
 from worldrl.nets import MultiDecoder, MultiEncoder
 
-__all__ = ["WorldModel", "shift_actions", "DEFAULT_LOSS_SCALES"]
+__all__ = ["WorldModel", "shift_actions", "DEFAULT_LOSS_SCALES", "LOSS_BALANCES"]
 
 DEFAULT_LOSS_SCALES = {"rec": 1.0, "rew": 1.0, "con": 1.0, "dyn": 1.0, "rep": 0.1}
+LOSS_BALANCES = ("none", "harmony")
 
 
 def shift_actions(action: Tensor, is_first: Tensor) -> Tensor:
@@ -59,6 +72,7 @@ class WorldModel(nn.Module):
         free_nats: KL clip.
         reward_grad: reward head gradients reach the representation.
         cont_target_scale: factor on the continue target (``1 - 1/horizon`` with ``contdisc``).
+        loss_balance: ``none`` (fixed scales) or ``harmony`` (HarmonyDream, module docstring).
     """
 
     def __init__(self, obs_space: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
@@ -68,7 +82,7 @@ class WorldModel(nn.Module):
                  decoder: dict | None = None, reward_head: dict | None = None,
                  cont_head: dict | None = None, loss_scales: Mapping[str, float] | None = None,
                  free_nats: float = 1.0, reward_grad: bool = True,
-                 cont_target_scale: float = 1.0):
+                 cont_target_scale: float = 1.0, loss_balance: str = "none"):
         super().__init__()
         self.encoder = MultiEncoder(obs_space, obs_keys, **(encoder or {}))
         self.backbone = make_backbone(backbone, self.encoder.out_features, action_size,
@@ -78,8 +92,10 @@ class WorldModel(nn.Module):
                                     **(decoder or {}))
         self.reward_head = RewardHead(bb.feat_size, **(reward_head or {}))
         self.cont_head = ContinueHead(bb.feat_size, **(cont_head or {}))
-        self.obs_keys = sorted([*self.encoder.image_keys, *self.encoder.vector_keys])
+        self.obs_keys = sorted([*self.encoder.image_keys, *self.encoder.vector_keys,
+                                *self.encoder.audio_keys])
         self.image_keys = list(self.decoder.image_keys)
+        self.audio_keys = list(self.decoder.audio_keys)
         self.action_size = action_size
         scales = {**DEFAULT_LOSS_SCALES, **dict(loss_scales or {})}
         unknown = set(scales) - set(DEFAULT_LOSS_SCALES) - set(self.obs_keys)
@@ -90,6 +106,30 @@ class WorldModel(nn.Module):
         self.free_nats = float(free_nats)
         self.reward_grad = reward_grad
         self.cont_target_scale = float(cont_target_scale)
+        if loss_balance not in LOSS_BALANCES:
+            raise ValueError(f"unknown world-model loss_balance {loss_balance!r}; choose one of: "
+                             f"{', '.join(LOSS_BALANCES)}")
+        self.loss_balance = loss_balance
+        if loss_balance == "harmony":
+            tasks = ["rew", *self.decoder_keys(), "dyn"]
+            self.harmony = nn.ParameterDict({t: nn.Parameter(torch.zeros(())) for t in tasks})
+
+    def decoder_keys(self) -> list[str]:
+        return sorted([*self.decoder.image_keys, *self.decoder.vector_keys,
+                       *self.decoder.audio_keys])
+
+    def balance(self, terms: Mapping[str, Tensor]) -> Tensor:
+        """The total world-model loss from its ``[B, T]`` terms (fixed scales or HarmonyDream)."""
+        if self.loss_balance == "none":
+            return sum(self.scale(k) * v.mean() for k, v in terms.items())
+        sd, sr = self.scale("dyn"), self.scale("rep")
+        tasks = {k: terms[k].mean() for k in self.harmony if k != "dyn"}
+        tasks["dyn"] = (sd * terms["dyn"].mean() + sr * terms["rep"].mean()) / (sd + sr)
+        total = self.scale("con") * terms["con"].mean()
+        for k, loss in tasks.items():
+            s = self.harmony[k]
+            total = total + loss * torch.exp(-s) + F.softplus(s)
+        return total
 
     def scale(self, term: str) -> float:
         if term in self.scales:
@@ -146,7 +186,7 @@ class WorldModel(nn.Module):
         terms["con"] = self.cont_head.loss(feat, cont)
         for k, v in terms.items():
             assert v.shape == (B, T), (k, v.shape)
-        total = sum(self.scale(k) * v.mean() for k, v in terms.items())
+        total = self.balance(terms)
 
         with torch.no_grad():
             raw_dyn, _ = self.backbone.kl_losses(post, prior, free_nats=0.0)
@@ -157,17 +197,19 @@ class WorldModel(nn.Module):
             metrics["reward_max_data"] = batch["reward"].abs().max().float()
             metrics["reward_max_pred"] = self.reward_head(feat).pred().abs().max()
             metrics.update(self.backbone.latent_metrics(post, prior))
+            if self.loss_balance == "harmony":
+                for k, s in self.harmony.items():  # the learned weight 1 / sigma of each task
+                    metrics[f"harmony/{k}"] = torch.exp(-s.detach())
         return total, terms, post, metrics
 
     @torch.no_grad()
-    def open_loop(self, batch: Mapping[str, Tensor], context: int = 5, max_batch: int = 6
-                  ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Open-loop prediction: observe ``context`` steps, then imagine with the replayed actions.
+    def predict_open_loop(self, batch: Mapping[str, Tensor], context: int = 5,
+                          max_batch: int = 6) -> dict[str, Any]:
+        """Observe ``context`` steps, then imagine the rest with the replayed actions.
 
-        Returns ``(videos, metrics)``: ``videos[key]`` uint8 ``[B', T, C, 3H, W]`` with truth,
-        model and error ``(model - truth + 255) / 2`` stacked along the height, for each image key;
-        ``metrics['openloop/<key>_mse']`` for every decoded key (mean squared error of the
-        open-loop part; vectors in their own units). Vector-only models return no videos.
+        Returns ``{key: distribution}`` of the decoder over all ``T`` steps of the first
+        ``max_batch`` sequences (posterior reconstructions for ``t < context``, open-loop
+        predictions after).
         """
         self.check_batch(batch)
         B, T = batch["is_first"].shape
@@ -184,18 +226,35 @@ class WorldModel(nn.Module):
             state = self.backbone.imagine_step(state, action[:, t - 1])
             imagined.append(self.backbone.get_feat(state))
         feats.append(torch.stack(imagined, 1))
-        feat = torch.cat(feats, 1)
-        recons = self.decoder(feat)
+        return self.decoder(torch.cat(feats, 1))
+
+    @torch.no_grad()
+    def open_loop(self, batch: Mapping[str, Tensor], context: int = 5, max_batch: int = 6
+                  ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Open-loop prediction: observe ``context`` steps, then imagine with the replayed actions.
+
+        Returns ``(videos, metrics)``: ``videos[key]`` uint8 ``[B', T, C, 3H, W]`` with truth,
+        model and error ``(model - truth + 255) / 2`` stacked along the height, for each image key;
+        for each audio key ``videos[key]`` is one RGB spectrogram image per sequence, uint8
+        ``[B', 3, 3M, T*F]`` (truth / model / ``|error|``, see
+        :func:`worldrl.audio.spectrogram_image`); ``metrics['openloop/<key>_mse']`` for every
+        decoded key (mean squared error of the open-loop part per element; vectors and audio in
+        their own units). Vector-only models return no videos.
+        """
+        recons = self.predict_open_loop(batch, context, max_batch)
         videos: dict[str, Tensor] = {}
         metrics: dict[str, Tensor] = {}
         for key, dist in recons.items():
-            truth = data[key]
+            truth = batch[key][: dist.pred().shape[0]]
             if key in self.image_keys:
                 model = dist.image()
                 err = ((model.int() - truth.int() + 255) // 2).to(torch.uint8)
                 videos[key] = torch.cat([truth, model, err], -2)
                 diff = model[:, context:].float() / 255 - truth[:, context:].float() / 255
             else:
-                diff = dist.pred()[:, context:] - truth[:, context:].float()
+                model = dist.pred()
+                diff = model[:, context:] - truth[:, context:].float()
+                if key in self.audio_keys:
+                    videos[key] = spectrogram_image(truth.float(), model, context)
             metrics[f"openloop/{key}_mse"] = diff.square().mean()
         return videos, metrics

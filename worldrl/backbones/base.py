@@ -73,6 +73,21 @@ class Backbone(nn.Module, abc.ABC):
         """Optional scalar diagnostics (entropies, ...)."""
         return {}
 
+    def imagination_starts(self, post: State, action: Tensor, is_first: Tensor,
+                           last: int) -> State:
+        """Detached imagination start states ``[B * K, ...]`` from a replayed batch, one per step
+        of the last ``K = min(last or T, T)`` steps.
+
+        ``post`` is :meth:`observe`'s posterior of the batch (begun from the initial state),
+        ``action [B, T, A]`` / ``is_first [B, T]`` its inputs. Default (RSSM): the posterior
+        states themselves, flattened. Backbones whose states are not all in ``post`` (the SSMs)
+        recompute them here (e.g. after a burn-in over the replayed steps before each start).
+        """
+        B, T = is_first.shape
+        K = min(last or T, T)
+        return {k: post[k][:, T - K:].reshape(B * K, *post[k].shape[2:]).detach()
+                for k in self.state_keys()}
+
     def state_keys(self) -> tuple[str, ...]:
         return tuple(self.state_spec())
 
