@@ -268,32 +268,14 @@ class DreamerAgent(nn.Module):
 
     # ----------------------------------------------------------------------------- diagnostics
     @torch.no_grad()
-    def video(self, batch: Mapping[str, Tensor], context: int = 5) -> np.ndarray | None:
-        """Open-loop video of the first image key: uint8 ``[T, 3H, B'W, C]`` (rows truth / model /
-        error, columns up to 6 batch entries); ``None`` for vector-only observations."""
-        was = self.training
-        self.eval()
-        try:
-            batch = self._to_device(batch)
-            T = batch["is_first"].shape[1]
-            videos, _ = self.wm.open_loop(batch, context=min(context, T - 1))
-        finally:
-            self.train(was)
-        keys = [k for k in sorted(videos) if k in self.wm.image_keys]
-        if not keys:
-            return None
-        video = videos[keys[0]]  # [B, T, C, 3H, W]
-        video = video.permute(1, 3, 0, 4, 2)  # [T, 3H, B, W, C]
-        T, H3, B, W, C = video.shape
-        return video.reshape(T, H3, B * W, C).cpu().numpy()
+    def diagnostics(self, batch: Mapping[str, Tensor], context: int = 5
+                    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """One open-loop pass for both diagnostics: ``(video, spectrogram)``.
 
-    @torch.no_grad()
-    def spectrogram(self, batch: Mapping[str, Tensor], context: int = 5) -> np.ndarray | None:
-        """Open-loop spectrograms of the first audio key: uint8 ``[3M * B', T*F, 3]`` (per batch
-        entry, truth / model / ``|error|`` panels, stacked down; see
-        :func:`worldrl.audio.spectrogram_image`); ``None`` without audio observations."""
-        if not self.wm.audio_keys:
-            return None
+        ``video``: the first image key, uint8 ``[T, 3H, B'W, C]`` (rows truth / model / error,
+        columns up to 6 batch entries). ``spectrogram``: the first audio key, uint8
+        ``[3M * B', T*F, 3]`` (per batch entry, truth / model / ``|error|`` panels stacked down; see
+        :func:`worldrl.audio.spectrogram_image`). Each is ``None`` without such observations."""
         was = self.training
         self.eval()
         try:
@@ -302,5 +284,21 @@ class DreamerAgent(nn.Module):
             videos, _ = self.wm.open_loop(batch, context=min(context, T - 1))
         finally:
             self.train(was)
-        img = videos[self.wm.audio_keys[0]]  # [B, 3, 3M, T*F]
-        return torch.cat(list(img.permute(0, 2, 3, 1)), 0).cpu().numpy()
+        video = spectrogram = None
+        keys = [k for k in sorted(videos) if k in self.wm.image_keys]
+        if keys:
+            frames = videos[keys[0]].permute(1, 3, 0, 4, 2)  # [B,T,C,3H,W] -> [T,3H,B,W,C]
+            T, H3, B, W, C = frames.shape
+            video = frames.reshape(T, H3, B * W, C).cpu().numpy()
+        if self.wm.audio_keys:
+            img = videos[self.wm.audio_keys[0]]  # [B, 3, 3M, T*F]
+            spectrogram = torch.cat(list(img.permute(0, 2, 3, 1)), 0).cpu().numpy()
+        return video, spectrogram
+
+    def video(self, batch: Mapping[str, Tensor], context: int = 5) -> np.ndarray | None:
+        """The open-loop video of :meth:`diagnostics`."""
+        return self.diagnostics(batch, context)[0]
+
+    def spectrogram(self, batch: Mapping[str, Tensor], context: int = 5) -> np.ndarray | None:
+        """The open-loop spectrograms of :meth:`diagnostics`."""
+        return self.diagnostics(batch, context)[1] if self.wm.audio_keys else None

@@ -32,5 +32,3 @@ class RandomAgent(nn.Module):
         self.steps += 1
         return {}
 
-    def video(self, batch):
-        return None

@@ -258,13 +258,13 @@ def _video(agent, replay, run_dir: Path, step: int, device) -> None:
     """Open-loop diagnostics: a GIF of predicted frames and a PNG of predicted spectrograms."""
     import imageio
 
-    batch = replay.sample().to(device)
+    if not hasattr(agent, "diagnostics"):
+        return
+    frames, spectrogram = agent.diagnostics(replay.sample().to(device))
     out = run_dir / "videos"
-    frames = agent.video(batch)
     if frames is not None:
         out.mkdir(exist_ok=True)
         imageio.mimsave(out / f"openloop-{step:08d}.gif", list(np.asarray(frames)), duration=0.1)
-    spectrogram = getattr(agent, "spectrogram", lambda _: None)(batch)
     if spectrogram is not None:
         out.mkdir(exist_ok=True)
         imageio.imwrite(out / f"openloop-{step:08d}-audio.png", np.asarray(spectrogram))

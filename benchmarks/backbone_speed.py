@@ -15,17 +15,15 @@ vectorised PyTorch paths of ``kernels``).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from agents.dreamer import resolve_config
-from benchmarks.machine import stamp
+from benchmarks.machine import stamp, write_report
 from worldrl.config import load_config
 from worldrl.world_model import WorldModel
 
@@ -136,11 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             result["rows"].append(row)
             print(f"{name:6s} T={T:5d}: {row['steps_per_s']:9.0f} steps/s "
                   f"({med * 1e3:.0f} ms/update)", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    out.with_suffix(".md").write_text(markdown(result))
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    write_report(args.out, result, markdown(result))
     return 0
 
 

@@ -62,3 +62,15 @@ def stamp(command: str) -> dict:
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
     }
+
+
+def write_report(out: str | Path, report: dict, markdown: str) -> Path:
+    """Write ``OUT.json`` (the report) and ``OUT.md`` (its table) side by side."""
+    import json
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    out.with_suffix(".md").write_text(markdown if markdown.endswith("\n") else markdown + "\n")
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    return out

@@ -26,18 +26,16 @@ the results. Numbers are whatever was measured; no backbone is favoured by the p
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import deque
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from agents.dreamer import DreamerAgent
-from benchmarks.machine import stamp
+from benchmarks.machine import stamp, write_report
 from envs.memory import OBS_DIM, recall_episodes
 from worldrl.world_model import WorldModel
 
@@ -267,11 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             result["agent"].append(r)
             print(f"agent       {b:6s} K={g:5d}: success {r['success']:.3f} "
                   f"({r['updates']} updates)", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    out.with_suffix(".md").write_text(markdown(result))
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    write_report(args.out, result, markdown(result))
     return 0
 
 
