@@ -138,7 +138,8 @@ def train(cfg: DictConfig) -> dict:
     t = cfg.train
     num_envs = cfg.env.num_envs
     replay = Replay(run_dir / "replay", cfg.replay.capacity, num_envs, t.batch_size, t.seq_len,
-                    sampler=cfg.replay.sampler, seed=cfg.seed, reward_smoothing=cfg.replay)
+                    sampler=cfg.replay.sampler, seed=cfg.seed, reward_smoothing=cfg.replay,
+                    dfs=OmegaConf.to_container(cfg.replay.dfs, resolve=True))
     if ckpt:
         load_agent_state(agent, ckpt["agent"])
         replay.load_state_dict(ckpt["replay"])
@@ -260,7 +261,7 @@ def _video(agent, replay, run_dir: Path, step: int, device) -> None:
 
     if not hasattr(agent, "diagnostics"):
         return
-    frames, spectrogram = agent.diagnostics(replay.sample().to(device))
+    frames, spectrogram = agent.diagnostics(replay.sample(record=False).to(device))
     out = run_dir / "videos"
     if frames is not None:
         out.mkdir(exist_ok=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from kernels._cpu_utils import empty_cpu
 from kernels._triton_utils import (
     COMPLEX_DTYPES,
     HAS_TRITON,
@@ -215,7 +216,7 @@ def _effective_a(a, reset):
 def _fwd_torch(a, b, h0, reset, reverse):
     acc = acc_dtype(a.dtype)
     a_eff = _effective_a(a.to(acc), reset)
-    out = torch.empty(a.shape, dtype=acc, device=a.device)
+    out = empty_cpu(a.shape, acc, a.device)
     _scan_core(a_eff, b.to(acc), None if h0 is None else h0.to(acc), reverse, out)
     return out.to(a.dtype)
 
@@ -232,8 +233,8 @@ def _bwd_torch(a, h, h0, reset, grad, reverse):
         h0c = None if h0 is None else h0.to(acc).conj()
     else:
         h0c = None if h0 is None else h0.to(acc)
-    lam = torch.empty_like(g)  # lam_t = dL/dh_t (total)
-    grad_a = torch.empty_like(g)
+    lam = empty_cpu(g.shape, g.dtype, g.device)  # lam_t = dL/dh_t (total)
+    grad_a = empty_cpu(g.shape, g.dtype, g.device)
     if not reverse:
         # lam_{T-1} = g_{T-1};  lam_t = a_{t+1} lam_{t+1} + g_t, a scan from the end
         lam[:, -1] = g[:, -1]

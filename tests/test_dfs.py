@@ -129,3 +129,34 @@ def test_counts_persist_in_checkpoints(tmp_path):
     wrong = Replay(tmp_path / "other", 60, 2, batch_size=6, seq_len=5, sampler="dfs")
     with pytest.raises(ValueError, match="wm_count"):
         wrong.sampler.load_state_dict(state["sampler"])
+
+
+def test_config_knobs_reach_the_sampler(tmp_path):
+    cfg = load_config(["replay.sampler=dfs", "replay.dfs.tau=2.5", "replay.dfs.beta=0"])
+    rp = Replay(tmp_path, 40, 1, batch_size=2, seq_len=5, sampler="dfs", dfs=cfg.replay.dfs)
+    s = rp.sampler
+    assert (s.tau, s.imag_tau, s.alpha, s.beta, s.imag_scale) == (2.5, 10.0, 1.0, 0.0, 1.0)
+    fill(rp, 40)
+    s.wm_count[:, 0] = torch.arange(40, dtype=torch.int32) % 7
+    s.imag_count[:, 0] = torch.arange(40, dtype=torch.int32) % 3
+    time, _, probs = s.weights(rp.storage, "world_model")
+    assert torch.allclose(probs, drama_weights(s.wm_count[time, 0], s.imag_count[time, 0],
+                                               "world_model", tau=2.5))
+    time, _, probs = s.weights(rp.storage, "imagination")
+    assert torch.allclose(probs, drama_weights(s.wm_count[time, 0], s.imag_count[time, 0],
+                                               "imagination", beta=0.0))
+    with pytest.raises(ValueError, match=r"unknown replay.dfs key\(s\) \['temp'\]"):
+        Replay(tmp_path / "bad", 40, 1, 2, 5, sampler="dfs", dfs={"temp": 1.0})
+
+
+def test_diagnostic_samples_leave_counts_alone(tmp_path):
+    rp = Replay(tmp_path, 100, 1, batch_size=4, seq_len=5, sampler="dfs", seed=2)
+    fill(rp, 50)
+    rp.sample()
+    wm, imag = rp.sampler.wm_count.clone(), rp.sampler.imag_count.clone()
+    peeked = rp.sample(record=False)
+    assert peeked.shape == (4, 5)
+    assert torch.equal(rp.sampler.wm_count, wm) and torch.equal(rp.sampler.imag_count, imag)
+    assert rp.sampler.mode == "joint"
+    rp.sample()
+    assert int(rp.sampler.wm_count.sum()) == int(wm.sum()) + 4

@@ -30,6 +30,7 @@ Only the sampled batch is read into memory; the buffer stays on disk (``LazyMemm
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -122,10 +123,13 @@ class DFSSampler(SequenceSampler):
     ``mode``: ``joint`` (default; our training loop trains the world model and starts imagination
     from the same batch: world-model weights, both counts of the drawn starts ``+= 1``),
     ``world_model`` or ``imagination`` (Drama's two separate batches: that purpose's weights and
-    count). Set it with :meth:`using`.
+    count), or ``peek`` (world-model weights, no count changes: diagnostics such as open-loop
+    videos must not look like training use). Set it with :meth:`using`.
     """
 
-    MODES = ("joint", "world_model", "imagination")
+    MODES = ("joint", "world_model", "imagination", "peek")
+    #: The knobs a config may set (``replay.dfs``), with Drama's defaults.
+    DEFAULTS = {"tau": 10.0, "imag_tau": 10.0, "alpha": 1.0, "beta": 1.0, "imag_scale": 1.0}
 
     def __init__(self, seq_len: int, steps: int, streams: int,
                  generator: torch.Generator | None = None, tau: float = 10.0,
@@ -287,13 +291,15 @@ class Replay:
         batch_size, seq_len: the sampled shape ``[batch_size, seq_len]``.
         sampler: ``uniform`` (DreamerV3) or ``dfs`` (Drama's :class:`DFSSampler`).
         seed: seeds the sampler's generator.
+        dfs: DFS knobs (``tau, imag_tau, alpha, beta, imag_scale``; absent ones keep Drama's
+            defaults, :attr:`DFSSampler.DEFAULTS`); only with ``sampler='dfs'``.
         reward_smoothing: DreamSmooth: the ``replay`` config node (``reward_smoothing``,
             ``smoothing_*``), a mode name or a :class:`~worldrl.smoothing.RewardSmoother`.
     """
 
     def __init__(self, directory: str | Path, capacity: int, num_envs: int, batch_size: int,
                  seq_len: int, sampler: str = "uniform", seed: int = 0,
-                 reward_smoothing: Any = None):
+                 reward_smoothing: Any = None, dfs: Mapping[str, float] | None = None):
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown replay sampler {sampler!r}; choose one of: "
                              f"{', '.join(SAMPLERS)}")
@@ -306,8 +312,14 @@ class Replay:
         self.batch_size = batch_size
         self.seq_len = seq_len
         generator = torch.Generator().manual_seed(seed)
+        dfs = dict(dfs or {})
+        unknown = sorted(set(dfs) - set(DFSSampler.DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown replay.dfs key(s) {unknown}; valid: "
+                             f"{sorted(DFSSampler.DEFAULTS)}")
         if sampler == "dfs":
-            self.sampler = DFSSampler(seq_len, steps, num_envs, generator)
+            knobs = {**DFSSampler.DEFAULTS, **{k: float(v) for k, v in dfs.items()}}
+            self.sampler = DFSSampler(seq_len, steps, num_envs, generator, **knobs)
         else:
             self.sampler = SequenceSampler(seq_len, generator)
         self.storage = LazyMemmapStorage(steps, scratch_dir=self.directory, existsok=True)
@@ -358,9 +370,16 @@ class Replay:
     def ready(self) -> bool:
         return len(self.storage) >= self.seq_len
 
-    def sample(self) -> TensorDict:
-        """A ``[batch_size, seq_len]`` TensorDict (in memory, not memory-mapped)."""
-        data = self.buffer.sample()
+    def sample(self, record: bool = True) -> TensorDict:
+        """A ``[batch_size, seq_len]`` TensorDict (in memory, not memory-mapped).
+
+        ``record=False`` (diagnostics): a DFS sampler draws with its world-model weights but
+        leaves its use counts alone."""
+        if not record and isinstance(self.sampler, DFSSampler):
+            with self.sampler.using("peek"):
+                data = self.buffer.sample()
+        else:
+            data = self.buffer.sample()
         return data.reshape(self.batch_size, self.seq_len).clone()
 
     def state_dict(self) -> dict[str, Any]:
