@@ -186,7 +186,9 @@ def train(cfg: DictConfig) -> dict:
                 due = math.floor((step - t.prefill) * t.train_ratio / replayed_per_update)
                 while counters["updates"] < due:
                     data = replay.sample().to(device)
-                    for k, v in agent.train_step(data).items():
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.amp):
+                        step_metrics = agent.train_step(data)
+                    for k, v in step_metrics.items():
                         train_metrics[k].append(float(v))
                     counters["updates"] += 1
 

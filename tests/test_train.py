@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -194,3 +195,15 @@ def test_checkpoint_holds_model_optimiser_rng_and_counters(tmp_path):
     optim = ckpt["agent"]["optim"]["state"]
     assert optim and all(torch.isfinite(t).all() for s in optim.values() for t in s.values()
                          if isinstance(t, torch.Tensor))
+
+
+def test_bf16_autocast_updates(tmp_path):
+    """train.amp=true runs the updates under bf16 autocast: finite losses, different numerics."""
+    losses = {}
+    for amp in ("false", "true"):
+        run = tmp_path / amp
+        assert main(["train", "preset=debug", f"run_dir={run}", f"train.amp={amp}", *QUIET]) == 0
+        rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+        losses[amp] = [r["loss/total"] for r in rows if "loss/total" in r]
+        assert losses[amp] and all(math.isfinite(v) for v in losses[amp])
+    assert losses["true"] != losses["false"]
