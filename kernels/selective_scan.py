@@ -40,6 +40,7 @@ from kernels._triton_utils import (
     tl_acc_dtype,
 )
 from kernels.linear_scan import LinearScanFn
+from kernels.linear_scan import _fwd_torch as _ls_fwd_torch
 
 __all__ = [
     "SelectiveScanFn",
@@ -173,24 +174,29 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 # fast PyTorch path: time chunks x chunked linear scan, checkpointed per chunk
 # --------------------------------------------------------------------------------------------
 
-_TORCH_CHUNK_ELEMS = 1 << 16  # state elements (batch * chunk * dim * N) per time chunk: cache-sized
+_TORCH_CHUNK_ELEMS = 1 << 17  # state elements (batch * chunk * dim * N) per time chunk: L2-sized
 
 
-def _torch_chunk(state, A, dt_c, u_c, B_c, C_c):
-    """One time chunk: returns (y [batch, dim, K], state after the chunk)."""
-    batch, dim, k = u_c.shape
-    groups, dstate = B_c.shape[1], B_c.shape[2]
+def _torch_chunk(state, A, dt_t, dtu_t, B_t, C_t):
+    """One time chunk, time-major: returns (y [batch, K, dim], state after the chunk).
+
+    ``dt_t``, ``dtu_t`` (``dt * u``): ``[batch, K, dim]``; ``B_t``, ``C_t``: ``[batch, K, G, N]``.
+    The ``[batch, K, dim, N]`` tensors are contiguous so the broadcasts run over the inner axis;
+    the scan over K is ``linear_scan``'s chunked torch path.
+    """
+    batch, k, dim = dt_t.shape
+    groups, dstate = B_t.shape[2], B_t.shape[3]
     heads = dim // groups
-    dA = torch.exp(dt_c.transpose(1, 2)[..., None] * A)  # [batch, K, dim, N]
-    dtu = (dt_c * u_c).transpose(1, 2).reshape(batch, k, groups, heads, 1)
-    Bt = B_c.permute(0, 3, 1, 2).unsqueeze(3)  # [batch, K, G, 1, N]
-    dBu = (dtu * Bt).reshape(batch, k, dim * dstate)
-    h = LinearScanFn.apply(dA.reshape(batch, k, dim * dstate), dBu, state.reshape(batch, -1),
-                           None, False, "torch")
-    h5 = h.view(batch, k, groups, heads, dstate)
-    Ct = C_c.permute(0, 3, 1, 2).unsqueeze(3)  # [batch, K, G, 1, N]
-    y = (h5 * Ct).sum(-1).reshape(batch, k, dim).transpose(1, 2)
-    return y, h[:, -1].view(batch, dim, dstate)
+    dA = torch.exp(dt_t[..., None] * A).reshape(batch, k, dim * dstate)
+    dBu = (dtu_t.reshape(batch, k, groups, heads, 1) * B_t.unsqueeze(3))
+    dBu = dBu.reshape(batch, k, dim * dstate)
+    state = state.reshape(batch, -1)
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (dA, dBu, state)):
+        h = LinearScanFn.apply(dA, dBu, state, None, False, "torch")
+    else:  # no autograd bookkeeping when nothing needs a gradient
+        h = _ls_fwd_torch(dA, dBu, state, None, False)
+    y = (h.view(batch, k, groups, heads, dstate) * C_t.unsqueeze(3)).sum(-1)
+    return y.reshape(batch, k, dim), h[:, -1].view(batch, dim, dstate)
 
 
 def _selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
@@ -198,8 +204,12 @@ def _selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, i
     dstate = A.shape[1]
     cd = _compute_dtype(u)
     dt = _discretised_dt(delta, delta_bias, delta_softplus, cd)
-    uu, A_ = u.to(cd), A.to(cd)
-    Bg, Cg = _as_groups(B).to(cd), _as_groups(C).to(cd)
+    # time-major copies, made once: [batch, L, dim] and [batch, L, G, N]
+    dt_t = dt.transpose(1, 2).contiguous()
+    dtu_t = dt_t * u.to(cd).transpose(1, 2)
+    B_t = _as_groups(B).to(cd).permute(0, 3, 1, 2).contiguous()
+    C_t = _as_groups(C).to(cd).permute(0, 3, 1, 2).contiguous()
+    A_ = A.to(cd)
     state = (initial_state.to(cd) if initial_state is not None
              else torch.zeros(batch, dim, dstate, dtype=cd, device=u.device))
     chunk = max(16, min(seqlen, _TORCH_CHUNK_ELEMS // max(1, batch * dim * dstate)))
@@ -209,14 +219,14 @@ def _selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, i
     ys = []
     for s in range(0, seqlen, chunk):
         sl = slice(s, min(seqlen, s + chunk))
-        args = (state, A_, dt[:, :, sl], uu[:, :, sl], Bg[..., sl], Cg[..., sl])
+        args = (state, A_, dt_t[:, sl], dtu_t[:, sl], B_t[:, sl], C_t[:, sl])
         if needs_grad and seqlen > chunk:
             # keep only the chunk-boundary state; recompute the chunk in the backward pass
             y, state = checkpoint(_torch_chunk, *args, use_reentrant=False)
         else:
             y, state = _torch_chunk(*args)
         ys.append(y)
-    y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
+    y = (ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)).transpose(1, 2)
     out = _gate(y, u, D, z, cd).to(u.dtype)
     return out, state
 

@@ -126,6 +126,13 @@ def test_onehot_sample_frequencies_follow_probs():
     logits = torch.log(torch.tensor([0.7, 0.2, 0.1])).expand(20000, 3)
     freq = OneHot(logits).sample().detach().mean(0)
     assert torch.allclose(freq, torch.tensor([0.7, 0.2, 0.1]), atol=0.02)
+    # classes of probability zero are never drawn, wherever they sit; many groups at once
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.5], [0.25, 0.25, 0.5, 0.0]])
+    draws = OneHot(torch.log(probs).expand(5000, 2, 4), event_dims=1).sample().detach()
+    assert draws.shape == (5000, 2, 4) and torch.equal(draws.sum(-1), torch.ones(5000, 2))
+    freq = draws.mean(0)
+    assert freq[0, 0] == 0 and freq[0, 2] == 0 and freq[1, 3] == 0
+    assert torch.allclose(freq, probs, atol=0.03)
 
 
 def test_onehot_entropy_kl_logprob_match_torch():

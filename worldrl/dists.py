@@ -181,8 +181,11 @@ class OneHot:
 
     def sample(self) -> Tensor:
         """One-hot sample; its gradient is the gradient of the probabilities (straight-through)."""
-        flat = self.probs.detach().reshape(-1, self.classes)
-        index = torch.multinomial(flat, 1).reshape(self.probs.shape[:-1])
+        # inverse-CDF sampling: one uniform per categorical, index = #{k : cdf_k <= u}; several
+        # times faster than torch.multinomial for many small categoricals on the CPU
+        probs = self.probs.detach()
+        u = torch.rand(probs.shape[:-1] + (1,), dtype=probs.dtype, device=probs.device)
+        index = (probs.cumsum(-1) <= u).sum(-1).clamp_max(self.classes - 1)
         return self._straight_through(index)
 
     rsample = sample
