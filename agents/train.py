@@ -38,6 +38,9 @@ from agents.run_dir import (
 from worldrl.replay import Replay
 
 MODEL_OBS_KEYS = ("pixels", "vector", "audio")
+#: When this process started (the CLI imports this module first): eval rows record the seconds
+#: since then, so "solved within N minutes" can be read off eval.csv.
+PROCESS_START = time.time()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -252,7 +255,7 @@ def _eval(agent, obs_keys, eval_env, cfg, logger, step) -> list[float]:
     returns = evaluate(agent, obs_keys, eval_env, cfg.eval.episodes, cfg.eval.max_steps)
     mean, std = float(np.mean(returns)), float(np.std(returns))
     logger.row("eval", {"step": step, "return_mean": mean, "return_std": std,
-                        "episodes": len(returns)})
+                        "episodes": len(returns), "wall_s": time.time() - PROCESS_START})
     logger.scalars(step, {"eval/return": mean})
     return returns
 

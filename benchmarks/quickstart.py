@@ -37,11 +37,13 @@ def run_seed(seed: int, run_root: Path, extra: list[str]) -> dict:
     with open(run_dir / "eval.csv") as f:
         evals = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
     summary = json.loads((run_dir / "summary.json").read_text())
-    first = next((e["step"] for e in evals if e["return_mean"] >= 475), None)
+    first = next((e for e in evals if e["return_mean"] >= 475), None)
     return {"seed": seed, "wall_s": wall, "final_eval_mean": summary["eval_return_mean"],
             "final_eval_std": summary["eval_return_std"], "env_steps": summary["env_steps"],
-            "updates": summary["updates"], "first_step_eval_ge_475": first, "evals": evals,
-            "run_dir": str(run_dir)}
+            "updates": summary["updates"],
+            "first_step_eval_ge_475": None if first is None else int(first["step"]),
+            "first_wall_s_eval_ge_475": None if first is None else first["wall_s"],
+            "evals": evals, "run_dir": str(run_dir)}
 
 
 def plot(rows: list[dict], out: Path) -> None:
@@ -80,10 +82,13 @@ def main(argv=None) -> int:
               f"first >= 475 at {r['first_step_eval_ge_475']}, {r['wall_s'] / 60:.1f} min",
               flush=True)
         rows.append(r)
-    solved = sum(r["final_eval_mean"] >= 475 and r["wall_s"] <= 1200 for r in rows)
+    solved = sum(r["first_step_eval_ge_475"] is not None and r["first_step_eval_ge_475"] <= 20000
+                 and r["first_wall_s_eval_ge_475"] <= 1200 for r in rows)
+    final_ok = sum(r["final_eval_mean"] >= 475 for r in rows)
     report = {**stamp("python -m benchmarks.quickstart " + " ".join(sys.argv[1:])),
-              "target": "final mean eval return >= 475 (10 episodes) within 20k env steps and "
-                        "20 minutes wall clock", "seeds_meeting_target": solved,
+              "target": "an evaluation (mean return of 10 episodes) >= 475 within 20k env steps "
+                        "and 20 minutes of wall clock from process start",
+              "seeds_meeting_target": solved, "seeds_final_eval_ge_475": final_ok,
               "seeds": len(rows), "results": rows}
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -94,13 +99,19 @@ def main(argv=None) -> int:
         "# Quickstart: DreamerV3 XS on CartPole-v1 (the README's default job)", "",
         f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}. Commit "
         f"`{report['commit']}`, {report['date']}. Command: `{report['command']}`.", "",
-        f"Target: {report['target']}. Met by **{solved} of {len(rows)}** seeds.", "",
-        "| seed | final eval (10 ep) | first eval >= 475 at step | env steps | updates | wall |",
-        "|---:|---:|---:|---:|---:|---:|",
+        f"Target: {report['target']}. Met by **{solved} of {len(rows)}** seeds. The final "
+        f"evaluation (after 20k steps) is >= 475 for {final_ok} of {len(rows)}.", "",
+        "| seed | first eval >= 475: step | ... minutes | final eval (10 ep) | all evals | "
+        "updates | whole run |",
+        "|---:|---:|---:|---:|---|---:|---:|",
     ]
-    lines += [f"| {r['seed']} | {r['final_eval_mean']:.1f} +- {r['final_eval_std']:.1f} | "
-              f"{r['first_step_eval_ge_475']} | {r['env_steps']} | {r['updates']} | "
-              f"{r['wall_s'] / 60:.1f} min |" for r in rows]
+    for r in rows:
+        first_min = ("-" if r["first_wall_s_eval_ge_475"] is None
+                     else f"{r['first_wall_s_eval_ge_475'] / 60:.1f}")
+        curve = ", ".join(f"{e['return_mean']:.0f}" for e in r["evals"])
+        lines.append(f"| {r['seed']} | {r['first_step_eval_ge_475'] or '-'} | {first_min} | "
+                     f"{r['final_eval_mean']:.1f} +- {r['final_eval_std']:.1f} | {curve} | "
+                     f"{r['updates']} | {r['wall_s'] / 60:.1f} min |")
     lines += ["", f"![curves]({out.with_suffix('.png').name})"]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return 0
