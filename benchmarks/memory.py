@@ -50,7 +50,7 @@ BACKBONE_CFG = {
 HEADS = dict(encoder=dict(units=32, layers=2), decoder=dict(units=32, layers=2),
              reward_head=dict(units=32), cont_head=dict(units=32))
 #: gap -> batch sizes of the world-model and agent runs (agent None: not run)
-PLAN = {16: dict(wm=64, agent=32), 64: dict(wm=64, agent=None), 256: dict(wm=16, agent=None),
+PLAN = {16: dict(wm=64, agent=32), 64: dict(wm=64, agent=16), 256: dict(wm=16, agent=None),
         1024: dict(wm=8, agent=None)}
 QUICK = {16: dict(wm=4, agent=4), 64: dict(wm=4, agent=None)}
 WM_LR, AGENT_LR, REW_SCALE = 3e-3, 2e-3, 10.0
@@ -185,6 +185,29 @@ def agent_run(backbone: str, gap: int, seconds: float, batch: int, seed: int = 0
             "train_s": train_s}
 
 
+def _cell(kind: str, backbone: str, gap: int, seconds: float, batch: int, cap: int | None,
+          threads: int) -> tuple[str, dict]:
+    torch.set_num_threads(threads)
+    run = world_model_run if kind == "world_model" else agent_run
+    return kind, run(backbone, gap, seconds, batch, max_updates=cap)
+
+
+def run_cells(cells: list[tuple], cap: int | None, jobs: int, threads: int):
+    """Yield ``(kind, result)`` per cell, in order; ``jobs > 1`` runs cells in worker processes
+    (spawned, ``threads`` torch threads each) so that a wall-clock budget is not shared."""
+    if jobs <= 1:
+        for cell in cells:
+            yield _cell(*cell, cap, threads)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_cell, *cell, cap, threads) for cell in cells]
+        for f in futures:
+            yield f.result()
+
+
 def markdown(result: dict) -> str:
     gaps = sorted({r["gap"] for r in result["world_model"]})
     budget = result["budget"]
@@ -194,6 +217,7 @@ def markdown(result: dict) -> str:
         f"{result['machine']['cpu']} ({result['machine']['torch_threads']} thread), torch "
         f"{result['machine']['torch']}.", "",
         f"Each cell trains for the same wall-clock budget on one CPU thread "
+        f"({result['budget'].get('jobs', 1)} cell(s) at a time) "
         f"({budget['wm_seconds']:.0f} s per world model, {budget['agent_seconds']:.0f} s per "
         "agent); brackets: updates done x batch size.", "",
         "## World-model reward prediction at the answer", "",
@@ -228,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wm-seconds", type=float, default=60.0, help="budget per world model")
     p.add_argument("--agent-seconds", type=float, default=100.0, help="budget per agent")
     p.add_argument("--out", default="results/memory", help="path stem for .json and .md")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per cell")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="cells run at once, each in its own process (jobs x threads <= cores)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     plan = QUICK if args.quick else PLAN
@@ -239,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"no plan for gap(s) {unknown}; choose from {sorted(plan)}")
     command = "python -m benchmarks.memory " + " ".join(argv if argv is not None else sys.argv[1:])
     result = {**stamp(command.strip()), "world_model": [], "agent": [],
-              "budget": {"wm_seconds": args.wm_seconds, "agent_seconds": args.agent_seconds},
+              "budget": {"wm_seconds": args.wm_seconds, "agent_seconds": args.agent_seconds,
+                         "jobs": args.jobs},
               "notes": [
         f"World model: Adam lr {WM_LR}, grad-norm clip 100, reward loss scale {REW_SCALE} (one "
         "informative reward per episode), fresh random-policy episodes each update, accuracy on "
@@ -251,19 +278,18 @@ def main(argv: list[str] | None = None) -> int:
         "chance for a few hundred updates, then jumps; a cell at chance means not learned within "
         "the budget, not that the backbone cannot learn it.",
     ]}  # fmt: skip
-    for g in gaps:
-        for b in args.backbones:
-            r = world_model_run(b, g, args.wm_seconds, plan[g]["wm"], max_updates=cap)
-            result["world_model"].append(r)
-            print(f"world model {b:6s} K={g:5d}: accuracy {r['accuracy']:.3f}, separation "
-                  f"{r['separation']:+.3f} ({r['updates']} updates)", flush=True)
-    for g in gaps:
-        if not plan[g].get("agent"):
-            continue
-        for b in args.backbones:
-            r = agent_run(b, g, args.agent_seconds, plan[g]["agent"], max_updates=cap)
-            result["agent"].append(r)
-            print(f"agent       {b:6s} K={g:5d}: success {r['success']:.3f} "
+    cells = [("world_model", b, g, args.wm_seconds, plan[g]["wm"]) for g in gaps
+             for b in args.backbones]
+    cells += [("agent", b, g, args.agent_seconds, plan[g]["agent"]) for g in gaps
+              if plan[g].get("agent") for b in args.backbones]
+    for kind, r in run_cells(cells, cap, args.jobs, args.threads):
+        result[kind].append(r)
+        if kind == "world_model":
+            print(f"world model {r['backbone']:6s} K={r['gap']:5d}: accuracy "
+                  f"{r['accuracy']:.3f}, separation {r['separation']:+.3f} "
+                  f"({r['updates']} updates)", flush=True)
+        else:
+            print(f"agent       {r['backbone']:6s} K={r['gap']:5d}: success {r['success']:.3f} "
                   f"({r['updates']} updates)", flush=True)
     write_report(args.out, result, markdown(result))
     return 0
