@@ -31,6 +31,16 @@ RESUMABLE_KEYS = (
 )  # fmt: skip
 
 
+#: keys added to the config after runs were already being made, with the value that reproduces
+#: what those runs did: a run whose config.yaml lacks such a key still resumes when the new
+#: config has exactly this value (any other value is a difference, as usual)
+ADDED_KEYS = {
+    "train.amp": False,
+    "replay.dfs.tau": 10.0, "replay.dfs.imag_tau": 10.0, "replay.dfs.alpha": 1.0,
+    "replay.dfs.beta": 1.0, "replay.dfs.imag_scale": 1.0,
+}  # fmt: skip
+
+
 class RunDirError(RuntimeError):
     """A run directory that cannot be used as asked; nothing on disk was changed."""
 
@@ -60,6 +70,8 @@ def config_diff(old: DictConfig, new: DictConfig) -> list[str]:
     for key in sorted(set(a) | set(b)):
         if key in RESUMABLE_KEYS:
             continue
+        if key not in a and key in ADDED_KEYS and b.get(key) == ADDED_KEYS[key]:
+            continue  # made before the key existed; the new value does what the run did
         if a.get(key, "<unset>") != b.get(key, "<unset>"):
             lines.append(f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}")
     return lines

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from agents.cli import main
 from agents.run_dir import load_checkpoint
@@ -51,8 +52,9 @@ def test_cli_debug_preset_on_each_suite(tmp_path, env):
 
 def test_resume_after_kill(tmp_path):
     run = tmp_path / "run"
+    # a replay that cannot fill up before the kill, however fast the machine collects
     args = ["train", "preset=debug", "agent=random", f"run_dir={run}", "train.checkpoint_every=40",
-            *QUIET]
+            "replay.capacity=1000000", *QUIET]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "agents.cli", *args, "steps=1000000"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -207,3 +209,21 @@ def test_bf16_autocast_updates(tmp_path):
         losses[amp] = [r["loss/total"] for r in rows if "loss/total" in r]
         assert losses[amp] and all(math.isfinite(v) for v in losses[amp])
     assert losses["true"] != losses["false"]
+
+
+def test_runs_made_before_a_key_existed_still_resume():
+    """A config.yaml without keys added later (ADDED_KEYS) is the same run when the new config
+    holds the values that reproduce it, and a different one otherwise."""
+    from agents.run_dir import ADDED_KEYS, config_diff
+    from worldrl.config import load_config
+
+    new = load_config(["preset=debug"])
+    old = OmegaConf.create(OmegaConf.to_container(new, resolve=True))
+    del old.train["amp"]
+    del old.replay["dfs"]
+    assert set(ADDED_KEYS) >= {"train.amp", "replay.dfs.tau"}
+    assert config_diff(old, new) == []
+    assert config_diff(old, load_config(["preset=debug", "train.amp=true"])) == [
+        "train.amp: '<unset>' -> True"]
+    assert config_diff(old, load_config(["preset=debug", "replay.dfs.tau=3"])) == [
+        "replay.dfs.tau: '<unset>' -> 3"]
