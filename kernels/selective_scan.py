@@ -175,6 +175,10 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 # --------------------------------------------------------------------------------------------
 
 _TORCH_CHUNK_ELEMS = 1 << 17  # state elements (batch * chunk * dim * N) per time chunk: L2-sized
+# Checkpoint the chunks (keep boundary states only, recompute in backward) when the whole
+# [batch, L, dim, N] state has at least this many elements; below it the three saved tensors per
+# chunk are small and recomputing would only double the time.
+_CHECKPOINT_MIN_ELEMS = 1 << 20
 
 
 def _torch_chunk(state, A, dt_t, dtu_t, B_t, C_t):
@@ -220,7 +224,7 @@ def _selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, i
     for s in range(0, seqlen, chunk):
         sl = slice(s, min(seqlen, s + chunk))
         args = (state, A_, dt_t[:, sl], dtu_t[:, sl], B_t[:, sl], C_t[:, sl])
-        if needs_grad and seqlen > chunk:
+        if needs_grad and seqlen > chunk and batch * seqlen * dim * dstate >= _CHECKPOINT_MIN_ELEMS:
             # keep only the chunk-boundary state; recompute the chunk in the backward pass
             y, state = checkpoint(_torch_chunk, *args, use_reentrant=False)
         else:

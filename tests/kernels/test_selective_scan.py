@@ -94,9 +94,11 @@ SHAPES = [(2, 3, 1, 4, None), (2, 3, 19, 4, None), (1, 4, 37, 3, 2), (2, 6, 70, 
 @pytest.mark.parametrize("softplus", [False, True])
 @pytest.mark.parametrize("full", [True, False], ids=["D-z-bias-init", "bare"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_torch_path_matches_ref(monkeypatch, shape, softplus, full, dtype):
-    # tiny time chunks so that L=37/70 run through several checkpointed chunks
+@pytest.mark.parametrize("ckpt", [True, False], ids=["checkpointed", "saved"])
+def test_torch_path_matches_ref(monkeypatch, shape, softplus, full, dtype, ckpt):
+    # tiny time chunks so that L=37/70 run through several chunks, checkpointed or not
     monkeypatch.setattr(ss_mod, "_TORCH_CHUNK_ELEMS", 16 * shape[0] * shape[1] * shape[3])
+    monkeypatch.setattr(ss_mod, "_CHECKPOINT_MIN_ELEMS", 0 if ckpt else 1 << 62)
     args = make(*shape, dtype, full=full)
     check_against_ref(args, softplus, "torch", dtype)
 
@@ -108,6 +110,7 @@ def test_torch_path_half_precision_inputs():
 
 def test_gradcheck_float64_torch_path(monkeypatch):
     monkeypatch.setattr(ss_mod, "_TORCH_CHUNK_ELEMS", 16)  # several checkpointed chunks
+    monkeypatch.setattr(ss_mod, "_CHECKPOINT_MIN_ELEMS", 0)
     args = make(1, 2, 21, 3, None, torch.float64)
     names = [k for k in NAMES if args[k] is not None]
     ins = tuple(args[k].requires_grad_() for k in names)
