@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from worldrl.replay import DFSSampler
+
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
@@ -36,9 +38,8 @@ RESUMABLE_KEYS = (
 #: config has exactly this value (any other value is a difference, as usual)
 ADDED_KEYS = {
     "train.amp": False,
-    "replay.dfs.tau": 10.0, "replay.dfs.imag_tau": 10.0, "replay.dfs.alpha": 1.0,
-    "replay.dfs.beta": 1.0, "replay.dfs.imag_scale": 1.0,
-}  # fmt: skip
+    **{f"replay.dfs.{k}": v for k, v in DFSSampler.defaults().items()},
+}
 
 
 class RunDirError(RuntimeError):

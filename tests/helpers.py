@@ -39,3 +39,29 @@ class CounterEnv(gym.Env):
         if terminated and self.t % 2 == 0:  # even-length episodes end by truncation instead
             terminated, truncated = False, True
         return self._obs(), float(self.t), terminated, truncated, {}
+
+
+def collect(num_envs: int, batches: int, max_len: int = 9, steps_per_batch: int = 16,
+            seed: int = 0) -> list:
+    """``batches`` collector batches of ``num_envs`` CounterEnv copies under the random agent,
+    through the same TransformedEnv / ActingModule / Collector path as training."""
+    import torch
+    from torchrl.collectors import Collector
+
+    import envs
+    from agents.acting import ActingModule, carry_primer
+    from agents.random_agent import RandomAgent
+
+    env = envs.wrap(lambda: CounterEnv(max_len=max_len), num_envs=num_envs, seed=seed)
+    agent = RandomAgent({"vector": ((3,), torch.float32)}, {"discrete": True, "n": 3})
+    env.append_transform(carry_primer(agent))
+    policy = ActingModule(agent, ["vector"], env.action_spec, mode="random")
+    col = Collector(env, policy, frames_per_batch=num_envs * steps_per_batch, total_frames=-1,
+                    auto_register_policy_transforms=False)
+    out = []
+    for i, b in enumerate(col):
+        out.append(b.clone())
+        if i + 1 == batches:
+            break
+    col.shutdown()
+    return out

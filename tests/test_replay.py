@@ -3,29 +3,9 @@
 import torch
 from tensordict import TensorDict
 from tensordict.memmap import MemoryMappedTensor
-from torchrl.collectors import Collector
 
-import envs
-from agents.acting import ActingModule, carry_primer
-from agents.random_agent import RandomAgent
-from tests.helpers import CounterEnv
+from tests.helpers import collect
 from worldrl.replay import Replay
-
-
-def collect(num_envs, batches, steps_per_batch=16, seed=0):
-    env = envs.wrap(CounterEnv, num_envs=num_envs, seed=seed)
-    agent = RandomAgent({"vector": ((3,), torch.float32)}, {"discrete": True, "n": 3})
-    env.append_transform(carry_primer(agent))
-    policy = ActingModule(agent, ["vector"], env.action_spec, mode="random")
-    col = Collector(env, policy, frames_per_batch=num_envs * steps_per_batch, total_frames=-1,
-                    auto_register_policy_transforms=False)
-    out = []
-    for i, b in enumerate(col):
-        out.append(b.clone())
-        if i + 1 == batches:
-            break
-    col.shutdown()
-    return out
 
 
 def transitions(obs, next_obs, reward, done, terminated, is_first):

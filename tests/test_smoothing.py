@@ -5,10 +5,7 @@ import pytest
 import torch
 from scipy.ndimage import convolve, gaussian_filter1d
 
-import envs
-from agents.acting import ActingModule, carry_primer
-from agents.random_agent import RandomAgent
-from tests.helpers import CounterEnv
+from tests.helpers import collect
 from worldrl.replay import Replay
 from worldrl.smoothing import RewardSmoother, kernel, make_smoother, smooth_episode
 
@@ -150,24 +147,6 @@ def test_bad_config_names_the_choices():
         RewardSmoother("gaussian", sigma=0)
     sm = make_smoother({"reward_smoothing": "uniform", "smoothing_window": 5}, 3)
     assert sm.mode == "uniform" and len(sm.weights) == 5 and len(sm.streams) == 3
-
-
-def collect(num_envs, batches, max_len=9, seed=0):
-    from torchrl.collectors import Collector
-
-    env = envs.wrap(lambda: CounterEnv(max_len=max_len), num_envs=num_envs, seed=seed)
-    agent = RandomAgent({"vector": ((3,), torch.float32)}, {"discrete": True, "n": 3})
-    env.append_transform(carry_primer(agent))
-    policy = ActingModule(agent, ["vector"], env.action_spec, mode="random")
-    col = Collector(env, policy, frames_per_batch=num_envs * 16, total_frames=-1,
-                    auto_register_policy_transforms=False)
-    out = []
-    for i, b in enumerate(col):
-        out.append(b.clone())
-        if i + 1 == batches:
-            break
-    col.shutdown()
-    return out
 
 
 @pytest.mark.parametrize("mode", ["gaussian", "ema"])

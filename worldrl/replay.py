@@ -30,6 +30,7 @@ Only the sampled batch is read into memory; the buffer stays on disk (``LazyMemm
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -128,8 +129,14 @@ class DFSSampler(SequenceSampler):
     """
 
     MODES = ("joint", "world_model", "imagination", "peek")
-    #: The knobs a config may set (``replay.dfs``), with Drama's defaults.
-    DEFAULTS = {"tau": 10.0, "imag_tau": 10.0, "alpha": 1.0, "beta": 1.0, "imag_scale": 1.0}
+    #: The knobs a config may set (``replay.dfs``); their defaults are the constructor's.
+    KNOBS = ("tau", "imag_tau", "alpha", "beta", "imag_scale")
+
+    @classmethod
+    def defaults(cls) -> dict[str, float]:
+        """Drama's values of :attr:`KNOBS` (the constructor's defaults)."""
+        params = inspect.signature(cls.__init__).parameters
+        return {k: params[k].default for k in cls.KNOBS}
 
     def __init__(self, seq_len: int, steps: int, streams: int,
                  generator: torch.Generator | None = None, tau: float = 10.0,
@@ -292,7 +299,7 @@ class Replay:
         sampler: ``uniform`` (DreamerV3) or ``dfs`` (Drama's :class:`DFSSampler`).
         seed: seeds the sampler's generator.
         dfs: DFS knobs (``tau, imag_tau, alpha, beta, imag_scale``; absent ones keep Drama's
-            defaults, :attr:`DFSSampler.DEFAULTS`); only with ``sampler='dfs'``.
+            defaults, :meth:`DFSSampler.defaults`); only with ``sampler='dfs'``.
         reward_smoothing: DreamSmooth: the ``replay`` config node (``reward_smoothing``,
             ``smoothing_*``), a mode name or a :class:`~worldrl.smoothing.RewardSmoother`.
     """
@@ -313,13 +320,13 @@ class Replay:
         self.seq_len = seq_len
         generator = torch.Generator().manual_seed(seed)
         dfs = dict(dfs or {})
-        unknown = sorted(set(dfs) - set(DFSSampler.DEFAULTS))
+        unknown = sorted(set(dfs) - set(DFSSampler.KNOBS))
         if unknown:
             raise ValueError(f"unknown replay.dfs key(s) {unknown}; valid: "
-                             f"{sorted(DFSSampler.DEFAULTS)}")
+                             f"{sorted(DFSSampler.KNOBS)}")
         if sampler == "dfs":
-            knobs = {**DFSSampler.DEFAULTS, **{k: float(v) for k, v in dfs.items()}}
-            self.sampler = DFSSampler(seq_len, steps, num_envs, generator, **knobs)
+            self.sampler = DFSSampler(seq_len, steps, num_envs, generator,
+                                      **{k: float(v) for k, v in dfs.items()})
         else:
             self.sampler = SequenceSampler(seq_len, generator)
         self.storage = LazyMemmapStorage(steps, scratch_dir=self.directory, existsok=True)

@@ -91,6 +91,15 @@ class Backbone(nn.Module, abc.ABC):
     def state_keys(self) -> tuple[str, ...]:
         return tuple(self.state_spec())
 
+    def _check_sequence(self, embed: Tensor, action: Tensor, is_first: Tensor) -> tuple[int, int]:
+        """Shapes of ``observe``'s inputs: ``embed [B, T, E]``, ``action [B, T, A]``,
+        ``is_first [B, T]``; returns ``(B, T)``."""
+        B, T = embed.shape[:2]
+        assert embed.shape == (B, T, self.embed_size), (embed.shape, self.embed_size)
+        assert action.shape == (B, T, self.action_size), (action.shape, self.action_size)
+        assert is_first.shape == (B, T), (is_first.shape, (B, T))
+        return B, T
+
     def _device(self) -> torch.device:
         p = next(self.parameters(), None)
         return p.device if p is not None else torch.device("cpu")

@@ -139,10 +139,7 @@ class RSSM(Backbone):
         Where ``is_first[:, t]`` the carried state and ``action[:, t]`` are zeroed (the initial
         state) before the step.
         """
-        B, T = embed.shape[:2]
-        assert embed.shape == (B, T, self.embed_size), (embed.shape, self.embed_size)
-        assert action.shape == (B, T, self.action_size), (action.shape, self.action_size)
-        assert is_first.shape == (B, T), (is_first.shape, (B, T))
+        B, T = self._check_sequence(embed, action, is_first)
         if state is None:
             state = self.initial(B)
         deter, stoch = state["deter"], state["stoch"]

@@ -147,10 +147,7 @@ class SSMBackbone(Backbone):
     def observe(self, embed: Tensor, action: Tensor, is_first: Tensor, state: State | None = None,
                 sample: bool = True) -> tuple[State, State, State]:
         """Posterior/prior over ``[B, T]``, all steps at once (parallel scan over ``T``)."""
-        B, T = embed.shape[:2]
-        assert embed.shape == (B, T, self.embed_size), (embed.shape, self.embed_size)
-        assert action.shape == (B, T, self.action_size), (action.shape, self.action_size)
-        assert is_first.shape == (B, T), (is_first.shape, (B, T))
+        B, T = self._check_sequence(embed, action, is_first)
         if state is None:
             state = self.initial(B)
         is_first = is_first.bool()
