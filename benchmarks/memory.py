@@ -2,6 +2,10 @@
 
     python -m benchmarks.memory                   # -> results/memory.{json,md} (CPU, 1 thread)
     python -m benchmarks.memory --quick           # a few updates of everything (smoke)
+    python -m benchmarks.memory --kinds agent --gaps 256 1024 --merge   # add cells to the report
+
+``--merge`` keeps the cells of the existing report that this command does not re-run; every cell
+records which run (command, commit, date, budget) measured it.
 
 Task: ``envs/memory.py`` ``recall_K`` (cue bit at t=0, K blank steps, a query, the answer's reward
 1 or 0 on the final step). Two measurements per backbone and gap K:
@@ -26,9 +30,11 @@ the results. Numbers are whatever was measured; no backbone is favoured by the p
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections import deque
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,8 +56,8 @@ BACKBONE_CFG = {
 HEADS = dict(encoder=dict(units=32, layers=2), decoder=dict(units=32, layers=2),
              reward_head=dict(units=32), cont_head=dict(units=32))
 #: gap -> batch sizes of the world-model and agent runs (agent None: not run)
-PLAN = {16: dict(wm=64, agent=32), 64: dict(wm=64, agent=16), 256: dict(wm=16, agent=None),
-        1024: dict(wm=8, agent=None)}
+PLAN = {16: dict(wm=64, agent=32), 64: dict(wm=64, agent=16), 256: dict(wm=16, agent=8),
+        1024: dict(wm=8, agent=4)}
 QUICK = {16: dict(wm=4, agent=4), 64: dict(wm=4, agent=None)}
 WM_LR, AGENT_LR, REW_SCALE = 3e-3, 2e-3, 10.0
 
@@ -208,18 +214,42 @@ def run_cells(cells: list[tuple], cap: int | None, jobs: int, threads: int):
             yield f.result()
 
 
+def _run(cell: dict, runs: list) -> str:
+    return f", run {cell.get('run', 0) + 1}" if len(runs) > 1 else ""
+
+
+def merge(old: dict, new: dict) -> dict:
+    """``new``'s cells plus the cells of ``old`` that ``new`` did not re-run; old reports (one
+    top-level stamp, no ``runs``) are read as one run."""
+    runs = old.get("runs") or [{k: old[k] for k in ("command", "commit", "date", "machine",
+                                                    "budget")}]
+    out = {**new, "runs": runs + new["runs"]}
+    for kind in ("world_model", "agent"):
+        fresh = {(r["backbone"], r["gap"]) for r in new[kind]}
+        kept = [{**r, "run": r.get("run", 0)} for r in old.get(kind, [])
+                if (r["backbone"], r["gap"]) not in fresh]
+        out[kind] = kept + [{**r, "run": r["run"] + len(runs)} for r in new[kind]]
+        out[kind].sort(key=lambda r: (r["gap"], BACKBONES.index(r["backbone"])))
+    return out
+
+
 def markdown(result: dict) -> str:
-    gaps = sorted({r["gap"] for r in result["world_model"]})
-    budget = result["budget"]
-    lines = [
-        "# Memory benchmark: recall a cue after K steps (rssm vs s4 vs mamba)", "",
-        f"`{result['command']}` — commit `{result['commit']}`, {result['date']}, "
-        f"{result['machine']['cpu']} ({result['machine']['torch_threads']} thread), torch "
-        f"{result['machine']['torch']}.", "",
-        f"Each cell trains for the same wall-clock budget on one CPU thread "
-        f"({result['budget'].get('jobs', 1)} cell(s) at a time) "
-        f"({budget['wm_seconds']:.0f} s per world model, {budget['agent_seconds']:.0f} s per "
-        "agent); brackets: updates done x batch size.", "",
+    gaps = sorted({r["gap"] for r in result["world_model"] + result["agent"]})
+    runs = result["runs"]
+    lines = ["# Memory benchmark: recall a cue after K steps (rssm vs s4 vs mamba)", ""]
+    for i, run in enumerate(runs, 1):
+        budget = run["budget"]
+        lines.append(
+            f"Run {i}: `{run['command']}` — commit `{run['commit']}`, {run['date']}, "
+            f"{run['machine']['cpu']} ({run['machine']['torch_threads']} thread per cell, "
+            f"{budget.get('jobs', 1)} cell(s) at a time), torch {run['machine']['torch']}; "
+            f"{budget['wm_seconds']:.0f} s per world model, {budget['agent_seconds']:.0f} s per "
+            "agent.")
+        lines.append("")
+    lines += [
+        "Within a run every cell of a kind trains for the same wall-clock budget on one CPU "
+        "thread; brackets: updates done x batch size" + (", run" if len(runs) > 1 else "") + ".",
+        "",
         "## World-model reward prediction at the answer", "",
         "Accuracy of `pred > 0.5` (chance 0.50) / separation `mean pred | right - mean pred | "
         "wrong` (0: no memory of the cue, 1: perfect).", "",
@@ -229,16 +259,16 @@ def markdown(result: dict) -> str:
     by = {(r["backbone"], r["gap"]): r for r in result["world_model"]}
     for g in gaps:
         cells = [f"{by[(b, g)]['accuracy']:.2f} / {by[(b, g)]['separation']:+.2f} "
-                 f"({by[(b, g)]['updates']} x {by[(b, g)]['batch']})" if (b, g) in by
-                 else "not run" for b in BACKBONES]
+                 f"({by[(b, g)]['updates']} x {by[(b, g)]['batch']}{_run(by[(b, g)], runs)})"
+                 if (b, g) in by else "not run" for b in BACKBONES]
         lines.append(f"| {g} | {g + 3} | " + " | ".join(cells) + " |")
     lines += ["", "## Agent success rate (greedy, 200 episodes; chance 0.50)", "",
               "| K | " + " | ".join(BACKBONES) + " |", "|---|" + "---|" * len(BACKBONES)]
     ab = {(r["backbone"], r["gap"]): r for r in result["agent"]}
     for g in gaps:
         cells = [f"{ab[(b, g)]['success']:.2f} ({ab[(b, g)]['updates']} x "
-                 f"{ab[(b, g)]['batch']})" if (b, g) in ab else "not run (CPU budget)"
-                 for b in BACKBONES]
+                 f"{ab[(b, g)]['batch']}{_run(ab[(b, g)], runs)})" if (b, g) in ab
+                 else "not run" for b in BACKBONES]
         lines.append(f"| {g} | " + " | ".join(cells) + " |")
     lines += ["", *[f"- {n}" for n in result["notes"]], ""]
     return "\n".join(lines)
@@ -252,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wm-seconds", type=float, default=60.0, help="budget per world model")
     p.add_argument("--agent-seconds", type=float, default=100.0, help="budget per agent")
     p.add_argument("--out", default="results/memory", help="path stem for .json and .md")
+    p.add_argument("--kinds", nargs="+", default=["world_model", "agent"],
+                   choices=["world_model", "agent"], help="which measurements to run")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the cells of the existing OUT.json that this command does not run")
     p.add_argument("--threads", type=int, default=1, help="torch threads per cell")
     p.add_argument("--jobs", type=int, default=1,
                    help="cells run at once, each in its own process (jobs x threads <= cores)")
@@ -264,10 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"no plan for gap(s) {unknown}; choose from {sorted(plan)}")
     command = "python -m benchmarks.memory " + " ".join(argv if argv is not None else sys.argv[1:])
-    result = {**stamp(command.strip()), "world_model": [], "agent": [],
-              "budget": {"wm_seconds": args.wm_seconds, "agent_seconds": args.agent_seconds,
-                         "jobs": args.jobs},
-              "notes": [
+    budget = {"wm_seconds": args.wm_seconds, "agent_seconds": args.agent_seconds,
+              "jobs": args.jobs}
+    result = {"runs": [{**stamp(command.strip()), "budget": budget}], "world_model": [],
+              "agent": [], "notes": [
         f"World model: Adam lr {WM_LR}, grad-norm clip 100, reward loss scale {REW_SCALE} (one "
         "informative reward per episode), fresh random-policy episodes each update, accuracy on "
         "256 held-out episodes; sequences are whole episodes (K + 3 steps).",
@@ -278,12 +312,21 @@ def main(argv: list[str] | None = None) -> int:
         "chance for a few hundred updates, then jumps; a cell at chance means not learned within "
         "the budget, not that the backbone cannot learn it.",
     ]}  # fmt: skip
-    cells = [("world_model", b, g, args.wm_seconds, plan[g]["wm"]) for g in gaps
-             for b in args.backbones]
-    cells += [("agent", b, g, args.agent_seconds, plan[g]["agent"]) for g in gaps
-              if plan[g].get("agent") for b in args.backbones]
+    old = None
+    if args.merge:
+        path = Path(args.out).with_suffix(".json")
+        if not path.exists():
+            p.error(f"--merge: {path} does not exist")
+        old = json.loads(path.read_text())
+    cells = []
+    if "world_model" in args.kinds:
+        cells += [("world_model", b, g, args.wm_seconds, plan[g]["wm"]) for g in gaps
+                  for b in args.backbones]
+    if "agent" in args.kinds:
+        cells += [("agent", b, g, args.agent_seconds, plan[g]["agent"]) for g in gaps
+                  if plan[g].get("agent") for b in args.backbones]
     for kind, r in run_cells(cells, cap, args.jobs, args.threads):
-        result[kind].append(r)
+        result[kind].append({**r, "run": 0})
         if kind == "world_model":
             print(f"world model {r['backbone']:6s} K={r['gap']:5d}: accuracy "
                   f"{r['accuracy']:.3f}, separation {r['separation']:+.3f} "
@@ -291,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"agent       {r['backbone']:6s} K={r['gap']:5d}: success {r['success']:.3f} "
                   f"({r['updates']} updates)", flush=True)
+    if old is not None:
+        result = merge(old, result)
     write_report(args.out, result, markdown(result))
     return 0
 
