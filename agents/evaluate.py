@@ -11,7 +11,14 @@ from omegaconf import OmegaConf
 
 from agents.acting import carry_primer
 from agents.run_dir import CheckpointError, load_checkpoint
-from agents.train import build_agent, build_env, evaluate, load_agent_state, resolve_device
+from agents.train import (
+    build_agent,
+    build_env,
+    eval_copies,
+    evaluate,
+    load_agent_state,
+    resolve_device,
+)
 
 
 def evaluate_checkpoint(path: str | Path, episodes: int | None = None,
@@ -21,7 +28,9 @@ def evaluate_checkpoint(path: str | Path, episodes: int | None = None,
         raise CheckpointError(f"{path} has no config entry")
     cfg = OmegaConf.create(payload["config"])
     torch.manual_seed(seed)
-    env = build_env(cfg.env, seed=seed, num_envs=1)
+    episodes = episodes or cfg.eval.episodes
+    env = build_env(cfg.env, seed=seed,
+                    num_envs=eval_copies(OmegaConf.merge(cfg.eval, {"episodes": episodes})))
     agent, obs_keys = build_agent(cfg, env, resolve_device(cfg.device))
     env.append_transform(carry_primer(agent))
     try:
@@ -30,7 +39,6 @@ def evaluate_checkpoint(path: str | Path, episodes: int | None = None,
         raise CheckpointError(
             f"{path}: the weights do not fit the agent of its config: {err}"
         ) from None
-    episodes = episodes or cfg.eval.episodes
     returns = evaluate(agent, obs_keys, env, episodes, max_steps or cfg.eval.max_steps)
     env.close()
     result = {

@@ -29,7 +29,7 @@ CHECKPOINT_VERSION = 1
 RESUMABLE_KEYS = (
     "steps", "overwrite", "device", "run_dir", "train.log_every", "train.checkpoint_every",
     "train.video_every", "train.threads", "train.progress", "eval.every", "eval.episodes",
-    "eval.max_steps", "env.parallel",
+    "eval.envs", "eval.max_steps", "env.parallel",
 )  # fmt: skip
 
 
@@ -38,6 +38,7 @@ RESUMABLE_KEYS = (
 #: config has exactly this value (any other value is a difference, as usual)
 ADDED_KEYS = {
     "train.amp": False,
+    **{f"agent.optim.group_lr.{k}": None for k in ("world_model", "actor", "critic")},
     **{f"replay.dfs.{k}": v for k, v in DFSSampler.defaults().items()},
 }
 

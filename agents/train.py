@@ -86,13 +86,27 @@ def load_agent_state(agent, state: dict) -> None:
 
 
 def evaluate(agent, obs_keys, env, episodes: int, max_steps: int) -> list[float]:
-    """Returns of ``episodes`` episodes with the policy's mode (``eval``), each capped."""
+    """Returns of ``episodes`` episodes with the policy's mode (``eval``), each capped at
+    ``max_steps``. The env's copies play one episode each per round, side by side (one batched
+    policy call per step; a copy whose episode ended stops stepping), for as many rounds as it
+    takes; the first ``episodes`` returns are kept."""
     policy = ActingModule(agent, obs_keys, env.action_spec, mode="eval")
-    returns = []
-    for _ in range(episodes):
-        td = env.rollout(max_steps, policy, break_when_any_done=True, auto_cast_to_device=True)
-        returns.append(float(td["next", "reward"].sum()))
-    return returns
+    returns: list[float] = []
+    while len(returns) < episodes:
+        td = env.rollout(max_steps, policy, break_when_any_done=False, break_when_all_done=True,
+                         auto_cast_to_device=True)
+        td = td.reshape(-1, td.shape[-1])  # [copies, T]; a single env has no batch dims
+        reward = td["next", "reward"].reshape(td.shape).float()
+        done = td["next", "done"].reshape(td.shape).int()
+        # a stopped copy repeats its last row: count only rows up to its first done
+        ended = (done.cumsum(1) - done) > 0
+        returns += reward.masked_fill(ended, 0.0).sum(1).tolist()
+    return returns[:episodes]
+
+
+def eval_copies(eval_cfg: DictConfig) -> int:
+    """Env copies for evaluation: ``eval.envs``, or one per episode when unset (0)."""
+    return max(1, min(int(eval_cfg.get("envs") or eval_cfg.episodes), int(eval_cfg.episodes)))
 
 
 def _check(cfg: DictConfig) -> None:
@@ -135,7 +149,8 @@ def train(cfg: DictConfig) -> dict:
     env.set_seed(cfg.seed + 1000 * counters["resumes"])
     agent, obs_keys = build_agent(cfg, env, device)
     env.append_transform(carry_primer(agent))
-    eval_env = build_env(cfg.env, cfg.seed + 10_000 + counters["resumes"], num_envs=1)
+    eval_env = build_env(cfg.env, cfg.seed + 10_000 + counters["resumes"],
+                         num_envs=eval_copies(cfg.eval))
     eval_env.append_transform(carry_primer(agent))
 
     t = cfg.train

@@ -205,3 +205,22 @@ def test_laprop_agc_and_warmup():
     assert opt.last_metrics["group0/clipped"] == 0.0
     with pytest.raises(ValueError, match="lr"):
         LaProp([q], lr=0.0)
+
+
+def test_group_lr_sets_one_module_learning_rate():
+    """``optim.group_lr.actor`` gives the actor its own step size; the others keep ``lr``."""
+    cfg = {**TINY, "optim": {"lr": 3e-3, "warmup": 0, "group_lr": {"actor": 1e-5}}}
+    agent = make_agent(cfg=cfg)
+    lrs = {g["name"]: g["lr"] for g in agent.opt.param_groups}
+    assert lrs == {"world_model": 3e-3, "actor": 1e-5, "critic": 3e-3}
+    before = {n: [p.detach().clone() for p in m.parameters()]
+              for n, m in (("actor", agent.ac.actor), ("critic", agent.ac.critic))}
+    agent.train_step(make_batch())
+    # LaProp's first step moves every parameter with a gradient by at most lr (times AGC <= 1)
+    for name, module in (("actor", agent.ac.actor), ("critic", agent.ac.critic)):
+        moved = max(float((p.detach() - q).abs().max())
+                    for p, q in zip(module.parameters(), before[name]))
+        assert moved <= lrs[name] * 1.01, (name, moved)  # float32 rounding of p - lr
+        assert moved > lrs[name] * 0.5, (name, moved)
+    with pytest.raises(ValueError, match="group_lr"):
+        make_agent(cfg={**TINY, "optim": {"group_lr": {"policy": 1e-4}}})

@@ -221,9 +221,70 @@ def test_runs_made_before_a_key_existed_still_resume():
     old = OmegaConf.create(OmegaConf.to_container(new, resolve=True))
     del old.train["amp"]
     del old.replay["dfs"]
-    assert set(ADDED_KEYS) >= {"train.amp", "replay.dfs.tau"}
+    del old.agent.optim["group_lr"]
+    assert set(ADDED_KEYS) >= {"train.amp", "replay.dfs.tau", "agent.optim.group_lr.actor"}
     assert config_diff(old, new) == []
+    assert config_diff(old, load_config(["preset=debug", "agent.optim.group_lr.actor=1e-4"])) == [
+        "agent.optim.group_lr.actor: '<unset>' -> 0.0001"]
     assert config_diff(old, load_config(["preset=debug", "train.amp=true"])) == [
         "train.amp: '<unset>' -> True"]
     assert config_diff(old, load_config(["preset=debug", "replay.dfs.tau=3"])) == [
         "replay.dfs.tau: '<unset>' -> 3"]
+
+
+class _Countdown:
+    """Gymnasium env factory: the ``i``-th env made ends after ``3 + 2 i`` steps and pays ``i + 1``
+    per step, so every copy's episode return is known."""
+
+    def __init__(self):
+        self.made = 0
+
+    def __call__(self):
+        import gymnasium as gym
+        import numpy as np
+
+        index = self.made
+        self.made += 1
+
+        class Countdown(gym.Env):
+            observation_space = gym.spaces.Dict(
+                {"vector": gym.spaces.Box(-1.0, 1.0, (2,), np.float32)})
+            action_space = gym.spaces.Discrete(2)
+
+            def reset(self, *, seed=None, options=None):
+                super().reset(seed=seed)
+                self.t = 0
+                return {"vector": np.zeros(2, np.float32)}, {}
+
+            def step(self, action):
+                self.t += 1
+                obs = {"vector": np.full(2, self.t / 10, np.float32)}
+                return obs, float(index + 1), self.t >= 3 + 2 * index, False, {}
+
+        return Countdown()
+
+
+@pytest.mark.parametrize("copies, episodes, max_steps", [
+    (3, 3, 100),   # one round: each copy counted to its own end, not to the longest one's
+    (3, 5, 100),   # two rounds, the first five returns kept
+    (3, 3, 4),     # capped at max_steps
+    (1, 2, 100),   # a single env: one episode per round
+])
+def test_evaluate_plays_copies_side_by_side(copies, episodes, max_steps):
+    import envs
+    from agents.acting import carry_primer
+    from agents.random_agent import RandomAgent
+    from agents.train import evaluate
+
+    factory = _Countdown()
+    env = envs.wrap(factory, num_envs=copies, seed=0)
+    first = factory.made - copies  # TorchRL may build one more copy to read the specs
+    lengths = [min(3 + 2 * i, max_steps) for i in range(first, first + copies)]
+    one_round = [n * (i + 1) for n, i in zip(lengths, range(first, first + copies))]
+    agent = RandomAgent({}, {"discrete": True, "n": 2})
+    env.append_transform(carry_primer(agent))
+    returns = evaluate(agent, ["vector"], env, episodes, max_steps)
+    assert returns == (one_round * episodes)[:episodes]
+    if copies > 1:
+        assert len(set(returns[:copies])) == copies
+    env.close()
