@@ -239,12 +239,14 @@ def markdown(result: dict) -> str:
     lines = ["# Memory benchmark: recall a cue after K steps (rssm vs s4 vs mamba)", ""]
     for i, run in enumerate(runs, 1):
         budget = run["budget"]
+        kinds = budget.get("kinds", ["world_model", "agent"])
+        per = [f"{budget['wm_seconds']:.0f} s per world model" if "world_model" in kinds else "",
+               f"{budget['agent_seconds']:.0f} s per agent" if "agent" in kinds else ""]
         lines.append(
             f"Run {i}: `{run['command']}` — commit `{run['commit']}`, {run['date']}, "
             f"{run['machine']['cpu']} ({run['machine']['torch_threads']} thread per cell, "
             f"{budget.get('jobs', 1)} cell(s) at a time), torch {run['machine']['torch']}; "
-            f"{budget['wm_seconds']:.0f} s per world model, {budget['agent_seconds']:.0f} s per "
-            "agent.")
+            f"{', '.join(x for x in per if x)}.")
         lines.append("")
     lines += [
         "Within a run every cell of a kind trains for the same wall-clock budget on one CPU "
@@ -299,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"no plan for gap(s) {unknown}; choose from {sorted(plan)}")
     command = "python -m benchmarks.memory " + " ".join(argv if argv is not None else sys.argv[1:])
     budget = {"wm_seconds": args.wm_seconds, "agent_seconds": args.agent_seconds,
-              "jobs": args.jobs}
+              "jobs": args.jobs, "kinds": list(args.kinds)}
     result = {"runs": [{**stamp(command.strip()), "budget": budget}], "world_model": [],
               "agent": [], "notes": [
         f"World model: Adam lr {WM_LR}, grad-norm clip 100, reward loss scale {REW_SCALE} (one "

@@ -135,10 +135,12 @@ def _chunked_segment(a, b, carry, reverse, out, chunk):
     """Scan a segment whose length is a multiple of ``chunk``.
 
     Pass 1 reduces every chunk to its aggregate (the chunk's local scan end value from a zero
-    state, and the product of its coefficients); a short loop over chunks turns the aggregates into
-    the state entering each chunk; pass 2 rescans every chunk from its entering state and writes
-    the output. Both passes are loops over the ``chunk`` positions, vectorised over all chunks.
-    Only products and fused multiply-adds, no division or logarithm, so ``a = 0`` is exact.
+    state, and the product of its coefficients); the aggregates are a linear recurrence over the
+    chunks, which this same scan turns into the state entering each chunk (recursively: a few
+    dozen small ops instead of one per chunk); pass 2 rescans every chunk from its entering state
+    and writes the output. Both passes are loops over the ``chunk`` positions, vectorised over
+    all chunks. Only products and fused multiply-adds, no division or logarithm, so ``a = 0`` is
+    exact.
     """
     nchunks = a.shape[1] // chunk
     a4 = a.unflatten(1, (nchunks, chunk))
@@ -151,20 +153,17 @@ def _chunked_segment(a, b, carry, reverse, out, chunk):
     for k in order:
         agg = b_k[k] if agg is None else torch.addcmul(b_k[k], a_k[k], agg)
     prod = a4.prod(dim=2)
-    # the state entering each chunk
-    enter = torch.empty_like(agg)
-    e_c, g_c, p_c = enter.unbind(1), agg.unbind(1), prod.unbind(1)
-    corder = range(nchunks - 1, -1, -1) if reverse else range(nchunks)
-    prev = None
-    for c in corder:
-        if prev is None:
-            if carry is None:
-                e_c[c].zero_()
-            else:
-                e_c[c].copy_(carry)
-        else:
-            torch.addcmul(g_c[prev], p_c[prev], e_c[prev], out=e_c[c])
-        prev = c
+    # the state entering each chunk: the chunk aggregates form a recurrence of their own
+    # (enter_{c+1} = prod_c * enter_c + agg_c), scanned by the same code, one level down
+    edge = torch.empty((agg.shape[0], nchunks + 1, *agg.shape[2:]), dtype=agg.dtype,
+                       device=agg.device)
+    first, rest = (edge[:, -1], edge[:, :-1]) if reverse else (edge[:, 0], edge[:, 1:])
+    if carry is None:
+        first.zero_()
+    else:
+        first.copy_(carry)
+    _scan_core(prod, agg, carry, reverse, rest)
+    enter = edge[:, 1:] if reverse else edge[:, :-1]
     state = enter
     for k in order:
         torch.addcmul(b_k[k], a_k[k], state, out=o_k[k])
