@@ -2,7 +2,7 @@
 
     worldrl train [OVERRIDE ...]          train (or resume) a run; Hydra overrides, e.g.
                                           env=atari100k env.task=pong backbone=rssm size=s seed=1
-    worldrl eval CHECKPOINT [--episodes N] [--max-steps N]
+    worldrl eval CHECKPOINT [--episodes N] [--max-steps N] [--sample]
                                           evaluate a checkpoint (file or run directory)
     worldrl plot RUN_DIR [--out FILE]     learning-curve PNG from a run's CSVs
     worldrl config [OVERRIDE ...]         print the composed config
@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--episodes", type=int, default=None)
     e.add_argument("--max-steps", type=int, default=None)
     e.add_argument("--seed", type=int, default=12345)
+    e.add_argument("--sample", action="store_true",
+                   help="sample actions (as in training and DreamerV3's evaluation), not the mode")
     pl = sub.add_parser("plot", help="plot a run's learning curve")
     pl.add_argument("run_dir")
     pl.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curve.png)")
@@ -131,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             from agents.evaluate import evaluate_checkpoint
 
             result = evaluate_checkpoint(args.checkpoint, episodes=args.episodes,
-                                         max_steps=args.max_steps, seed=args.seed)
+                                         max_steps=args.max_steps, seed=args.seed,
+                                         sample=args.sample or None)
             print(json.dumps(result))
         elif args.command == "plot":
             from agents.plot import plot_run

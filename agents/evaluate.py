@@ -22,7 +22,11 @@ from agents.train import (
 
 
 def evaluate_checkpoint(path: str | Path, episodes: int | None = None,
-                        max_steps: int | None = None, seed: int = 12345) -> dict:
+                        max_steps: int | None = None, seed: int = 12345,
+                        sample: bool | None = None) -> dict:
+    """Evaluate a checkpoint with its run's env; ``sample`` (default: the run's ``eval.sample``)
+    samples actions instead of taking the policy's mode. Writes ``eval_checkpoint.json`` (or
+    ``eval_checkpoint_sample.json``) beside the checkpoint."""
     payload = load_checkpoint(path)
     if "config" not in payload:
         raise CheckpointError(f"{path} has no config entry")
@@ -39,14 +43,19 @@ def evaluate_checkpoint(path: str | Path, episodes: int | None = None,
         raise CheckpointError(
             f"{path}: the weights do not fit the agent of its config: {err}"
         ) from None
-    returns = evaluate(agent, obs_keys, env, episodes, max_steps or cfg.eval.max_steps)
+    if sample is None:
+        sample = bool(cfg.eval.get("sample", False))
+    returns = evaluate(agent, obs_keys, env, episodes, max_steps or cfg.eval.max_steps,
+                       sample=sample)
     env.close()
     result = {
         "checkpoint": str(path), "env_steps": payload["counters"]["env_steps"],
-        "episodes": episodes, "return_mean": float(np.mean(returns)),
+        "episodes": episodes, "policy": "sample" if sample else "mode",
+        "return_mean": float(np.mean(returns)),
         "return_std": float(np.std(returns)), "returns": returns,
     }
     out = Path(path)
-    out = (out if out.is_dir() else out.parent) / "eval_checkpoint.json"
+    out = (out if out.is_dir() else out.parent) / (
+        "eval_checkpoint_sample.json" if sample else "eval_checkpoint.json")
     out.write_text(json.dumps(result, indent=1))
     return result

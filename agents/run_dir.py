@@ -29,7 +29,7 @@ CHECKPOINT_VERSION = 1
 RESUMABLE_KEYS = (
     "steps", "overwrite", "device", "run_dir", "train.log_every", "train.checkpoint_every",
     "train.video_every", "train.threads", "train.progress", "eval.every", "eval.episodes",
-    "eval.envs", "eval.max_steps", "env.parallel",
+    "eval.envs", "eval.sample", "eval.max_steps", "env.parallel",
 )  # fmt: skip
 
 

@@ -85,12 +85,14 @@ def load_agent_state(agent, state: dict) -> None:
         agent.load_optim_state_dict(state["optim"])
 
 
-def evaluate(agent, obs_keys, env, episodes: int, max_steps: int) -> list[float]:
-    """Returns of ``episodes`` episodes with the policy's mode (``eval``), each capped at
+def evaluate(agent, obs_keys, env, episodes: int, max_steps: int,
+             sample: bool = False) -> list[float]:
+    """Returns of ``episodes`` episodes with the policy's mode (``eval``), or sampled actions as
+    in training with ``sample`` (DreamerV3's own evaluation samples), each capped at
     ``max_steps``. The env's copies play one episode each per round, side by side (one batched
     policy call per step; a copy whose episode ended stops stepping), for as many rounds as it
     takes; the first ``episodes`` returns are kept."""
-    policy = ActingModule(agent, obs_keys, env.action_spec, mode="eval")
+    policy = ActingModule(agent, obs_keys, env.action_spec, mode="train" if sample else "eval")
     returns: list[float] = []
     while len(returns) < episodes:
         td = env.rollout(max_steps, policy, break_when_any_done=False, break_when_all_done=True,
@@ -267,7 +269,8 @@ def _progress(cfg, initial: int):
 
 
 def _eval(agent, obs_keys, eval_env, cfg, logger, step) -> list[float]:
-    returns = evaluate(agent, obs_keys, eval_env, cfg.eval.episodes, cfg.eval.max_steps)
+    returns = evaluate(agent, obs_keys, eval_env, cfg.eval.episodes, cfg.eval.max_steps,
+                       sample=bool(cfg.eval.get("sample", False)))
     mean, std = float(np.mean(returns)), float(np.std(returns))
     logger.row("eval", {"step": step, "return_mean": mean, "return_std": std,
                         "episodes": len(returns), "wall_s": time.time() - PROCESS_START})

@@ -59,9 +59,6 @@ class LaProp(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D401
-        """One update of every parameter with a gradient. Each stage is one ``torch._foreach_*``
-        call over a group's tensors (a model has ~100 of them: a per-tensor loop costs more in
-        op dispatch than in arithmetic on a CPU)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -69,60 +66,48 @@ class LaProp(torch.optim.Optimizer):
         metrics: dict[str, float] = {}
         for gi, group in enumerate(self.param_groups):
             name = group.get("name", f"group{gi}")
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
             b1, b2, eps = group["beta1"], group["beta2"], group["eps"]
-            grads = [p.grad.float() for p in params]
-            states = [self.state[p] for p in params]
-            for p, state in zip(params, states):
+            gsq, clipped, count, usq, usize = 0.0, 0, 0, 0.0, 0
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad.float()
+                state = self.state[p]
                 if not state:
                     state["step"] = 0
                     state["nu"] = torch.zeros_like(p, dtype=torch.float32)
                     state["mu"] = torch.zeros_like(p, dtype=torch.float32)
                 state["step"] += 1
-            steps = [state["step"] for state in states]
-            gnorms = torch.stack(torch._foreach_norm(grads))
-            gsq = float(gnorms.square().sum())
-            clipped = 0.0
-            if group["agc"]:
-                pnorms = torch.stack(torch._foreach_norm([p.detach().float() for p in params]))
-                upper = group["agc"] * torch.clamp_min(pnorms, group["pmin"])
-                factor = 1.0 / torch.clamp_min(gnorms / upper, 1.0)
-                clipped = float((factor < 1.0).sum())
-                grads = torch._foreach_mul(grads, factor.tolist())
-            nus = [state["nu"] for state in states]
-            torch._foreach_mul_(nus, b2)
-            torch._foreach_addcmul_(nus, grads, grads, value=1.0 - b2)
-            denom = torch._foreach_div(nus, [1.0 - b2**t for t in steps])
-            torch._foreach_sqrt_(denom)
-            torch._foreach_add_(denom, eps)
-            u = torch._foreach_div(grads, denom)
-            if group["momentum"]:
-                mus = [state["mu"] for state in states]
-                torch._foreach_mul_(mus, b1)
-                torch._foreach_add_(mus, u, alpha=1.0 - b1)
-                if group["nesterov"]:
-                    torch._foreach_mul_(u, 1.0 - b1)
-                    torch._foreach_add_(u, mus, alpha=b1)
-                    torch._foreach_div_(u, [1.0 - b1**t for t in steps])
-                else:
-                    u = torch._foreach_div(mus, [1.0 - b1**t for t in steps])
-            if group["wd"]:
-                decayed = [i for i, p in enumerate(params) if p.ndim >= 2]
-                torch._foreach_add_([u[i] for i in decayed],
-                                    [params[i].detach().float() for i in decayed],
-                                    alpha=group["wd"])
-            update = torch._foreach_mul(u, [-self.current_lr(group, t) for t in steps])
-            usq = float(torch.stack(torch._foreach_norm(update)).square().sum())
-            usize = sum(x.numel() for x in update)
-            if all(p.dtype == torch.float32 for p in params):
-                torch._foreach_add_(params, update)
-            else:
-                for p, x in zip(params, update):
-                    p.add_(x.to(p.dtype))
-            metrics[f"{name}/grad_norm"] = math.sqrt(gsq)
-            metrics[f"{name}/clipped"] = clipped / len(params)
-            metrics[f"{name}/update_rms"] = math.sqrt(usq / max(usize, 1))
+                t = state["step"]
+                gnorm = torch.linalg.vector_norm(g)
+                gsq = gsq + gnorm.square()
+                count += 1
+                if group["agc"]:
+                    pnorm = torch.linalg.vector_norm(p.detach().float())
+                    upper = group["agc"] * torch.clamp_min(pnorm, group["pmin"])
+                    factor = 1.0 / torch.clamp_min(gnorm / upper, 1.0)
+                    clipped = clipped + (factor < 1.0).float()
+                    g = g * factor
+                nu = state["nu"]
+                nu.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+                u = g / ((nu / (1.0 - b2**t)).sqrt() + eps)
+                if group["momentum"]:
+                    mu = state["mu"]
+                    mu.mul_(b1).add_(u, alpha=1.0 - b1)
+                    if group["nesterov"]:
+                        u = (b1 * mu + (1.0 - b1) * u) / (1.0 - b1**t)
+                    else:
+                        u = mu / (1.0 - b1**t)
+                lr = self.current_lr(group, t)
+                if group["wd"] and p.ndim >= 2:
+                    u = u + group["wd"] * p.detach().float()
+                update = -lr * u
+                usq = usq + update.square().sum()
+                usize += update.numel()
+                p.add_(update.to(p.dtype))
+            if count:
+                metrics[f"{name}/grad_norm"] = math.sqrt(float(gsq))
+                metrics[f"{name}/clipped"] = float(clipped) / count
+                metrics[f"{name}/update_rms"] = math.sqrt(float(usq) / max(usize, 1))
         self.last_metrics = metrics
         return loss
