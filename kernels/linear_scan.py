@@ -117,8 +117,6 @@ def linear_scan_ref(a, b, h0=None, reset=None, reverse=False, return_last=False)
 _CHUNK_MAX = 16
 _CHUNKS_PER_BLOCK = 64
 _MIN_CHUNKED = 16
-# Segments of at most this many elements use _chunked_segment_small (fewer ops, more bytes).
-_SMALL_SEGMENT = 1 << 19
 
 
 def _loop_segment(a, b, carry, reverse, out):
@@ -154,18 +152,9 @@ def _chunked_segment(a, b, carry, reverse, out, chunk):
     agg = None
     for k in order:
         agg = b_k[k] if agg is None else torch.addcmul(b_k[k], a_k[k], agg)
-    enter = _chunk_enter(a4.prod(dim=2), agg, carry, reverse)
-    state = enter
-    for k in order:
-        torch.addcmul(b_k[k], a_k[k], state, out=o_k[k])
-        state = o_k[k]
-
-
-def _chunk_enter(prod, agg, carry, reverse):
-    """The state entering each chunk, ``[B, nchunks, ...]``, from the chunk aggregates: they form
-    a recurrence of their own (``enter_{c+1} = prod_c * enter_c + agg_c``), scanned by the same
-    code one level down."""
-    nchunks = agg.shape[1]
+    prod = a4.prod(dim=2)
+    # the state entering each chunk: the chunk aggregates form a recurrence of their own
+    # (enter_{c+1} = prod_c * enter_c + agg_c), scanned by the same code, one level down
     edge = torch.empty((agg.shape[0], nchunks + 1, *agg.shape[2:]), dtype=agg.dtype,
                        device=agg.device)
     first, rest = (edge[:, -1], edge[:, :-1]) if reverse else (edge[:, 0], edge[:, 1:])
@@ -174,31 +163,11 @@ def _chunk_enter(prod, agg, carry, reverse):
     else:
         first.copy_(carry)
     _scan_core(prod, agg, carry, reverse, rest)
-    return edge[:, 1:] if reverse else edge[:, :-1]
-
-
-def _chunked_segment_small(a, b, carry, reverse, out, chunk):
-    """:func:`_chunked_segment` for segments that fit in cache, where the op count matters more
-    than the bytes moved: pass 1 writes every chunk's local scan (from a zero state) to ``out``,
-    one ``cumprod`` gives the coefficient products, and a single fused multiply-add over the
-    whole segment adds each chunk's entering state times those products."""
-    nchunks = a.shape[1] // chunk
-    a4 = a.unflatten(1, (nchunks, chunk))
-    o4 = out.unflatten(1, (nchunks, chunk))
-    a_k, b_k = a4.unbind(2), b.unflatten(1, (nchunks, chunk)).unbind(2)
-    o_k = o4.unbind(2)
-    order = range(chunk - 1, -1, -1) if reverse else range(chunk)
-    prev = None
+    enter = edge[:, 1:] if reverse else edge[:, :-1]
+    state = enter
     for k in order:
-        if prev is None:
-            o_k[k].copy_(b_k[k])
-        else:
-            torch.addcmul(b_k[k], a_k[k], o_k[prev], out=o_k[k])
-        prev = k
-    cum = a4.flip(2).cumprod(2).flip(2) if reverse else a4.cumprod(2)
-    end = 0 if reverse else chunk - 1
-    enter = _chunk_enter(cum[:, :, end], o_k[end], carry, reverse)
-    torch.addcmul(o4, cum, enter.unsqueeze(2), out=o4)
+        torch.addcmul(b_k[k], a_k[k], state, out=o_k[k])
+        state = o_k[k]
 
 
 def _scan_core(a, b, h0, reverse, out):
@@ -230,9 +199,7 @@ def _scan_core(a, b, h0, reverse, out):
     for s, e in bounds:
         sl = slice(s, e)
         if (e - s) % chunk == 0 and (e - s) // chunk >= 2:
-            small = a[:, sl].numel() <= _SMALL_SEGMENT
-            (_chunked_segment_small if small else _chunked_segment)(
-                a[:, sl], b[:, sl], carry, reverse, out[:, sl], chunk)
+            _chunked_segment(a[:, sl], b[:, sl], carry, reverse, out[:, sl], chunk)
         else:
             _loop_segment(a[:, sl], b[:, sl], carry, reverse, out[:, sl])
         carry = out[:, s] if reverse else out[:, e - 1]

@@ -86,18 +86,12 @@ def check_against_ref(a, b, h0, reset, reverse, backend, dtype, ref_dtype=None):
         close(gr, gr_ref, dtype, f"grad {name}")
 
 
-# the two chunked forms: pass 2 as a rescan (large segments) or as one fused correction (small)
-SEGMENT_FORMS = {"rescan": 0, "correction": 1 << 40}
-
-
 # T: one step, odd, exactly one chunk, many chunks with a ragged tail, several super-blocks
 @pytest.mark.parametrize("seqlen", [1, 7, 16, 101, 2100])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("h0,reset", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("form", list(SEGMENT_FORMS))
-def test_torch_path_matches_ref(seqlen, reverse, h0, reset, dtype, form, monkeypatch):
-    monkeypatch.setattr(ls_mod, "_SMALL_SEGMENT", SEGMENT_FORMS[form])
+def test_torch_path_matches_ref(seqlen, reverse, h0, reset, dtype):
     a, b, h, r = make(2, seqlen, 3, dtype, h0, reset)
     check_against_ref(a, b, h, r, reverse, "torch", dtype)
 
@@ -189,10 +183,8 @@ def test_triton_complex_is_refused_clearly(interpret):
     torch.testing.assert_close(linear_scan(a, b), linear_scan_ref(a, b))
 
 
-@pytest.mark.parametrize("form", list(SEGMENT_FORMS))
-def test_chunked_core_segments(form, monkeypatch):
+def test_chunked_core_segments():
     """The chunked core over lengths around every segment boundary, both directions."""
-    monkeypatch.setattr(ls_mod, "_SMALL_SEGMENT", SEGMENT_FORMS[form])
     g = torch.Generator().manual_seed(3)
     for seqlen in (15, 16, 17, 63, 64, 65, 1024, 1025, 1057):
         a = torch.rand(1, seqlen, 2, generator=g, dtype=torch.float64)
