@@ -162,6 +162,11 @@ def test_eval_and_plot_commands(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["episodes"] == 2 and len(result["returns"]) == 2
     assert all(0 < r <= 15 for r in result["returns"])
+    assert result["policy"] == "mode" and (run / "eval_checkpoint.json").exists()
+    assert main(["eval", str(run), "--episodes", "3", "--max-steps", "15", "--sample"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["policy"] == "sample" and len(result["returns"]) == 3
+    assert json.loads((run / "eval_checkpoint_sample.json").read_text()) == result
     assert main(["plot", str(run)]) == 0
     png = run / "curve.png"
     assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
@@ -287,4 +292,27 @@ def test_evaluate_plays_copies_side_by_side(copies, episodes, max_steps):
     assert returns == (one_round * episodes)[:episodes]
     if copies > 1:
         assert len(set(returns[:copies])) == copies
+    env.close()
+
+
+@pytest.mark.parametrize("sample, mode", [(False, "eval"), (True, "train")])
+def test_evaluate_takes_the_mode_or_samples(sample, mode):
+    """Evaluation asks the agent for the policy's mode by default, for samples with ``sample``."""
+    import envs
+    from agents.acting import carry_primer
+    from agents.random_agent import RandomAgent
+    from agents.train import evaluate
+
+    class Spy(RandomAgent):
+        modes = set()
+
+        def act(self, obs, is_first, carry, mode="train"):
+            self.modes.add(mode)
+            return super().act(obs, is_first, carry, mode)
+
+    env = envs.wrap(_Countdown(), num_envs=2, seed=0)
+    agent = Spy({}, {"discrete": True, "n": 2})
+    env.append_transform(carry_primer(agent))
+    evaluate(agent, ["vector"], env, 2, 10, sample=sample)
+    assert agent.modes == {mode}
     env.close()
