@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_seed(seed: int, run_root: Path, extra: list[str]) -> dict:
     run_dir = run_root / f"s{seed}"
+    if run_dir.exists():  # the same command would resume that run instead of training afresh
+        raise SystemExit(f"{run_dir} exists: pass a new --runs directory")
     cmd = [sys.executable, "-m", "agents.cli", "train", f"seed={seed}", f"run_dir={run_dir}",
            "train.progress=false", *extra]
     t = time.time()
@@ -71,13 +73,15 @@ def plot(rows: list[dict], out: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--runs", default="runs/quickstart-bench")
+    p.add_argument("--runs", default=None,
+                   help="where the runs go (default: runs/quickstart-bench/DATE-TIME, new)")
     p.add_argument("--out", default="results/quickstart_cartpole")
     p.add_argument("extra", nargs="*", help="extra overrides (the README job uses none)")
     args = p.parse_args(argv)
+    runs = args.runs or time.strftime("runs/quickstart-bench/%Y%m%d-%H%M%S")
     rows = []
     for seed in args.seeds:
-        r = run_seed(seed, ROOT / args.runs, args.extra)
+        r = run_seed(seed, ROOT / runs, args.extra)
         print(f"seed {seed}: final eval {r['final_eval_mean']:.1f} +- {r['final_eval_std']:.1f}, "
               f"first >= 475 at {r['first_step_eval_ge_475']}, {r['wall_s'] / 60:.1f} min",
               flush=True)
