@@ -33,8 +33,8 @@ def evaluate_checkpoint(path: str | Path, episodes: int | None = None,
     cfg = OmegaConf.create(payload["config"])
     torch.manual_seed(seed)
     episodes = episodes or cfg.eval.episodes
-    env = build_env(cfg.env, seed=seed,
-                    num_envs=eval_copies(OmegaConf.merge(cfg.eval, {"episodes": episodes})))
+    # checkpoints of runs made before eval.envs / eval.sample existed lack those keys
+    env = build_env(cfg.env, seed=seed, num_envs=eval_copies(episodes, cfg.eval.get("envs")))
     agent, obs_keys = build_agent(cfg, env, resolve_device(cfg.device))
     env.append_transform(carry_primer(agent))
     try:

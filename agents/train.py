@@ -106,9 +106,9 @@ def evaluate(agent, obs_keys, env, episodes: int, max_steps: int,
     return returns[:episodes]
 
 
-def eval_copies(eval_cfg: DictConfig) -> int:
-    """Env copies for evaluation: ``eval.envs``, or one per episode when unset (0)."""
-    return max(1, min(int(eval_cfg.get("envs") or eval_cfg.episodes), int(eval_cfg.episodes)))
+def eval_copies(episodes: int, envs: int | None) -> int:
+    """Env copies for evaluation: ``eval.envs``, or one per episode when unset (0 / None)."""
+    return max(1, min(int(envs or episodes), int(episodes)))
 
 
 def _check(cfg: DictConfig) -> None:
@@ -152,7 +152,7 @@ def train(cfg: DictConfig) -> dict:
     agent, obs_keys = build_agent(cfg, env, device)
     env.append_transform(carry_primer(agent))
     eval_env = build_env(cfg.env, cfg.seed + 10_000 + counters["resumes"],
-                         num_envs=eval_copies(cfg.eval))
+                         num_envs=eval_copies(cfg.eval.episodes, cfg.eval.envs))
     eval_env.append_transform(carry_primer(agent))
 
     t = cfg.train
@@ -270,7 +270,7 @@ def _progress(cfg, initial: int):
 
 def _eval(agent, obs_keys, eval_env, cfg, logger, step) -> list[float]:
     returns = evaluate(agent, obs_keys, eval_env, cfg.eval.episodes, cfg.eval.max_steps,
-                       sample=bool(cfg.eval.get("sample", False)))
+                       sample=cfg.eval.sample)
     mean, std = float(np.mean(returns)), float(np.std(returns))
     logger.row("eval", {"step": step, "return_mean": mean, "return_std": std,
                         "episodes": len(returns), "wall_s": time.time() - PROCESS_START})

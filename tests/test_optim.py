@@ -1,4 +1,4 @@
-"""LaProp (worldrl/optim.py): the batched update against a plain per-tensor reading of it."""
+"""LaProp (worldrl/optim.py) against a plain, independent reading of its update chain."""
 
 import math
 
