@@ -38,6 +38,8 @@ RESUMABLE_KEYS = (
 #: config has exactly this value (any other value is a difference, as usual)
 ADDED_KEYS = {
     "train.amp": False,
+    "agent.optim.schedule": "const",
+    "agent.optim.anneal": None,
     **{f"agent.optim.group_lr.{k}": None for k in ("world_model", "actor", "critic")},
     **{f"replay.dfs.{k}": v for k, v in DFSSampler.defaults().items()},
 }

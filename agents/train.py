@@ -51,10 +51,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def planned_updates(cfg: DictConfig) -> int:
+    """The number of updates a run of ``cfg.steps`` env steps makes (the training loop's count)."""
+    t = cfg.train
+    return max(0, math.floor((cfg.steps - t.prefill) * t.train_ratio / (t.batch_size * t.seq_len)))
+
+
 def agent_config(cfg: DictConfig) -> DictConfig:
-    """The agent's own sub-config with its backbone sub-config merged in."""
+    """The agent's own sub-config with its backbone sub-config merged in; ``agent.optim.anneal:
+    null`` becomes the run's :func:`planned_updates` (what a ``linear`` or ``cosine`` learning-rate
+    schedule anneals over)."""
     agent = OmegaConf.create(OmegaConf.to_container(cfg.agent, resolve=True))
     agent.backbone = OmegaConf.create(OmegaConf.to_container(cfg.backbone, resolve=True))
+    optim = agent.get("optim")
+    if optim is not None and "anneal" in optim and optim.anneal is None:
+        # a run no longer than its warm-up never reaches the decay
+        warmup = int(optim.get("warmup", 0))
+        optim.anneal = max(planned_updates(cfg), warmup + 1)
     return agent
 
 

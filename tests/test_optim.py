@@ -60,3 +60,55 @@ def test_laprop_skips_tensors_without_gradients():
     opt.step()
     torch.testing.assert_close(p.detach(), torch.tensor([0.9, 1.1, 1.0]))
     assert torch.equal(q.detach(), torch.ones(2)) and q not in opt.state
+
+
+def _lrs(schedule, lr=1.0, warmup=2, anneal=6, steps=9):
+    """The learning rates of updates 1..steps, read from a live param group."""
+    p = torch.zeros(1, requires_grad=True)
+    opt = LaProp([p], lr=lr, warmup=warmup, schedule=schedule, anneal=anneal)
+    return [opt.current_lr(opt.param_groups[0], t) for t in range(1, steps + 1)]
+
+
+def test_schedules_follow_dreamerv3_optax_chain():
+    # warm-up t / warmup, then optax linear_schedule(lr, 0.1 lr, anneal - warmup) or
+    # cosine_decay_schedule(lr, anneal - warmup, alpha=0.1) on the updates since the warm-up,
+    # held at 0.1 lr after `anneal`
+    # (optax's 0-based count: update warmup + 1 is the decay's first, at the full lr)
+    assert _lrs("const") == pytest.approx([0.5, 1, 1, 1, 1, 1, 1, 1, 1])
+    assert _lrs("linear") == pytest.approx([0.5, 1.0, 1.0, 0.775, 0.55, 0.325, 0.1, 0.1, 0.1])
+    cos = [0.1 + 0.45 * (1 + math.cos(math.pi * k / 4)) for k in range(5)]
+    assert _lrs("cosine") == pytest.approx([0.5, 1.0, *cos, 0.1, 0.1])
+
+
+def test_schedule_scales_the_applied_update():
+    # one tensor, one update per step: the step the parameter takes is lr_t * |m_t|; with a
+    # constant gradient |m_t| = 1 exactly (LaProp normalises before the momentum)
+    steps = []
+    p = torch.zeros(1, requires_grad=True)
+    opt = LaProp([p], lr=0.1, warmup=0, agc=0.0, schedule="linear", anneal=4, eps=0.0)
+    for _ in range(6):
+        before = p.detach().clone()
+        p.grad = torch.ones(1)
+        opt.step()
+        steps.append(float(before - p.detach()))
+    assert steps == pytest.approx([0.1, 0.0775, 0.055, 0.0325, 0.01, 0.01], rel=1e-5)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"schedule": "exp", "anneal": 10}, "unknown schedule 'exp'; choose one of: const, linear, "
+                                       "cosine"),
+    ({"schedule": "cosine", "anneal": 0}, "anneal must be > warmup"),
+    ({"schedule": "linear", "anneal": None}, "anneal must be > warmup"),
+    ({"schedule": "linear", "anneal": 5, "warmup": 5}, "got anneal=5"),
+])
+def test_bad_schedule_is_refused(kw, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        LaProp([torch.zeros(1, requires_grad=True)], lr=0.1, **kw)
+
+
+def test_metrics_report_the_applied_lr():
+    p = torch.zeros(1, requires_grad=True)
+    opt = LaProp([{"params": [p], "name": "w"}], lr=0.1, warmup=4)
+    p.grad = torch.ones(1)
+    opt.step()
+    assert opt.last_metrics["w/lr"] == pytest.approx(0.025)

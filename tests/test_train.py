@@ -316,3 +316,26 @@ def test_evaluate_takes_the_mode_or_samples(sample, mode):
     evaluate(agent, ["vector"], env, 2, 10, sample=sample)
     assert agent.modes == {mode}
     env.close()
+
+
+def test_lr_schedule_anneals_over_the_run():
+    """``agent.optim.anneal: null`` is the number of updates the run makes, so the quickstart's
+    cosine reaches 0.1 lr at its last update; a run shorter than its warm-up still builds."""
+    from agents.train import agent_config, build_agent, planned_updates
+    from envs import make_env
+    from worldrl.config import load_config
+
+    cfg = load_config([])
+    assert cfg.env.task == "CartPole-v1" and cfg.agent.optim.schedule == "cosine"
+    assert planned_updates(cfg) == (20000 - 1000) * 64 // (16 * 16) == 4750
+    assert agent_config(cfg).optim.anneal == 4750
+    assert agent_config(load_config(["agent.optim.anneal=300"])).optim.anneal == 300
+    debug = load_config(["preset=debug"])
+    assert planned_updates(debug) == 40 and agent_config(debug).optim.anneal == 101
+    env = make_env("gym", "CartPole-v1")
+    agent, _ = build_agent(debug, env, torch.device("cpu"))
+    env.close()
+    group = agent.opt.param_groups[0]
+    assert (group["schedule"], group["anneal"]) == ("cosine", 101)
+    assert agent.opt.current_lr(group, 100) == pytest.approx(3e-4)
+    assert agent.opt.current_lr(group, 102) == pytest.approx(0.1 * 3e-4)

@@ -9,7 +9,10 @@ The update chain, per parameter tensor ``p`` with gradient ``g`` at update ``t``
 3. momentum: ``mu <- b1 mu + (1 - b1) u``, ``m = mu / (1 - b1^t)`` (``b1 = 0.9``; Nesterov
    optional);
 4. optional decoupled weight decay (``wd``, default 0) on tensors with ``ndim >= 2``;
-5. ``p <- p - lr_t m`` with ``lr = 4e-5`` and a linear warm-up over the first 1000 updates.
+5. ``p <- p - lr_t m`` with ``lr = 4e-5`` and a linear warm-up over the first 1000 updates;
+   ``schedule`` then keeps it constant (``const``, the default) or anneals it to ``0.1 lr`` over
+   the updates from ``warmup`` to ``anneal`` (``linear`` or ``cosine``), as DreamerV3's
+   ``opt.schedule`` / ``opt.anneal`` do (optax ``linear_schedule`` / ``cosine_decay_schedule``).
 
 Deviation: optax's warm-up evaluates the schedule at the 0-based count, so DreamerV3's first update
 has learning rate 0; ours uses ``lr * min(1, t / warmup)`` with the 1-based ``t``. DreamerV3's
@@ -25,21 +28,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["LaProp"]
+__all__ = ["LaProp", "SCHEDULES"]
+
+#: Learning-rate schedules after the warm-up (DreamerV3 ``opt.schedule``).
+SCHEDULES = ("const", "linear", "cosine")
 
 
 class LaProp(torch.optim.Optimizer):
     """LaProp with adaptive gradient clipping and linear warm-up (DreamerV3 defaults).
 
     Param groups may carry a ``name``; :attr:`last_metrics` then holds ``{name}/grad_norm`` (before
-    clipping), ``{name}/clipped`` (fraction of tensors that AGC clipped) and ``{name}/update_rms``
-    after every :meth:`step`.
+    clipping), ``{name}/clipped`` (fraction of tensors that AGC clipped), ``{name}/update_rms`` and
+    ``{name}/lr`` after every :meth:`step`.
     """
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 4e-5,
                  agc: float = 0.3, pmin: float = 1e-3, eps: float = 1e-20, beta1: float = 0.9,
                  beta2: float = 0.999, momentum: bool = True, nesterov: bool = False,
-                 wd: float = 0.0, warmup: int = 1000):
+                 wd: float = 0.0, warmup: int = 1000, schedule: str = "const",
+                 anneal: int = 0):
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         if agc < 0:
@@ -48,14 +55,32 @@ class LaProp(torch.optim.Optimizer):
             raise ValueError(f"betas must be in [0, 1), got beta1={beta1}, beta2={beta2}")
         if warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {warmup}")
+        if schedule not in SCHEDULES:
+            raise ValueError(
+                f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+        if schedule != "const" and not (anneal and anneal > warmup):
+            raise ValueError(f"schedule={schedule!r} anneals from update warmup={warmup} to update "
+                             f"anneal; anneal must be > warmup, got anneal={anneal}")
         defaults = dict(lr=lr, agc=agc, pmin=pmin, eps=eps, beta1=beta1, beta2=beta2,
-                        momentum=momentum, nesterov=nesterov, wd=wd, warmup=warmup)
+                        momentum=momentum, nesterov=nesterov, wd=wd, warmup=warmup,
+                        schedule=schedule, anneal=anneal)
         super().__init__(params, defaults)
         self.last_metrics: dict[str, float] = {}
 
     def current_lr(self, group: dict[str, Any], step: int) -> float:
-        warmup = group["warmup"]
-        return group["lr"] * (min(1.0, step / warmup) if warmup else 1.0)
+        """The learning rate of update ``step`` (1-based) for ``group``."""
+        lr, warmup = group["lr"], group["warmup"]
+        if warmup and step < warmup:
+            return lr * step / warmup
+        schedule = group.get("schedule", "const")  # groups saved before schedules existed
+        if schedule == "const":
+            return lr
+        # optax evaluates the decay at the 0-based count since the warm-up: update warmup + 1
+        # has the full lr (our 1-based warm-up already reached it at update `warmup`)
+        frac = min(1.0, max(0, step - 1 - warmup) / (group["anneal"] - warmup))
+        if schedule == "linear":
+            return lr * (1.0 - 0.9 * frac)
+        return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D401
@@ -109,5 +134,6 @@ class LaProp(torch.optim.Optimizer):
                 metrics[f"{name}/grad_norm"] = math.sqrt(float(gsq))
                 metrics[f"{name}/clipped"] = float(clipped) / count
                 metrics[f"{name}/update_rms"] = math.sqrt(float(usq) / max(usize, 1))
+                metrics[f"{name}/lr"] = lr
         self.last_metrics = metrics
         return loss
