@@ -174,7 +174,10 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 # fast PyTorch path: time chunks x chunked linear scan, checkpointed per chunk
 # --------------------------------------------------------------------------------------------
 
-_TORCH_CHUNK_ELEMS = 1 << 17  # state elements (batch * chunk * dim * N) per time chunk: L2-sized
+# State elements (batch * chunk * dim * N) per time chunk: 2^20 (4 MiB per fp32 tensor, the chunk's
+# few tensors stay in a 32 MiB L3). On a 2-core EPYC, chunks of 2^20 ran 1.9-2.8x faster than
+# L2-sized 2^17 ones at L >= 1024 (fewer, wider ops; each chunk costs a few dozen op dispatches).
+_TORCH_CHUNK_ELEMS = 1 << 20
 # Checkpoint the chunks (keep boundary states only, recompute in backward) when the whole
 # [batch, L, dim, N] state has at least this many elements; below it the three saved tensors per
 # chunk are small and recomputing would only double the time.
