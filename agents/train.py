@@ -134,6 +134,17 @@ def _check(cfg: DictConfig) -> None:
             raise ValueError(f"train.{key} must be >= 1, got {t[key]}")
     if t.train_ratio < 0:
         raise ValueError(f"train.train_ratio must be >= 0, got {t.train_ratio}")
+    optim = cfg.agent.get("optim")
+    if optim is not None and "schedule" in optim:
+        from worldrl.optim import LaProp
+
+        # the optimiser's own checks (schedule name, anneal > warmup), before the run dir exists
+        kw = {k: optim[k] for k in ("lr", "warmup", "schedule") if k in optim}
+        try:
+            LaProp([torch.zeros(1, requires_grad=True)], **kw,
+                   anneal=agent_config(cfg).optim.anneal)
+        except ValueError as err:
+            raise ValueError(f"agent.optim: {err}") from None
 
 
 def train(cfg: DictConfig) -> dict:

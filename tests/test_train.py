@@ -132,6 +132,8 @@ def test_different_config_is_refused_and_overwrite_moves_aside(tmp_path, capsys)
     ("env.task=pongg", "unknown task 'pongg' for env suite 'gym'; choose one of: CartPole-v1"),
     ("train.batchsize=3", "unknown config key 'train.batchsize'; valid keys under 'train': "),
     ("device=tpu", "unknown device 'tpu'; choose one of: auto, cpu, cuda"),
+    ("agent.optim.schedule=exp", "unknown schedule 'exp'; choose one of: const, linear, cosine"),
+    ("agent.optim.anneal=50", "anneal must be > warmup, got anneal=50"),
 ])
 def test_bad_names_fail_at_start_and_write_nothing(tmp_path, capsys, override, message):
     run = tmp_path / "run"
