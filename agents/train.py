@@ -135,7 +135,7 @@ def _check(cfg: DictConfig) -> None:
     if t.train_ratio < 0:
         raise ValueError(f"train.train_ratio must be >= 0, got {t.train_ratio}")
     optim = cfg.agent.get("optim")
-    if optim is not None and "schedule" in optim:
+    if optim is not None and "schedule" in optim and "anneal" in optim:  # a LaProp agent
         from worldrl.optim import LaProp
 
         # the optimiser's own checks (schedule name, anneal > warmup), before the run dir exists
