@@ -35,6 +35,7 @@ from agents.run_dir import (
     save_checkpoint,
     set_rng_state,
 )
+from worldrl.optim import check_schedule
 from worldrl.replay import Replay
 
 MODEL_OBS_KEYS = ("pixels", "vector", "audio")
@@ -51,10 +52,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def updates_due(step: int, t: DictConfig) -> int:
+    """Updates owed after ``step`` env steps: ``train_ratio`` replayed steps (``B*T`` per update)
+    per env step after ``prefill``, as DreamerV3 defines the train ratio."""
+    return max(0, math.floor((step - t.prefill) * t.train_ratio / (t.batch_size * t.seq_len)))
+
+
 def planned_updates(cfg: DictConfig) -> int:
-    """The number of updates a run of ``cfg.steps`` env steps makes (the training loop's count)."""
-    t = cfg.train
-    return max(0, math.floor((cfg.steps - t.prefill) * t.train_ratio / (t.batch_size * t.seq_len)))
+    """The number of updates a run of ``cfg.steps`` env steps makes."""
+    return updates_due(cfg.steps, cfg.train)
 
 
 def agent_config(cfg: DictConfig) -> DictConfig:
@@ -136,13 +142,8 @@ def _check(cfg: DictConfig) -> None:
         raise ValueError(f"train.train_ratio must be >= 0, got {t.train_ratio}")
     optim = cfg.agent.get("optim")
     if optim is not None and "schedule" in optim and "anneal" in optim:  # a LaProp agent
-        from worldrl.optim import LaProp
-
-        # the optimiser's own checks (schedule name, anneal > warmup), before the run dir exists
-        kw = {k: optim[k] for k in ("lr", "warmup", "schedule") if k in optim}
-        try:
-            LaProp([torch.zeros(1, requires_grad=True)], **kw,
-                   anneal=agent_config(cfg).optim.anneal)
+        try:  # the optimiser's own check, before the run directory exists
+            check_schedule(optim.schedule, optim.get("warmup", 0), agent_config(cfg).optim.anneal)
         except ValueError as err:
             raise ValueError(f"agent.optim: {err}") from None
 
@@ -200,7 +201,6 @@ def train(cfg: DictConfig) -> dict:
     pbar = _progress(cfg, counters["env_steps"])
     train_metrics: dict[str, list[float]] = defaultdict(list)
     recent_returns: list[float] = []
-    replayed_per_update = t.batch_size * t.seq_len
     start_time, start_steps = time.time(), counters["env_steps"]
 
     def checkpoint():
@@ -227,7 +227,7 @@ def train(cfg: DictConfig) -> dict:
 
             if step >= t.prefill and replay.ready():
                 policy.mode = "train"
-                due = math.floor((step - t.prefill) * t.train_ratio / replayed_per_update)
+                due = updates_due(step, t)
                 while counters["updates"] < due:
                     data = replay.sample().to(device)
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.amp):

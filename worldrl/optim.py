@@ -28,10 +28,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["LaProp", "SCHEDULES"]
+__all__ = ["LaProp", "SCHEDULES", "check_schedule"]
 
 #: Learning-rate schedules after the warm-up (DreamerV3 ``opt.schedule``).
 SCHEDULES = ("const", "linear", "cosine")
+
+
+def check_schedule(schedule: str, warmup: int, anneal: int | None) -> None:
+    """Raise ``ValueError`` for an unknown schedule or an ``anneal`` it cannot reach."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+    if schedule != "const" and not (anneal and anneal > warmup):
+        raise ValueError(f"schedule={schedule!r} anneals from update warmup={warmup} to update "
+                         f"anneal; anneal must be > warmup, got anneal={anneal}")
 
 
 class LaProp(torch.optim.Optimizer):
@@ -55,12 +64,7 @@ class LaProp(torch.optim.Optimizer):
             raise ValueError(f"betas must be in [0, 1), got beta1={beta1}, beta2={beta2}")
         if warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {warmup}")
-        if schedule not in SCHEDULES:
-            raise ValueError(
-                f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
-        if schedule != "const" and not (anneal and anneal > warmup):
-            raise ValueError(f"schedule={schedule!r} anneals from update warmup={warmup} to update "
-                             f"anneal; anneal must be > warmup, got anneal={anneal}")
+        check_schedule(schedule, warmup, anneal)
         defaults = dict(lr=lr, agc=agc, pmin=pmin, eps=eps, beta1=beta1, beta2=beta2,
                         momentum=momentum, nesterov=nesterov, wd=wd, warmup=warmup,
                         schedule=schedule, anneal=anneal)
