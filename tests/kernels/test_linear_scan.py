@@ -86,14 +86,34 @@ def check_against_ref(a, b, h0, reset, reverse, backend, dtype, ref_dtype=None):
         close(gr, gr_ref, dtype, f"grad {name}")
 
 
-# T: one step, odd, exactly one chunk, many chunks with a ragged tail, several super-blocks
-@pytest.mark.parametrize("seqlen", [1, 7, 16, 101, 2100])
+# T: one step, odd, the plain loop's longest, the shortest chunked ones (with a ragged tail),
+# chunks whose aggregates are chunked again, several super-blocks
+@pytest.mark.parametrize("seqlen", [1, 7, 32, 33, 40, 101, 2100])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("h0,reset", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_torch_path_matches_ref(seqlen, reverse, h0, reset, dtype):
     a, b, h, r = make(2, seqlen, 3, dtype, h0, reset)
     check_against_ref(a, b, h, r, reverse, "torch", dtype)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_inputs_without_grad_skip_autograd(reverse):
+    """No input needs a gradient (or grad mode is off): the same values, and no graph."""
+    a, b, h, r = make(2, 101, 3, torch.float64, True, True)
+    ref = linear_scan_ref(a, b, h, reset=r, reverse=reverse)
+    out = linear_scan(a, b, h, reset=r, reverse=reverse, backend="torch")
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    assert out.grad_fn is None
+    with torch.no_grad():
+        out = linear_scan(a.requires_grad_(), b, h, reset=r, reverse=reverse, backend="torch")
+    assert out.grad_fn is None and not out.requires_grad
+    # only h0 needs a gradient: the autograd path still runs
+    a.requires_grad_(False)
+    h.requires_grad_()
+    (gh,) = torch.autograd.grad(linear_scan(a, b, h, reverse=reverse, backend="torch").sum(), h)
+    (gh_ref,) = torch.autograd.grad(linear_scan_ref(a, b, h, reverse=reverse).sum(), h)
+    torch.testing.assert_close(gh, gh_ref, atol=1e-12, rtol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])

@@ -73,7 +73,8 @@ def test_env_var_selects_backend(backend):
         "orig_ref, orig_fn = m.linear_scan_ref, m.LinearScanFn.apply\n"
         "m.linear_scan_ref = lambda *a, **k: seen.append('ref') or orig_ref(*a, **k)\n"
         "m.LinearScanFn.apply = lambda *a: seen.append(a[-1]) or orig_fn(*a)\n"
-        "kernels.linear_scan(torch.rand(1, 5, 2), torch.rand(1, 5, 2))\n"
+        "x = torch.rand(1, 5, 2, requires_grad=True)\n"
+        "kernels.linear_scan(x, torch.rand(1, 5, 2))\n"
         "print(seen[0])\n"
     )
     assert run_python(code) == backend
