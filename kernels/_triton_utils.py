@@ -152,6 +152,11 @@ def resolve_backend(
     return chosen
 
 
+def needs_grad(*tensors) -> bool:
+    """Whether autograd must record a call on these tensors (``None`` entries are skipped)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype: float32 for half types, the dtype itself otherwise."""
     if dtype in (torch.float16, torch.bfloat16):

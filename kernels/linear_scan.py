@@ -30,6 +30,7 @@ from kernels._triton_utils import (
     check_tensor,
     jit,
     kernel_for,
+    needs_grad,
     next_pow2,
     resolve_backend,
     tl,
@@ -509,8 +510,7 @@ def linear_scan(a, b, h0=None, reset=None, reverse=False, return_last=False, bac
     )
     if chosen == "ref":
         return linear_scan_ref(a, b, h0, reset, reverse, return_last)
-    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad
-                                    or (h0 is not None and h0.requires_grad)):
+    if needs_grad(a, b, h0):
         out = LinearScanFn.apply(a, b, h0, reset, bool(reverse), chosen)
     else:  # nothing to differentiate: skip the autograd.Function machinery (~10% at T=256)
         out = _FWD[chosen](a, b, h0, reset, bool(reverse))

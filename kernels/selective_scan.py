@@ -34,13 +34,13 @@ from kernels._triton_utils import (
     check_tensor,
     jit,
     kernel_for,
+    needs_grad,
     next_pow2,
     resolve_backend,
     tl,
     tl_acc_dtype,
 )
-from kernels.linear_scan import LinearScanFn
-from kernels.linear_scan import _fwd_torch as _ls_fwd_torch
+from kernels.linear_scan import linear_scan
 
 __all__ = [
     "SelectiveScanFn",
@@ -197,11 +197,7 @@ def _torch_chunk(state, A, dt_t, dtu_t, B_t, C_t):
     dA = torch.exp(dt_t[..., None] * A).reshape(batch, k, dim * dstate)
     dBu = (dtu_t.reshape(batch, k, groups, heads, 1) * B_t.unsqueeze(3))
     dBu = dBu.reshape(batch, k, dim * dstate)
-    state = state.reshape(batch, -1)
-    if torch.is_grad_enabled() and any(x.requires_grad for x in (dA, dBu, state)):
-        h = LinearScanFn.apply(dA, dBu, state, None, False, "torch")
-    else:  # no autograd bookkeeping when nothing needs a gradient
-        h = _ls_fwd_torch(dA, dBu, state, None, False)
+    h = linear_scan(dA, dBu, state.reshape(batch, -1), backend="torch")
     y = (h.view(batch, k, groups, heads, dstate) * C_t.unsqueeze(3)).sum(-1)
     return y.reshape(batch, k, dim), h[:, -1].view(batch, dim, dstate)
 
@@ -220,14 +216,12 @@ def _selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, i
     state = (initial_state.to(cd) if initial_state is not None
              else torch.zeros(batch, dim, dstate, dtype=cd, device=u.device))
     chunk = max(16, min(seqlen, _TORCH_CHUNK_ELEMS // max(1, batch * dim * dstate)))
-    needs_grad = torch.is_grad_enabled() and any(
-        x is not None and x.requires_grad
-        for x in (u, delta, A, B, C, delta_bias, initial_state))
+    grad = needs_grad(u, delta, A, B, C, delta_bias, initial_state)
     ys = []
     for s in range(0, seqlen, chunk):
         sl = slice(s, min(seqlen, s + chunk))
         args = (state, A_, dt_t[:, sl], dtu_t[:, sl], B_t[:, sl], C_t[:, sl])
-        if needs_grad and seqlen > chunk and batch * seqlen * dim * dstate >= _CHECKPOINT_MIN_ELEMS:
+        if grad and seqlen > chunk and batch * seqlen * dim * dstate >= _CHECKPOINT_MIN_ELEMS:
             # keep only the chunk-boundary state; recompute the chunk in the backward pass
             y, state = checkpoint(_torch_chunk, *args, use_reentrant=False)
         else:

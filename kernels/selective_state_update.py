@@ -25,6 +25,7 @@ from kernels._triton_utils import (
     check_tensor,
     jit,
     kernel_for,
+    needs_grad,
     next_pow2,
     resolve_backend,
     tl,
@@ -174,9 +175,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     ``backend`` as in ``selective_scan`` ("torch" and "ref" are the same plain step).
     """
     _check_inputs(state, x, dt, A, B, C, D, z, dt_bias)
-    tensors = (state, x, dt, A, B, C, D, z, dt_bias)
-    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                 for t in tensors)
+    wants_grad = needs_grad(state, x, dt, A, B, C, D, z, dt_bias)
     chosen = resolve_backend(
         backend, state.device, _OP,
         triton_unsupported="the Triton step has no backward pass" if wants_grad else None)
