@@ -8,8 +8,9 @@ with the backbones at a config size (default XS: rssm deter 256; s4 and mamba d_
 rest of the world model small and identical for all (vector observations of 8 dims, MLP encoder /
 decoder). Reported: replayed sequence steps per second (``B * T / time``), the median of the timed
 repeats after one warm-up. The RSSM steps through time in a Python loop; s4 scans with
-``kernels.linear_scan`` (complex), mamba with ``kernels.selective_scan`` (on CPU both are the
-vectorised PyTorch paths of ``kernels``).
+``kernels.linear_scan`` (complex), mamba with ``kernels.selective_scan`` (on CPU: the
+compiled native loop of ``kernels/_native.py`` when it builds, else the vectorised PyTorch paths;
+the JSON records which).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+import kernels._native
 from agents.dreamer import resolve_config
 from benchmarks.machine import stamp, write_report
 from worldrl.config import load_config
@@ -120,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         argv if argv is not None else sys.argv[1:])
     result = {**stamp(command.strip()), "size": args.size, "batch": args.batch,
               "repeats": args.repeats, "lengths": args.lengths, "backbones": args.backbones,
-              "params": {}, "rows": []}
+              "params": {}, "rows": [],
+              "cpu_scan": "native" if kernels._native.available() else "torch"}
     for name in args.backbones:
         cfg = backbone_config(name, args.size)
         torch.manual_seed(0)

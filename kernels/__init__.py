@@ -1,4 +1,5 @@
-"""Standalone scan kernels for worldrl: Triton on CUDA, fast PyTorch on CPU.
+"""Standalone scan kernels for worldrl: Triton on CUDA; on CPU a compiled C loop for the linear
+scan (built on first use when there is a C compiler) and vectorised PyTorch otherwise.
 
 Imports torch (and triton when installed) only; never worldrl, agents, envs, gymnasium or torchrl.
 
@@ -8,8 +9,9 @@ Imports torch (and triton when installed) only; never worldrl, agents, envs, gym
     selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
                            dt_softplus=False)
 
-Every op takes ``backend="auto"|"triton"|"torch"|"ref"``; "auto" follows ``$KERNELS_BACKEND``
-when it is set, else CUDA -> Triton and CPU -> the vectorised PyTorch path. See kernels/README.md.
+Every op takes ``backend="auto"|"triton"|"torch"|"ref"`` (linear_scan also ``"native"``); "auto"
+follows ``$KERNELS_BACKEND`` when it is set, else CUDA -> Triton and CPU -> the native loop for
+linear_scan when it built, else the vectorised PyTorch path. See kernels/README.md.
 """
 
 from kernels._triton_utils import BACKENDS, HAS_TRITON

@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 import torch
 
+from kernels import _native
+
 try:  # triton is an optional dependency: the torch paths work without it
     import triton
     import triton.language as tl
@@ -29,7 +31,8 @@ except ImportError:  # pragma: no cover - exercised in the standalone test with 
     tl = None
     HAS_TRITON = False
 
-BACKENDS = ("auto", "triton", "torch", "ref")
+#: every backend name; "native" (the compiled CPU loop, kernels/_native.py) is linear_scan's only
+BACKENDS = ("auto", "triton", "native", "torch", "ref")
 ENV_BACKEND = "KERNELS_BACKEND"
 
 REAL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -112,25 +115,38 @@ def kernel_for(kernel, device: torch.device):
 
 
 def resolve_backend(
-    backend: str | None, device: torch.device, op: str, triton_unsupported: str | None = None
+    backend: str | None, device: torch.device, op: str, triton_unsupported: str | None = None,
+    has_native: bool = False,
 ) -> str:
     """Map ``backend`` (or ``$KERNELS_BACKEND`` when ``backend`` is None/"auto") to a concrete one.
 
     auto: CUDA tensors -> "triton" (or "torch" when triton is missing or ``triton_unsupported``
-    gives a reason the kernel can't take these inputs); other devices -> "torch". An explicit
-    "triton" that can't run raises with the reason.
+    gives a reason the kernel can't take these inputs); CPU tensors -> "native" for an op that
+    has it (``has_native``) when the compiled loop is available, else "torch". An explicit
+    "triton" or "native" that can't run raises with the reason. ``$KERNELS_BACKEND=native`` means
+    "torch" for the ops without a native form (their torch paths scan through linear_scan's).
     """
+    allowed = BACKENDS if has_native else tuple(b for b in BACKENDS if b != "native")
     chosen = backend if backend is not None else "auto"
-    if chosen not in BACKENDS:
-        raise ValueError(f"{op}: backend={chosen!r} is not one of {BACKENDS}")
+    if chosen not in allowed:
+        raise ValueError(f"{op}: backend={chosen!r} is not one of {allowed}")
     if chosen == "auto":
         env = os.environ.get(ENV_BACKEND, "auto").strip().lower() or "auto"
         if env not in BACKENDS:
             raise ValueError(f"{op}: ${ENV_BACKEND}={env!r} is not one of {BACKENDS}")
-        chosen = env
+        chosen = "torch" if env == "native" and not has_native else env
     if chosen == "auto":
-        use = device.type == "cuda" and HAS_TRITON and triton_unsupported is None
-        return "triton" if use else "torch"
+        if device.type == "cuda" and HAS_TRITON and triton_unsupported is None:
+            return "triton"
+        if has_native and device.type == "cpu" and _native.available():
+            return "native"
+        return "torch"
+    if chosen == "native":
+        if device.type != "cpu":
+            raise ValueError(f"{op}: backend='native' takes CPU tensors, got device {device}")
+        if not _native.available():
+            raise RuntimeError(f"{op}: backend='native' is unavailable "
+                               f"({_native.unavailable_reason()}); use backend='torch'")
     if chosen == "triton":
         if triton_unsupported is not None:
             raise ValueError(f"{op}: backend='triton': {triton_unsupported}")

@@ -3,8 +3,10 @@
 For T in {64, 256, 1024, 4096, 16384} it times forward and forward+backward, reports the bytes that
 must move divided by the time (GB/s) and the peak memory of one call, for:
 
-* linear_scan: ours (backend "auto": Triton on CUDA, the chunked torch scan on CPU), the
-  sequential PyTorch loop (``linear_scan_ref``), and accelerated-scan when installed (its Triton
+* linear_scan: ours (backend "auto": Triton on CUDA; on CPU the compiled C loop of
+  kernels/_native.py when it builds, else the chunked torch scan), on CPU also the chunked torch
+  scan on its own ("torch_chunked", what runs where there is no C compiler), the sequential
+  PyTorch loop (``linear_scan_ref``), and accelerated-scan when installed (its Triton
   ``accelerated_scan.scalar.scan`` on CUDA, its torch ``accelerated_scan.ref.scan`` on CPU; its
   layout is [B, D, T], prepared outside the timed region).
 * selective_scan: ours against ``selective_scan_ref`` (the sequential loop).
@@ -33,7 +35,7 @@ from pathlib import Path
 import torch
 
 import kernels
-from kernels import linear_scan, linear_scan_ref, selective_scan, selective_scan_ref
+from kernels import _native, linear_scan, linear_scan_ref, selective_scan, selective_scan_ref
 
 SEQLENS = (64, 256, 1024, 4096, 16384)
 
@@ -77,6 +79,8 @@ def machine_info(device: torch.device) -> dict:
         "commit": _git_commit(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, "-m", "kernels.bench", *sys.argv[1:]]),
+        "cpu_linear_scan_backend": "native" if _native.available() else "torch",
+        "native_unavailable_reason": _native.unavailable_reason(),
     }
     if kernels.HAS_TRITON:
         import triton
@@ -211,6 +215,9 @@ def bench_linear_scan(device, sizes, reps, budget_s, log):
             "loop": lambda a_, b_: linear_scan_ref(a_, b_),
         }
         layouts = {"ours": False, "loop": False}
+        if device.type == "cpu":
+            impls["torch_chunked"] = lambda a_, b_: linear_scan(a_, b_, backend="torch")
+            layouts["torch_chunked"] = False
         if acc_scan is not None:
             impls["accelerated_scan"] = lambda a_, b_: acc_scan(a_, b_)
             layouts["accelerated_scan"] = True  # [B, D, T] contiguous
@@ -239,9 +246,17 @@ def bench_linear_scan(device, sizes, reps, budget_s, log):
             mode: row["loop"][mode]["time_ms"] / row["ours"][mode]["time_ms"]
             for mode in ("fwd", "fwd_bwd")
         }
+        extra = ""
+        if "torch_chunked" in row:
+            row["torch_chunked_speedup_vs_loop"] = {
+                mode: row["loop"][mode]["time_ms"] / row["torch_chunked"][mode]["time_ms"]
+                for mode in ("fwd", "fwd_bwd")
+            }
+            extra = (f"; torch_chunked fwd x{row['torch_chunked_speedup_vs_loop']['fwd']:.1f},"
+                     f" fwd+bwd x{row['torch_chunked_speedup_vs_loop']['fwd_bwd']:.1f}")
         log(f"linear_scan T={seqlen}: ours fwd {row['ours']['fwd']['time_ms']:.3f} ms, "
             f"loop {row['loop']['fwd']['time_ms']:.3f} ms (x{row['speedup_vs_loop']['fwd']:.1f});"
-            f" fwd+bwd x{row['speedup_vs_loop']['fwd_bwd']:.1f}")
+            f" fwd+bwd x{row['speedup_vs_loop']['fwd_bwd']:.1f}{extra}")
         rows.append(row)
         del a, b, grad
     return rows
@@ -371,6 +386,8 @@ def main(argv=None) -> dict:
         "layout": "[B, T, D]; accelerated_scan timed on [B, D, T] copies", "rows": ls_rows,
         "bytes_model": "fwd 3*B*T*D*4 (a, b in; h out); fwd+bwd 8*B*T*D*4",
         "baseline": "loop = kernels.linear_scan_ref (Python loop over T)",
+        "ours": "kernels.linear_scan, backend auto (CUDA: Triton; CPU: "
+                f"{results['machine']['cpu_linear_scan_backend']})",
     }
     ss_rows = bench_selective_scan(device, ss_sizes, args.reps, args.budget, log)
     results["selective_scan"] = {
@@ -381,6 +398,8 @@ def main(argv=None) -> dict:
         "bytes_model": "fwd: u, delta, z, out (4*b*d*L*4) + B, C (2*b*N*L*4); "
                        "fwd+bwd adds dout, du, ddelta, dz and re-reads (7*b*d*L*4 + 4*b*N*L*4)",
         "baseline": "loop = kernels.selective_scan_ref (Python loop over L)",
+        "ours": "kernels.selective_scan, backend auto (CUDA: Triton; CPU: the PyTorch path, whose "
+                f"inner scan is linear_scan's {results['machine']['cpu_linear_scan_backend']})",
     }
     results["min_speedup_T_ge_256"] = {
         op: {mode: min(row["speedup_vs_loop"][mode] for row in results[op]["rows"]

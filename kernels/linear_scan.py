@@ -2,12 +2,15 @@
 
 Layout: ``a``, ``b`` and the output are ``[B, T, D]`` (batch, time, channels); ``h0`` is ``[B, D]``;
 ``reset`` is a bool ``[B, T]``. Any strides work (the torch path slices views, the Triton kernels
-take strides), the output is contiguous.
+and the native loop take strides; the native loop copies an input whose channel stride is not 1),
+the output is contiguous.
 
 Per op, as in mamba_ssm: a Triton kernel with its launcher (``_fwd_triton``/``_bwd_triton``), a
 pure-PyTorch sequential reference (``linear_scan_ref``), a fast PyTorch path (``_scan_core``, a
 chunked two-pass scan), an ``autograd.Function`` (``LinearScanFn``) and the public
-``linear_scan`` that dispatches.
+``linear_scan`` that dispatches. On the CPU, "auto" takes the compiled C loop of
+``kernels/_native.py`` (one pass over the data; built on first use) when a C compiler is there,
+and the chunked PyTorch scan otherwise; both share the backward pass below.
 
 The backward pass of a scan is a scan in the opposite direction over the gradients, with the
 coefficients shifted by one step (``lam_t = g_t + a_{t+1} * lam_{t+1}``), which is why the forward
@@ -16,8 +19,11 @@ kernel also supports ``reverse``.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
+from kernels import _native
 from kernels._cpu_utils import empty_cpu
 from kernels._triton_utils import (
     COMPLEX_DTYPES,
@@ -215,16 +221,25 @@ def _effective_a(a, reset):
     return a.masked_fill(mask, 0)
 
 
-def _fwd_torch(a, b, h0, reset, reverse):
+def _native_core(a, b, h0, reverse, out):
+    """``_scan_core``'s contract, computed by the compiled C loop (kernels/_native.py)."""
+    return _native.scan(a, b, h0, reverse, out)
+
+
+def _fwd_torch(a, b, h0, reset, reverse, core=_scan_core):
     acc = acc_dtype(a.dtype)
     a_eff = _effective_a(a.to(acc), reset)
     out = empty_cpu(a.shape, acc, a.device)
-    _scan_core(a_eff, b.to(acc), None if h0 is None else h0.to(acc), reverse, out)
+    core(a_eff, b.to(acc), None if h0 is None else h0.to(acc), reverse, out)
     return out.to(a.dtype)
 
 
-def _bwd_torch(a, h, h0, reset, grad, reverse):
-    """Gradients of the scan; returns (grad_a, grad_b, grad_h0 or None)."""
+def _bwd_torch(a, h, h0, reset, grad, reverse, core=_scan_core):
+    """Gradients of the scan; returns (grad_a, grad_b, grad_h0 or None).
+
+    ``core`` runs the reverse scan over the gradients: ``_scan_core`` (chunked PyTorch) or
+    ``_native_core`` (the compiled loop, which reads the conj view of a complex ``a`` in place).
+    """
     acc = acc_dtype(a.dtype)
     a_eff = _effective_a(a.to(acc), reset)
     g = grad.to(acc)
@@ -241,13 +256,13 @@ def _bwd_torch(a, h, h0, reset, grad, reverse):
         # lam_{T-1} = g_{T-1};  lam_t = a_{t+1} lam_{t+1} + g_t, a scan from the end
         lam[:, -1] = g[:, -1]
         if g.shape[1] > 1:
-            _scan_core(a_eff[:, 1:], g[:, :-1], lam[:, -1], True, lam[:, :-1])
+            core(a_eff[:, 1:], g[:, :-1], lam[:, -1], True, lam[:, :-1])
             torch.mul(lam[:, 1:], h[:, :-1], out=grad_a[:, 1:])
         first = 0
     else:
         lam[:, 0] = g[:, 0]
         if g.shape[1] > 1:
-            _scan_core(a_eff[:, :-1], g[:, 1:], lam[:, 0], False, lam[:, 1:])
+            core(a_eff[:, :-1], g[:, 1:], lam[:, 0], False, lam[:, 1:])
             torch.mul(lam[:, :-1], h[:, 1:], out=grad_a[:, :-1])
         first = -1
     if h0c is None:
@@ -450,8 +465,10 @@ def _bwd_triton(a, h, h0, reset, grad, reverse):
 # autograd + public entry point
 # --------------------------------------------------------------------------------------------
 
-_FWD = {"torch": _fwd_torch, "triton": _fwd_triton}
-_BWD = {"torch": _bwd_torch, "triton": _bwd_triton}
+_FWD = {"torch": _fwd_torch, "native": partial(_fwd_torch, core=_native_core),
+        "triton": _fwd_triton}
+_BWD = {"torch": _bwd_torch, "native": partial(_bwd_torch, core=_native_core),
+        "triton": _bwd_triton}
 
 
 class LinearScanFn(torch.autograd.Function):
@@ -494,8 +511,10 @@ def linear_scan(a, b, h0=None, reset=None, reverse=False, return_last=False, bac
         reverse: scan from ``T-1`` down to 0 (``h_t = a_t * h_{t+1} + b_t``).
         return_last: also return the final state ``[B, D]`` (``h[:, -1]``, or ``h[:, 0]`` when
             reversed); it is differentiable.
-        backend: "auto" (CUDA -> Triton, else the chunked PyTorch scan), "triton", "torch" or
-            "ref"; "auto" defers to ``$KERNELS_BACKEND`` when that is set.
+        backend: "auto" (CUDA -> Triton; CPU -> "native" when it is available, else "torch"),
+            "triton", "native" (the compiled C loop, CPU only; kernels/_native.py), "torch"
+            (the chunked PyTorch scan) or "ref"; "auto" defers to ``$KERNELS_BACKEND`` when
+            that is set.
 
     Returns:
         ``h`` of shape ``[B, T, D]`` and dtype of ``a`` (and the last state when asked).
@@ -507,6 +526,7 @@ def linear_scan(a, b, h0=None, reset=None, reverse=False, return_last=False, bac
             f"the Triton kernel takes real dtypes, got {a.dtype}; complex runs on backend='torch'"
             if a.is_complex() else None
         ),
+        has_native=True,
     )
     if chosen == "ref":
         return linear_scan_ref(a, b, h0, reset, reverse, return_last)

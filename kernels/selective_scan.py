@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from kernels import _native
 from kernels._triton_utils import (
     REAL_DTYPES,
     cdiv,
@@ -189,7 +190,8 @@ def _torch_chunk(state, A, dt_t, dtu_t, B_t, C_t):
 
     ``dt_t``, ``dtu_t`` (``dt * u``): ``[batch, K, dim]``; ``B_t``, ``C_t``: ``[batch, K, G, N]``.
     The ``[batch, K, dim, N]`` tensors are contiguous so the broadcasts run over the inner axis;
-    the scan over K is ``linear_scan``'s chunked torch path.
+    the scan over K is ``linear_scan``'s CPU path (the native loop when it is available, else
+    the chunked torch scan; the chunked torch scan on other devices).
     """
     batch, k, dim = dt_t.shape
     groups, dstate = B_t.shape[2], B_t.shape[3]
@@ -197,7 +199,8 @@ def _torch_chunk(state, A, dt_t, dtu_t, B_t, C_t):
     dA = torch.exp(dt_t[..., None] * A).reshape(batch, k, dim * dstate)
     dBu = (dtu_t.reshape(batch, k, groups, heads, 1) * B_t.unsqueeze(3))
     dBu = dBu.reshape(batch, k, dim * dstate)
-    h = linear_scan(dA, dBu, state.reshape(batch, -1), backend="torch")
+    backend = "native" if dA.device.type == "cpu" and _native.available() else "torch"
+    h = linear_scan(dA, dBu, state.reshape(batch, -1), backend=backend)
     y = (h.view(batch, k, groups, heads, dstate) * C_t.unsqueeze(3)).sum(-1)
     return y.reshape(batch, k, dim), h[:, -1].view(batch, dim, dstate)
 

@@ -14,6 +14,10 @@ from kernels import linear_scan, linear_scan_ref
 ls_mod = importlib.import_module("kernels.linear_scan")
 _scan_core = ls_mod._scan_core
 
+# the CPU backends: the chunked PyTorch scan and the compiled C loop (test_native.py checks
+# that the latter builds here, so these never skip it silently)
+CPU_BACKENDS = ("torch", "native")
+
 needs_gpu = pytest.mark.skipif(
     not (torch.cuda.is_available() and kernels.HAS_TRITON), reason="needs a CUDA GPU and triton")
 
@@ -92,92 +96,120 @@ def check_against_ref(a, b, h0, reset, reverse, backend, dtype, ref_dtype=None):
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("h0,reset", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_torch_path_matches_ref(seqlen, reverse, h0, reset, dtype):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_cpu_paths_match_ref(seqlen, reverse, h0, reset, dtype, backend):
     a, b, h, r = make(2, seqlen, 3, dtype, h0, reset)
-    check_against_ref(a, b, h, r, reverse, "torch", dtype)
+    check_against_ref(a, b, h, r, reverse, backend, dtype)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-def test_inputs_without_grad_skip_autograd(reverse):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_inputs_without_grad_skip_autograd(reverse, backend):
     """No input needs a gradient (or grad mode is off): the same values, and no graph."""
     a, b, h, r = make(2, 101, 3, torch.float64, True, True)
     ref = linear_scan_ref(a, b, h, reset=r, reverse=reverse)
-    out = linear_scan(a, b, h, reset=r, reverse=reverse, backend="torch")
+    out = linear_scan(a, b, h, reset=r, reverse=reverse, backend=backend)
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
     assert out.grad_fn is None
     with torch.no_grad():
-        out = linear_scan(a.requires_grad_(), b, h, reset=r, reverse=reverse, backend="torch")
+        out = linear_scan(a.requires_grad_(), b, h, reset=r, reverse=reverse, backend=backend)
     assert out.grad_fn is None and not out.requires_grad
     # only h0 needs a gradient: the autograd path still runs
     a.requires_grad_(False)
     h.requires_grad_()
-    (gh,) = torch.autograd.grad(linear_scan(a, b, h, reverse=reverse, backend="torch").sum(), h)
+    (gh,) = torch.autograd.grad(linear_scan(a, b, h, reverse=reverse, backend=backend).sum(), h)
     (gh_ref,) = torch.autograd.grad(linear_scan_ref(a, b, h, reverse=reverse).sum(), h)
     torch.testing.assert_close(gh, gh_ref, atol=1e-12, rtol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_torch_path_complex(dtype, reverse):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_cpu_paths_complex(dtype, reverse, backend):
     a, b, h, r = make(2, 45, 4, dtype, True, True)
-    check_against_ref(a, b, h, r, reverse, "torch", dtype)
+    check_against_ref(a, b, h, r, reverse, backend, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_torch_path_half_precision(dtype):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_cpu_paths_half_precision(dtype, backend):
     a, b, h, r = make(2, 70, 5, dtype, True, True)
-    check_against_ref(a, b, h, r, False, "torch", dtype, ref_dtype=torch.float32)
+    check_against_ref(a, b, h, r, False, backend, dtype, ref_dtype=torch.float32)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-def test_gradcheck_float64(reverse):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gradcheck_float64(reverse, backend):
     a, b, h, r = make(2, 23, 3, torch.float64, True, True)
     a.requires_grad_()
     b.requires_grad_()
     h.requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda a, b, h: linear_scan(a, b, h, reset=r, reverse=reverse, backend="torch"),
+        lambda a, b, h: linear_scan(a, b, h, reset=r, reverse=reverse, backend=backend),
         (a, b, h))
 
 
-def test_gradcheck_complex128():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gradcheck_complex128(backend):
     a, b, h, _ = make(1, 18, 2, torch.complex128, True, False)
     ins = tuple(x.requires_grad_() for x in (a, b, h))
-    assert torch.autograd.gradcheck(lambda a, b, h: linear_scan(a, b, h, backend="torch"), ins)
+    assert torch.autograd.gradcheck(lambda a, b, h: linear_scan(a, b, h, backend=backend), ins)
 
 
-def test_reset_semantics():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_reset_semantics(backend):
     """A reset drops the carried state: h_t = b_t there; at t=0 it ignores h0."""
     a, b, h, _ = make(1, 6, 2, torch.float64, True, False)
     reset = torch.tensor([[True, False, False, True, False, False]])
-    out = linear_scan(a, b, h, reset=reset, backend="torch")
+    out = linear_scan(a, b, h, reset=reset, backend=backend)
     torch.testing.assert_close(out[:, 0], b[:, 0])
     torch.testing.assert_close(out[:, 3], b[:, 3])
     torch.testing.assert_close(out[:, 4], a[:, 4] * b[:, 3] + b[:, 4])
-    rev = linear_scan(a, b, h, reset=reset, reverse=True, backend="torch")
+    rev = linear_scan(a, b, h, reset=reset, reverse=True, backend=backend)
     torch.testing.assert_close(rev[:, 5], a[:, 5] * h + b[:, 5])
     torch.testing.assert_close(rev[:, 3], b[:, 3])
 
 
-def test_zero_coefficients_are_exact():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_zero_coefficients_are_exact(backend):
     """a = 0 must cut the recurrence exactly (no log-space products)."""
     a = torch.zeros(2, 300, 4)
     b = torch.randn(2, 300, 4)
-    out = linear_scan(a, b, torch.full((2, 4), 1e30), backend="torch")
+    out = linear_scan(a, b, torch.full((2, 4), 1e30), backend=backend)
     assert torch.equal(out, b)
     a[:, 150:] = 1.0
-    out = linear_scan(a, b, backend="torch")
+    out = linear_scan(a, b, backend=backend)
     torch.testing.assert_close(out[:, -1], b[:, 149:].sum(1))
 
 
-def test_noncontiguous_inputs():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_noncontiguous_inputs(backend):
     base_a, base_b, h, r = make(3, 40, 6, torch.float64, True, True)
     a = base_a.transpose(0, 2).contiguous().transpose(0, 2)  # same values, permuted strides
     b = base_b[:, :, :].transpose(1, 2).contiguous().transpose(1, 2)
     assert not a.is_contiguous() and not b.is_contiguous()
-    check_against_ref(a, b, h, r, False, "torch", torch.float64)
-    sliced_a = torch.cat([base_a, base_a], dim=2)[:, :, ::2]
-    check_against_ref(sliced_a, b, h, r, True, "torch", torch.float64)
+    check_against_ref(a, b, h, r, False, backend, torch.float64)
+    sliced_a = torch.cat([base_a, base_a], dim=2)[:, :, ::2]  # channel stride 2
+    check_against_ref(sliced_a, b, h, r, True, backend, torch.float64)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("reset", [False, True])
+def test_coefficients_shared_over_batch_and_time(backend, reset):
+    """S4-style: one coefficient per channel, expanded (stride 0) over batch and time."""
+    g = torch.Generator().manual_seed(5)
+    lam = torch.polar(torch.rand(6, generator=g, dtype=torch.float64) * 0.9 + 0.05,
+                      torch.rand(6, generator=g, dtype=torch.float64) * 6.28).requires_grad_()
+    b = torch.randn(3, 40, 6, generator=g, dtype=torch.complex128).requires_grad_()
+    r = (torch.rand(3, 40, generator=g) < 0.2) if reset else None
+    out = linear_scan(lam.expand(3, 40, 6), b, reset=r, backend=backend)
+    ref = linear_scan_ref(lam.expand(3, 40, 6), b, reset=r)
+    close(out, ref, torch.complex128, "h")
+    w = torch.randn(3, 40, 6, generator=g, dtype=torch.complex128)
+    grads = torch.autograd.grad((out * w).real.sum(), (lam, b))
+    grads_ref = torch.autograd.grad((ref * w).real.sum(), (lam, b))
+    for name, gr, gr_ref in zip(("lam", "b"), grads, grads_ref):
+        close(gr, gr_ref, torch.complex128, f"grad {name}")
 
 
 @pytest.mark.parametrize("seqlen", [1, 19])  # 19 spans three interpreter tiles of 8

@@ -62,7 +62,7 @@ def test_works_without_triton():
     assert out == "ok"
 
 
-@pytest.mark.parametrize("backend", ["ref", "torch"])
+@pytest.mark.parametrize("backend", ["ref", "torch", "native"])
 def test_env_var_selects_backend(backend):
     code = (
         "import os, torch\n"
