@@ -214,6 +214,15 @@ def _scan_core(a, b, h0, reverse, out):
     return out
 
 
+def scan_into(a, b, h0, out):
+    """Forward scan of ``a``, ``b`` (``[B, T, D]``, one dtype of float32/float64/complex) from
+    ``h0`` into ``out``, outside autograd: the native loop when it is available for CPU tensors,
+    else the chunked torch scan. For callers that own a reusable output buffer."""
+    if a.device.type == "cpu" and _native.available():
+        return _native.scan(a, b, h0, False, out)
+    return _scan_core(a, b, h0, False, out)
+
+
 def _effective_a(a, reset):
     if reset is None:
         return a

@@ -103,6 +103,28 @@ def test_torch_path_matches_ref(monkeypatch, shape, softplus, full, dtype, ckpt)
     check_against_ref(args, softplus, "torch", dtype)
 
 
+@pytest.mark.parametrize("shape", SHAPES[1:], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_no_grad_cpu_path_reuses_its_workspace_safely(monkeypatch, shape, dtype):
+    """Without autograd the CPU path keeps its [batch, K, dim, N] temporaries in a per-thread
+    workspace: results match the ref over several chunks, and nothing returned aliases it."""
+    monkeypatch.setattr(ss_mod, "_TORCH_CHUNK_ELEMS", 16 * shape[0] * shape[1] * shape[3])
+    monkeypatch.setattr(ss_mod, "_WS", type(ss_mod._WS)())  # a fresh, empty workspace
+    first, second = make(*shape, dtype), make(*shape, dtype, seed=1)
+    with torch.no_grad():
+        out1, last1 = selective_scan(**first, delta_softplus=True, return_last_state=True,
+                                     backend="torch")
+        kept = out1.clone(), last1.clone()
+        out2, last2 = selective_scan(**second, delta_softplus=True, return_last_state=True,
+                                     backend="torch")
+    assert ss_mod._WS.buf.numel() >= 3 * shape[0] * shape[1] * shape[3] * 16
+    assert torch.equal(out1, kept[0]) and torch.equal(last1, kept[1])  # not overwritten
+    for args, out, last in ((first, out1, last1), (second, out2, last2)):
+        ref, ref_last = selective_scan_ref(**args, delta_softplus=True, return_last_state=True)
+        close(out, ref, dtype, "out")
+        close(last, ref_last, dtype, "last state")
+
+
 def test_torch_path_half_precision_inputs():
     args = make(2, 4, 33, 4, None, torch.bfloat16)
     check_against_ref(args, True, "torch", torch.bfloat16)
