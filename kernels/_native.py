@@ -131,6 +131,7 @@ _FUNCS = {
 _lock = threading.Lock()
 _state: dict = {}  # "lib" -> {dtype: ctypes function} | "reason" -> str
 _pool: ThreadPoolExecutor | None = None
+_pool_pid: int | None = None
 
 
 def _cache_dir() -> Path:
@@ -205,6 +206,16 @@ def unavailable_reason() -> str | None:
     return _state.get("reason")
 
 
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """The worker pool, made again in a forked child (whose copy has no threads behind it)."""
+    global _pool, _pool_pid
+    with _lock:
+        if _pool is None or _pool_pid != os.getpid() or _pool._max_workers < workers:
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kernels-native")
+            _pool_pid = os.getpid()
+    return _pool
+
+
 def _num_threads() -> int:
     """Threads a large scan is split over: torch's intra-op thread count."""
     return torch.get_num_threads()
@@ -267,12 +278,7 @@ def scan(a, b, h0, reverse: bool, out) -> torch.Tensor:
     else:
         cuts = [dim * k // nthreads for k in range(nthreads + 1)]
         parts = [(0, bsz, cuts[k], cuts[k + 1]) for k in range(nthreads)]
-    global _pool
-    with _lock:
-        if _pool is None or _pool._max_workers < nthreads - 1:
-            _pool = ThreadPoolExecutor(max_workers=nthreads - 1,
-                                       thread_name_prefix="kernels-native")
-    futures = [_pool.submit(run, *p) for p in parts[1:]]
+    futures = [_executor(nthreads - 1).submit(run, *p) for p in parts[1:]]
     run(*parts[0])
     for f in futures:
         f.result()

@@ -43,3 +43,7 @@ echo "setup: installing worldrl[$extras] (editable)"
 "${pip[@]}" install -e ".[$extras]"
 "$venv/bin/python" -c "import torch, torchrl, worldrl, agents, envs, kernels; \
 print(f'setup: ok (torch {torch.__version__}, torchrl {torchrl.__version__}, cuda={torch.cuda.is_available()})')"
+# the CPU linear scan is a small C loop that kernels builds on first use; without a compiler it
+# falls back to a slower PyTorch scan (and tests/kernels/test_native.py::test_builds_here fails)
+command -v "${CC:-cc}" >/dev/null 2>&1 \
+  || echo "setup: warning: no C compiler (${CC:-cc}); install gcc for the fast CPU scan" >&2

@@ -136,3 +136,27 @@ def test_native_refuses_cuda_tensors():
 
 def test_package_exports_the_backend_name():
     assert "native" in kernels.BACKENDS
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_thread_split_works_in_a_forked_child(monkeypatch):
+    """A child forked after the pool exists gets a pool of its own (the copy has no threads)."""
+    monkeypatch.setattr(_native, "PARALLEL_MIN_NUMEL", 1)
+    monkeypatch.setattr(_native, "_num_threads", lambda: 2)
+    a, b = torch.rand(2, 30, 5, dtype=torch.float64), torch.randn(2, 30, 5, dtype=torch.float64)
+    ref = linear_scan_ref(a, b)
+    torch.testing.assert_close(_native.scan(a, b, None, False, torch.empty_like(a)), ref)
+    assert _native._pool is not None
+    pid = os.fork()
+    if pid == 0:  # child: exit 0 only if the split scan finishes and is right
+        code = 1
+        try:
+            import signal
+
+            signal.alarm(20)  # a hang (a pool without threads) becomes a failure, not a stuck test
+            out = _native.scan(a, b, None, False, torch.empty_like(a))
+            code = 0 if torch.allclose(out, ref) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
