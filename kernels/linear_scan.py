@@ -214,11 +214,17 @@ def _scan_core(a, b, h0, reverse, out):
     return out
 
 
+def fallback_backend(device: torch.device) -> str:
+    """The non-Triton backend for tensors on ``device``: "native" on the CPU when the compiled
+    loop is available, else "torch" (what the other ops' PyTorch paths scan with)."""
+    return "native" if device.type == "cpu" and _native.available() else "torch"
+
+
 def scan_into(a, b, h0, out):
     """Forward scan of ``a``, ``b`` (``[B, T, D]``, one dtype of float32/float64/complex) from
-    ``h0`` into ``out``, outside autograd: the native loop when it is available for CPU tensors,
-    else the chunked torch scan. For callers that own a reusable output buffer."""
-    if a.device.type == "cpu" and _native.available():
+    ``h0`` into ``out``, outside autograd, with ``fallback_backend``'s scan. For callers that
+    own a reusable output buffer."""
+    if fallback_backend(a.device) == "native":
         return _native.scan(a, b, h0, False, out)
     return _scan_core(a, b, h0, False, out)
 

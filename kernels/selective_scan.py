@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from kernels import _native
 from kernels._triton_utils import (
     REAL_DTYPES,
     cdiv,
@@ -43,7 +42,7 @@ from kernels._triton_utils import (
     tl,
     tl_acc_dtype,
 )
-from kernels.linear_scan import linear_scan, scan_into
+from kernels.linear_scan import fallback_backend, linear_scan, scan_into
 
 __all__ = [
     "SelectiveScanFn",
@@ -209,8 +208,7 @@ def _torch_chunk(state, A, dt_t, dtu_t, B_t, C_t, ws=None):
     dBu = dBu.view(batch, k, dim * dstate)
     h0 = state.reshape(batch, -1)
     if ws is None:
-        backend = "native" if dA.device.type == "cpu" and _native.available() else "torch"
-        h = linear_scan(dA, dBu, h0, backend=backend)
+        h = linear_scan(dA, dBu, h0, backend=fallback_backend(dA.device))
     else:
         h = scan_into(dA, dBu, h0, ws[2 * n:3 * n].view(batch, k, dim * dstate))
     y = torch.einsum("bkghn,bkgn->bkgh", h.view(shape), C_t)
