@@ -89,7 +89,9 @@ def markdown(result: dict) -> str:
         f"Size {result['size']}, batch {result['batch']}, vector observations; one update = "
         "world-model loss + backward + Adam step; median of "
         f"{result['repeats']} timed updates after a warm-up. Sequence steps per second "
-        "(B x T / update time), higher is better; update time in brackets.", "",
+        "(B x T / update time), higher is better; update time in brackets."
+        + (f" The scans run on kernels' `{result['cpu_scan']}` CPU path."
+           if result.get("device", "cpu") == "cpu" and "cpu_scan" in result else ""), "",
         "| T | " + " | ".join(f"{b} ({result['params'][b] / 1e3:.0f}k params)"
                              for b in result["backbones"]) + " |",
         "|---|" + "---|" * len(result["backbones"]),
@@ -123,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {**stamp(command.strip()), "size": args.size, "batch": args.batch,
               "repeats": args.repeats, "lengths": args.lengths, "backbones": args.backbones,
               "params": {}, "rows": [],
+              "device": device.type,
               "cpu_scan": "native" if kernels._native.available() else "torch"}
     for name in args.backbones:
         cfg = backbone_config(name, args.size)
