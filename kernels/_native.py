@@ -245,6 +245,15 @@ def scan(a, b, h0, reverse: bool, out) -> torch.Tensor:
         raise RuntimeError(f"linear_scan: backend='native' is unavailable: {unavailable_reason()}")
     if a.dtype not in funcs:
         raise ValueError(f"linear_scan: backend='native' takes {tuple(funcs)}, got {a.dtype}")
+    # the C loop trusts these (a wrong dtype or shape would read or write past a buffer)
+    bsz, seqlen, dim = a.shape
+    for name, x, shape in (("b", b, a.shape), ("h0", h0, (bsz, dim)), ("out", out, a.shape)):
+        if x is not None and (x.dtype != a.dtype or tuple(x.shape) != tuple(shape)
+                              or x.device.type != "cpu"):
+            raise ValueError(f"linear_scan native: {name} must be a CPU {a.dtype} tensor of shape "
+                             f"{tuple(shape)}, got {x.dtype} {tuple(x.shape)} on {x.device}")
+    if a.device.type != "cpu":
+        raise ValueError(f"linear_scan native: a must be on the CPU, got {a.device}")
     if not _inner_ok(out):
         raise ValueError("linear_scan: backend='native' needs an output with channel stride 1")
     conj_a = a.is_complex() and a.is_conj()
@@ -253,7 +262,6 @@ def scan(a, b, h0, reverse: bool, out) -> torch.Tensor:
     a, b = _prep(a), _prep(b)
     h0 = None if h0 is None else _prep(h0)
     fn = funcs[a.dtype]
-    bsz, seqlen, dim = a.shape
     size = a.element_size()
 
     def run(b0: int, b1: int, d0: int, d1: int) -> None:

@@ -109,6 +109,10 @@ def test_bad_calls_are_refused_clearly():
     with pytest.raises(ValueError, match="backend='native' takes .*got torch.float16"):
         _native.scan(a, a, None, False, torch.empty_like(a))
     a = torch.rand(1, 4, 3)
+    with pytest.raises(ValueError, match=r"out must be a CPU torch.float32 tensor of shape"):
+        _native.scan(a, a, None, False, torch.empty(1, 4, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"h0 must be .* of shape \(1, 3\), got .* \(1, 4\)"):
+        _native.scan(a, a, torch.zeros(1, 4), False, torch.empty_like(a))
     with pytest.raises(ValueError, match="channel stride 1"):
         _native.scan(a, a, None, False, torch.empty(1, 3, 4).transpose(1, 2))
     # the selective ops have no native form of their own
