@@ -168,19 +168,26 @@ MODES = ("fwd", "fwd_bwd")
 
 def measure(impls: dict, bytes_fwd: int, bytes_fwd_bwd: int, device, reps: int, budget_s: float,
             rounds: int) -> dict:
-    """Time every implementation (``{name: (fwd, fwd_bwd)}``) in ``rounds`` interleaved rounds.
+    """Time every implementation in ``rounds`` interleaved rounds.
 
-    Each round times all of them in turn, so a burst of load on a shared machine slows one round
-    of each rather than every call of one; the fastest time over the rounds is reported, with the
-    median of the rounds' medians beside it. Peak memory is taken once, after the timing.
+    ``impls`` maps a name to a factory returning ``(fwd, fwd_bwd)`` callables; each factory call
+    makes that implementation's own inputs (layout copies, gradient leaves), which are dropped
+    before the next one is made, so only one implementation's tensors are alive at a time (at
+    the CUDA sizes one tensor is 4 GiB at T=16384). Each round times all of them in turn, so a
+    burst of load on a shared machine slows one round of each rather than every call of one;
+    the fastest time over the rounds is reported, with the median of the rounds' medians beside
+    it. Peak memory is taken once, after the timing.
     """
     timings = {(name, mode): [] for name in impls for mode in MODES}
     for _ in range(rounds):
-        for name, fns in impls.items():
+        for name, make_fns in impls.items():
+            fns = make_fns()
             for mode, fn in zip(MODES, fns):
                 timings[(name, mode)].append(time_call(fn, device, reps, budget_s))
+            del fns
     rows = {}
-    for name, fns in impls.items():
+    for name, make_fns in impls.items():
+        fns = make_fns()
         row = {}
         for mode, fn, nbytes in zip(MODES, fns, (bytes_fwd, bytes_fwd_bwd)):
             t = min(best for best, _ in timings[(name, mode)])
@@ -192,6 +199,7 @@ def measure(impls: dict, bytes_fwd: int, bytes_fwd_bwd: int, device, reps: int, 
                     peak_memory(fn, device)),
             }
         rows[name] = row
+        del fns
     return rows
 
 
@@ -243,24 +251,28 @@ def bench_linear_scan(device, sizes, reps, budget_s, log, rounds=3):
         row = {"T": seqlen}
         timed = {}
         for name, fn in impls.items():
-            if layouts[name]:
-                xa = a.transpose(1, 2).contiguous()
-                xb = b.transpose(1, 2).contiguous()
-                gg = grad.transpose(1, 2).contiguous()
-            else:
-                xa, xb, gg = a, b, grad
-            xa_g = xa.clone().requires_grad_()
-            xb_g = xb.clone().requires_grad_()
 
-            def fwd(fn=fn, xa=xa, xb=xb):
-                with torch.no_grad():
-                    return fn(xa, xb)
+            def make(fn=fn, transposed=layouts[name], a=a, b=b, grad=grad):
+                if transposed:
+                    xa = a.transpose(1, 2).contiguous()
+                    xb = b.transpose(1, 2).contiguous()
+                    gg = grad.transpose(1, 2).contiguous()
+                else:
+                    xa, xb, gg = a, b, grad
+                xa_g = xa.clone().requires_grad_()
+                xb_g = xb.clone().requires_grad_()
 
-            def fwd_bwd(fn=fn, xa_g=xa_g, xb_g=xb_g, gg=gg):
-                xa_g.grad = xb_g.grad = None
-                _backward(fn(xa_g, xb_g), gg)
+                def fwd():
+                    with torch.no_grad():
+                        return fn(xa, xb)
 
-            timed[name] = (fwd, fwd_bwd)
+                def fwd_bwd():
+                    xa_g.grad = xb_g.grad = None
+                    _backward(fn(xa_g, xb_g), gg)
+
+                return fwd, fwd_bwd
+
+            timed[name] = make
         # fwd: read a, b, write h; bwd: read a, h, grad, write grad_a, grad_b
         row.update(measure(timed, 3 * el, 8 * el, device, reps, budget_s, rounds))
         row["speedup_vs_loop"] = {
@@ -279,7 +291,7 @@ def bench_linear_scan(device, sizes, reps, budget_s, log, rounds=3):
             f"loop {row['loop']['fwd']['time_ms']:.3f} ms (x{row['speedup_vs_loop']['fwd']:.1f});"
             f" fwd+bwd x{row['speedup_vs_loop']['fwd_bwd']:.1f}{extra}")
         rows.append(row)
-        del a, b, grad
+        del a, b, grad, timed
     return rows
 
 
@@ -306,18 +318,22 @@ def bench_selective_scan(device, sizes, reps, budget_s, log, rounds=3):
         inputs = (u, delta, A, B, C, D, z, bias)
         timed = {}
         for name, fn in (("ours", selective_scan), ("loop", selective_scan_ref)):
-            leaves = [x.clone().requires_grad_() for x in inputs]
 
-            def fwd(fn=fn, inputs=inputs):
-                with torch.no_grad():
-                    return fn(*inputs, True)
+            def make(fn=fn, inputs=inputs, grad=grad):
+                leaves = [x.clone().requires_grad_() for x in inputs]
 
-            def fwd_bwd(fn=fn, leaves=leaves, grad=grad):
-                for x in leaves:
-                    x.grad = None
-                _backward(fn(*leaves, True), grad)
+                def fwd():
+                    with torch.no_grad():
+                        return fn(*inputs, True)
 
-            timed[name] = (fwd, fwd_bwd)
+                def fwd_bwd():
+                    for x in leaves:
+                        x.grad = None
+                    _backward(fn(*leaves, True), grad)
+
+                return fwd, fwd_bwd
+
+            timed[name] = make
         row.update(measure(timed, bytes_fwd, bytes_bwd, device, reps, budget_s, rounds))
         row["speedup_vs_loop"] = {
             mode: row["loop"][mode]["time_ms"] / row["ours"][mode]["time_ms"]
@@ -430,8 +446,8 @@ def main(argv=None) -> dict:
                 f"inner scan is linear_scan's {results['machine']['cpu_linear_scan_backend']})",
     }
     results["min_speedup_T_ge_256"] = {
-        op: {mode: min(row["speedup_vs_loop"][mode] for row in results[op]["rows"]
-                       if row["T"] >= 256) for mode in ("fwd", "fwd_bwd")}
+        op: {mode: min((row["speedup_vs_loop"][mode] for row in results[op]["rows"]
+                        if row["T"] >= 256), default=None) for mode in ("fwd", "fwd_bwd")}
         for op in ("linear_scan", "selective_scan")
     }
     out = Path(args.out)
