@@ -138,9 +138,7 @@ def resolve_backend(
     if chosen == "auto":
         if device.type == "cuda" and HAS_TRITON and triton_unsupported is None:
             return "triton"
-        if has_native and device.type == "cpu" and _native.available():
-            return "native"
-        return "torch"
+        return fallback_backend(device) if has_native else "torch"
     if chosen == "native":
         if device.type != "cpu":
             raise ValueError(f"{op}: backend='native' takes CPU tensors, got device {device}")
@@ -166,6 +164,12 @@ def resolve_backend(
                 f"got device {device}"
             )
     return chosen
+
+
+def fallback_backend(device: torch.device) -> str:
+    """The non-Triton scan for tensors on ``device``: "native" on the CPU when the compiled loop
+    is available, else "torch" (also what the selective ops' PyTorch paths scan with)."""
+    return "native" if device.type == "cpu" and _native.available() else "torch"
 
 
 def needs_grad(*tensors) -> bool:

@@ -203,6 +203,11 @@ def measure(impls: dict, bytes_fwd: int, bytes_fwd_bwd: int, device, reps: int, 
     return rows
 
 
+def _speedup(row: dict, name: str) -> dict:
+    """The loop's time over ``name``'s, per mode."""
+    return {mode: row["loop"][mode]["time_ms"] / row[name][mode]["time_ms"] for mode in MODES}
+
+
 def copy_bandwidth(device) -> float | None:
     """Device-to-device copy GB/s (read + write) on a 1 GiB buffer."""
     if device.type != "cuda":
@@ -275,16 +280,10 @@ def bench_linear_scan(device, sizes, reps, budget_s, log, rounds=3):
             timed[name] = make
         # fwd: read a, b, write h; bwd: read a, h, grad, write grad_a, grad_b
         row.update(measure(timed, 3 * el, 8 * el, device, reps, budget_s, rounds))
-        row["speedup_vs_loop"] = {
-            mode: row["loop"][mode]["time_ms"] / row["ours"][mode]["time_ms"]
-            for mode in ("fwd", "fwd_bwd")
-        }
+        row["speedup_vs_loop"] = _speedup(row, "ours")
         extra = ""
         if "torch_chunked" in row:
-            row["torch_chunked_speedup_vs_loop"] = {
-                mode: row["loop"][mode]["time_ms"] / row["torch_chunked"][mode]["time_ms"]
-                for mode in ("fwd", "fwd_bwd")
-            }
+            row["torch_chunked_speedup_vs_loop"] = _speedup(row, "torch_chunked")
             extra = (f"; torch_chunked fwd x{row['torch_chunked_speedup_vs_loop']['fwd']:.1f},"
                      f" fwd+bwd x{row['torch_chunked_speedup_vs_loop']['fwd_bwd']:.1f}")
         log(f"linear_scan T={seqlen}: ours fwd {row['ours']['fwd']['time_ms']:.3f} ms, "
@@ -335,10 +334,7 @@ def bench_selective_scan(device, sizes, reps, budget_s, log, rounds=3):
 
             timed[name] = make
         row.update(measure(timed, bytes_fwd, bytes_bwd, device, reps, budget_s, rounds))
-        row["speedup_vs_loop"] = {
-            mode: row["loop"][mode]["time_ms"] / row["ours"][mode]["time_ms"]
-            for mode in ("fwd", "fwd_bwd")
-        }
+        row["speedup_vs_loop"] = _speedup(row, "ours")
         log(f"selective_scan L={seqlen}: ours fwd {row['ours']['fwd']['time_ms']:.3f} ms, "
             f"ref {row['loop']['fwd']['time_ms']:.3f} ms (x{row['speedup_vs_loop']['fwd']:.1f});"
             f" fwd+bwd x{row['speedup_vs_loop']['fwd_bwd']:.1f}")

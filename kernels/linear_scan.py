@@ -34,6 +34,7 @@ from kernels._triton_utils import (
     check_same_device,
     check_shape,
     check_tensor,
+    fallback_backend,
     jit,
     kernel_for,
     needs_grad,
@@ -214,19 +215,15 @@ def _scan_core(a, b, h0, reverse, out):
     return out
 
 
-def fallback_backend(device: torch.device) -> str:
-    """The non-Triton backend for tensors on ``device``: "native" on the CPU when the compiled
-    loop is available, else "torch" (what the other ops' PyTorch paths scan with)."""
-    return "native" if device.type == "cpu" and _native.available() else "torch"
+# the two forms of the (a, b, h0, reverse, out) scan that the forward and backward passes run
+_CORES = {"torch": _scan_core, "native": _native.scan}
 
 
 def scan_into(a, b, h0, out):
     """Forward scan of ``a``, ``b`` (``[B, T, D]``, one dtype of float32/float64/complex) from
     ``h0`` into ``out``, outside autograd, with ``fallback_backend``'s scan. For callers that
     own a reusable output buffer."""
-    if fallback_backend(a.device) == "native":
-        return _native.scan(a, b, h0, False, out)
-    return _scan_core(a, b, h0, False, out)
+    return _CORES[fallback_backend(a.device)](a, b, h0, False, out)
 
 
 def _effective_a(a, reset):
@@ -234,11 +231,6 @@ def _effective_a(a, reset):
         return a
     mask = reset.reshape(reset.shape + (1,) * (a.dim() - 2))
     return a.masked_fill(mask, 0)
-
-
-def _native_core(a, b, h0, reverse, out):
-    """``_scan_core``'s contract, computed by the compiled C loop (kernels/_native.py)."""
-    return _native.scan(a, b, h0, reverse, out)
 
 
 def _fwd_torch(a, b, h0, reset, reverse, core=_scan_core):
@@ -253,7 +245,7 @@ def _bwd_torch(a, h, h0, reset, grad, reverse, core=_scan_core):
     """Gradients of the scan; returns (grad_a, grad_b, grad_h0 or None).
 
     ``core`` runs the reverse scan over the gradients: ``_scan_core`` (chunked PyTorch) or
-    ``_native_core`` (the compiled loop, which reads the conj view of a complex ``a`` in place).
+    ``_native.scan`` (the compiled loop, which reads the conj view of a complex ``a`` in place).
     """
     acc = acc_dtype(a.dtype)
     a_eff = _effective_a(a.to(acc), reset)
@@ -480,9 +472,9 @@ def _bwd_triton(a, h, h0, reset, grad, reverse):
 # autograd + public entry point
 # --------------------------------------------------------------------------------------------
 
-_FWD = {"torch": _fwd_torch, "native": partial(_fwd_torch, core=_native_core),
+_FWD = {"torch": _fwd_torch, "native": partial(_fwd_torch, core=_native.scan),
         "triton": _fwd_triton}
-_BWD = {"torch": _bwd_torch, "native": partial(_bwd_torch, core=_native_core),
+_BWD = {"torch": _bwd_torch, "native": partial(_bwd_torch, core=_native.scan),
         "triton": _bwd_triton}
 
 

@@ -34,6 +34,7 @@ from kernels._triton_utils import (
     check_same_device,
     check_shape,
     check_tensor,
+    fallback_backend,
     jit,
     kernel_for,
     needs_grad,
@@ -42,7 +43,7 @@ from kernels._triton_utils import (
     tl,
     tl_acc_dtype,
 )
-from kernels.linear_scan import fallback_backend, linear_scan, scan_into
+from kernels.linear_scan import linear_scan, scan_into
 
 __all__ = [
     "SelectiveScanFn",
