@@ -154,23 +154,35 @@ def _build() -> dict:
     flags = ["-O3", "-std=c99", "-shared", "-fPIC"]
     key = hashlib.sha256("\n".join([_SOURCE, cc, *version, *flags, platform.machine(),
                                     platform.system()]).encode()).hexdigest()[:16]
-    cache = _cache_dir()
-    lib_path = cache / f"linear_scan_{key}.so"
-    if not lib_path.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            src = Path(tmp) / "linear_scan.c"
-            src.write_text(_SOURCE)
-            built = Path(tmp) / "linear_scan.so"
-            try:
-                proc = subprocess.run([cc, *flags, "-o", str(built), str(src)],
-                                      capture_output=True, text=True, timeout=120)
-            except (OSError, subprocess.SubprocessError) as exc:
-                raise OSError(f"{cc} failed to run: {exc}") from exc
-            if proc.returncode != 0:
-                raise OSError(f"{cc} could not build the scan: {proc.stderr.strip()[-500:]}")
-            os.replace(built, lib_path)  # atomic: a concurrent build just replaces the same file
-    lib = ctypes.CDLL(str(lib_path))
+    lib_path = _cache_dir() / f"linear_scan_{key}.so"
+    if lib_path.exists():
+        try:
+            return _bind(ctypes.CDLL(str(lib_path)))
+        except OSError:  # a damaged cache entry (e.g. a copied or truncated file): build it again
+            pass
+    _compile(cc, flags, lib_path)
+    return _bind(ctypes.CDLL(str(lib_path)))
+
+
+def _compile(cc: str, flags: list[str], lib_path: Path) -> None:
+    """Build the library into ``lib_path`` through a temporary file and an atomic rename."""
+    cache = lib_path.parent
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        src = Path(tmp) / "linear_scan.c"
+        src.write_text(_SOURCE)
+        built = Path(tmp) / "linear_scan.so"
+        try:
+            proc = subprocess.run([cc, *flags, "-o", str(built), str(src)],
+                                  capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise OSError(f"{cc} failed to run: {exc}") from exc
+        if proc.returncode != 0:
+            raise OSError(f"{cc} could not build the scan: {proc.stderr.strip()[-500:]}")
+        os.replace(built, lib_path)  # atomic: a concurrent build just replaces the same file
+
+
+def _bind(lib: ctypes.CDLL) -> dict:
     funcs = {}
     for dtype, name in _FUNCS.items():
         fn = getattr(lib, name)

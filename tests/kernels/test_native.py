@@ -53,6 +53,21 @@ def test_build_is_cached(fresh_native):
     assert [p for p in fresh_native.iterdir() if p.is_dir()] == []  # no temporary build dirs
 
 
+def test_damaged_cache_entry_is_rebuilt(fresh_native, monkeypatch, tmp_path):
+    assert _native.available()
+    (built,) = fresh_native.glob("*.so")
+    other = tmp_path / "other-cache"  # a cache whose entry of that name is damaged
+    other.mkdir()
+    (other / built.name).write_bytes(b"not a shared library")
+    monkeypatch.setenv("KERNELS_CACHE_DIR", str(other))
+    _native._state.clear()
+    assert _native.available(), _native.unavailable_reason()
+    rebuilt = (other / built.name).read_bytes()
+    assert rebuilt != b"not a shared library" and rebuilt[:4] == built.read_bytes()[:4]
+    a, b = torch.rand(2, 40, 3), torch.randn(2, 40, 3)
+    torch.testing.assert_close(linear_scan(a, b, backend="native"), linear_scan_ref(a, b))
+
+
 def test_missing_compiler_falls_back_with_the_reason(fresh_native, monkeypatch):
     monkeypatch.setenv("CC", "no-such-cc-for-worldrl")
     assert not _native.available()
