@@ -183,6 +183,102 @@ def _conv_pad(kernel: int) -> int:
     return (kernel - 1) // 2
 
 
+def _phase_taps(kernel: int, transposed: bool) -> tuple[Tensor, int]:
+    """Which taps of a ``kernel``-wide filter reach each output phase of a 2x up-convolution.
+
+    Output ``y[2m + r]`` (phase ``r``) of nearest 2x upsampling followed by a 'same' convolution,
+    or of a stride-2 transposed convolution (padding ``(kernel - 1) // 2``, output ``2H``), is a
+    sum of ``w[t] * x[m + d(r, t)]`` over the taps ``t`` (for the upsampling, taps that land on
+    the same low-resolution pixel add up). Returns ``A [2, K', kernel]`` with
+    ``A[r, j, t] = 1`` where ``d(r, t) = j - pad`` and ``pad``: the phases are ``K'``-wide
+    correlations of the low-resolution input, padded by ``pad`` on each side.
+    """
+    p = _conv_pad(kernel)
+    offsets = {}
+    for r in (0, 1):
+        for t in range(kernel):
+            if transposed:
+                if (r + p - t) % 2 == 0:
+                    offsets[r, t] = (r + p - t) // 2
+            else:
+                offsets[r, t] = (r + t - p) // 2
+    pad = max(max(offsets.values()), -min(offsets.values()))
+    taps = torch.zeros(2, 2 * pad + 1, kernel)
+    for (r, t), d in offsets.items():
+        taps[r, d + pad, t] = 1.0
+    return taps, pad
+
+
+def _depth_to_space(y: Tensor, channels: int) -> Tensor:
+    """``[N, 4C, H, W]`` with channel ``(2 ry + rx) * C + c`` -> ``[N, C, 2H, 2W]``, channels-last
+    in memory (one copy; free of strides when ``y`` is channels-last)."""
+    n, _, h, w = y.shape
+    y = y.permute(0, 2, 3, 1).reshape(n, h, w, 2, 2, channels)
+    y = y.permute(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, channels)
+    return y.permute(0, 3, 1, 2)
+
+
+class _PhaseConv:
+    """2x up-convolution computed as one stride-1 convolution of the low-resolution input with
+    the four output phases' filters stacked on the channels, then a depth-to-space copy.
+
+    The same function of the same parameters as the layer it replaces, with fewer operations:
+    nearest upsampling + a 5x5 convolution costs 25 taps per output pixel, the phase form 9 (and
+    no upsampled tensor is ever made); a stride-2 transposed convolution becomes a plain
+    convolution, which oneDNN and cuDNN run several times faster.
+    """
+
+    transposed: bool
+
+    def _setup_phases(self, kernel: int) -> None:
+        taps, self.phase_pad = _phase_taps(kernel, self.transposed)
+        self.register_buffer("phase_taps", taps, persistent=False)
+
+    def _phase_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self.transposed:  # ConvTranspose2d stores [in, out, kh, kw]
+            weight = weight.transpose(0, 1)
+        cout = weight.shape[0]
+        a = self.phase_taps.to(weight.dtype)
+        w = torch.einsum("ajt,oitu,bku->aboijk", a, weight, a)
+        w = w.reshape(4 * cout, *w.shape[3:])
+        if bias is not None:
+            bias = bias.repeat(4)
+        y = nn.functional.conv2d(x, w, bias, padding=self.phase_pad)
+        return _depth_to_space(y, cout)
+
+
+class UpConv2d(_PhaseConv, nn.Conv2d):
+    """Nearest 2x upsampling followed by a 'same' ``Conv2d`` (DreamerV3's decoder layer), in the
+    phase form of :class:`_PhaseConv`. Parameters and checkpoint keys are a ``Conv2d``'s."""
+
+    transposed = False
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int):
+        if kernel % 2 == 0:
+            raise ValueError(f"UpConv2d needs an odd kernel for 'same' padding, got {kernel}")
+        super().__init__(in_channels, out_channels, kernel, padding="same")
+        self._setup_phases(kernel)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._phase_forward(x, self.weight, self.bias)
+
+
+class UpConvTranspose2d(_PhaseConv, nn.ConvTranspose2d):
+    """``ConvTranspose2d`` with stride 2, padding ``(kernel - 1) // 2`` and the output padding
+    that doubles the resolution, in the phase form of :class:`_PhaseConv`."""
+
+    transposed = True
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int):
+        pad = _conv_pad(kernel)
+        super().__init__(in_channels, out_channels, kernel, stride=2, padding=pad,
+                         output_padding=2 + 2 * pad - kernel)
+        self._setup_phases(kernel)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._phase_forward(x, self.weight, self.bias)
+
+
 class ConvEncoder(nn.Module):
     """CNN over ``[N, C, H, W]`` float images; halves the resolution once per depth.
 
@@ -224,7 +320,8 @@ class ConvEncoder(nn.Module):
         self.out_features = self.depths[-1] * self.minres[0] * self.minres[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.net(x)
+        # channels-last: oneDNN's and cuDNN's fast layout; the channel norms read contiguous rows
+        x = self.net(x.contiguous(memory_format=torch.channels_last))
         assert x.shape[-2:] == self.minres, (x.shape, self.minres)
         return x.flatten(-3)
 
@@ -268,13 +365,7 @@ class ConvDecoder(nn.Module):
         outs = list(reversed(self.depths[:-1])) + [out_channels]
         for i, d in enumerate(outs):
             last = i == len(outs) - 1
-            if strided:
-                pad = _conv_pad(kernel)
-                conv = nn.ConvTranspose2d(cin, d, kernel, stride=2, padding=pad,
-                                          output_padding=2 + 2 * pad - kernel)
-            else:
-                layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
-                conv = nn.Conv2d(cin, d, kernel, padding="same")
+            conv = UpConvTranspose2d(cin, d, kernel) if strided else UpConv2d(cin, d, kernel)
             fan_in = cin * kernel * kernel
             trunc_normal_init_(conv.weight, fan_in, outscale if last else 1.0)
             nn.init.zeros_(conv.bias)
@@ -296,7 +387,7 @@ class ConvDecoder(nn.Module):
             x = x0 + x1
         else:
             x = self.space(feat).reshape(-1, h, w, c0).permute(0, 3, 1, 2)
-        x = self.spact(self.spnorm(x))
+        x = self.spact(self.spnorm(x.contiguous(memory_format=torch.channels_last)))
         x = torch.sigmoid(self.net(x))
         assert x.shape[1:] == (self.out_channels, *self.resolution), x.shape
         return x
