@@ -97,9 +97,10 @@ class ActingModule(TensorDictModuleBase):
         else:
             obs = {k: flat[k] for k in self.obs_keys}
             action, new_carry = self.agent.act(obs, is_first, carry, mode=self.mode)
-        flat.set("action", action.to(self.action_dtype))
+        dev = flat.device if flat.device is not None else is_first.device  # the envs' device:
+        flat.set("action", action.to(dev, self.action_dtype))  # a GPU agent acts for CPU envs
         for k in self.carry_keys:
-            flat.set(("next", "carry", k), new_carry[k])
+            flat.set(("next", "carry", k), new_carry[k].to(dev))
         if flat is not td:
             td.update(flat.reshape(batch_shape))
         return td

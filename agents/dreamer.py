@@ -52,6 +52,8 @@ TOP_KEYS = ("name", "size", "world_model", "backbone", "actor", "critic", "behav
 MODES = ("train", "eval")
 #: LaProp parameter groups; ``agent.optim.group_lr.NAME`` overrides ``agent.optim.lr`` for one
 OPTIM_GROUPS = ("world_model", "actor", "critic")
+#: torch.compile modes for :meth:`DreamerAgent.setup_update`
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _plain(cfg: Any) -> Any:
@@ -112,6 +114,13 @@ def resolve_config(cfg: Any) -> dict[str, Any]:
     return cfg
 
 
+def _compile_mode(compile: bool | str) -> str:
+    mode = "default" if compile is True else compile
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {compile!r}; choices: {[True, *COMPILE_MODES]}")
+    return mode
+
+
 class DreamerAgent(nn.Module):
     """DreamerV3 learner (see the module docstring for the config).
 
@@ -170,6 +179,36 @@ class DreamerAgent(nn.Module):
             groups.append(group)
         self.opt = LaProp(groups, **optim)
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self.amp = False
+        self.compiled: str | None = None
+
+    def setup_update(self, amp: bool = False, compile: bool | str = False) -> None:
+        """How :meth:`train_step` computes.
+
+        ``amp``: bf16 autocast for the losses (their float32 parts stay float32: norms,
+        distributions, two-hot, KL, return normaliser; the optimiser runs outside it).
+        ``compile``: ``torch.compile`` the update's parts with static shapes (``True`` for the
+        default mode, or a mode name such as ``"reduce-overhead"`` for CUDA graphs): the encoder,
+        the backbone's step functions (the posterior loop's body and the imagination step), the
+        actor, the reward and continue heads, the world-model loss terms (decoders, heads, KL)
+        and the actor-critic losses. The Python loops over time stay outside, so that compiling
+        takes the same time for any sequence length or horizon. ``False``: eager.
+        """
+        self.amp = bool(amp)
+        if not compile or self.compiled:
+            if compile and self.compiled != _compile_mode(compile):
+                raise ValueError(f"the update is already compiled with mode {self.compiled!r}")
+            return
+        mode = _compile_mode(compile)
+        options = {} if mode == "default" else {"mode": mode}
+        self.wm.encoder.compile(**options)
+        self.wm.backbone.compile_steps(**options)
+        self.wm.terms = torch.compile(self.wm.terms, **options)
+        for module in (self.ac.actor, self.wm.reward_head, self.wm.cont_head):
+            module.compile(**options)
+        self.ac.imag_loss = torch.compile(self.ac.imag_loss, **options)
+        self.ac.replay_value_loss = torch.compile(self.ac.replay_value_loss, **options)
+        self.compiled = mode
 
     @property
     def device(self) -> torch.device:
@@ -260,19 +299,25 @@ class DreamerAgent(nn.Module):
         metrics["loss/total"] = total.detach()
         return total, terms, metrics
 
-    def train_step(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
-        """One world-model + actor-critic update (one optimiser step, then the slow critic)."""
+    def train_step(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """One world-model + actor-critic update (one optimiser step, then the slow critic).
+
+        Returns the metrics as detached tensors on the agent's device, so that the update never
+        waits for the device; read them (``float``) once per log interval."""
         self.train()
-        total, _, metrics = self.losses(batch)
+        if self.compiled and "reduce-overhead" in self.compiled:
+            torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new iteration begins
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            total, _, metrics = self.losses(batch)
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         self.opt.step()
         self.ac.update_slow()
         self.updates += 1
-        out = {k: float(v) for k, v in metrics.items()}
-        out.update({f"grad/{k}": v for k, v in self.opt.last_metrics.items()})
-        out["updates"] = float(self.updates)
-        out["lr"] = self.opt.current_lr(self.opt.param_groups[0], int(self.updates))
+        out = dict(metrics)
+        out.update({f"grad/{k}": torch.as_tensor(v) for k, v in self.opt.last_metrics.items()})
+        out["lr"] = torch.as_tensor(self.opt.last_metrics.get(
+            f"{OPTIM_GROUPS[0]}/lr", self.opt.param_groups[0]["lr"]))
         return out
 
     # ----------------------------------------------------------------------------- diagnostics

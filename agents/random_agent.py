@@ -28,6 +28,9 @@ class RandomAgent(nn.Module):
         action = random_action(self.act_space, is_first.shape[0])
         return action, {"prev_action": action}
 
+    def setup_update(self, amp: bool = False, compile: bool | str = False) -> None:
+        """Nothing to compute faster: the random agent has no update."""
+
     def train_step(self, batch) -> dict[str, float]:
         self.steps += 1
         return {}

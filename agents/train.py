@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 import envs
 from agents import make_agent
 from agents.acting import ActingModule, act_space_of, carry_primer, obs_space_of
+from agents.dreamer import COMPILE_MODES
 from agents.logger import Logger
 from agents.run_dir import (
     CHECKPOINT_FILE,
@@ -135,6 +136,9 @@ def _check(cfg: DictConfig) -> None:
     envs.check_task(cfg.env.suite, cfg.env.task)
     resolve_device(cfg.device)
     t = cfg.train
+    if t.compile not in (False, True, *COMPILE_MODES):
+        raise ValueError(f"unknown train.compile {t.compile!r}; choices: "
+                         f"{[False, True, *COMPILE_MODES]}")
     for key in ("batch_size", "seq_len", "steps_per_batch"):
         if t[key] < 1:
             raise ValueError(f"train.{key} must be >= 1, got {t[key]}")
@@ -175,6 +179,7 @@ def train(cfg: DictConfig) -> dict:
     # a resumed run reseeds its envs: the episodes in flight at the kill are gone
     env.set_seed(cfg.seed + 1000 * counters["resumes"])
     agent, obs_keys = build_agent(cfg, env, device)
+    agent.setup_update(amp=cfg.train.amp, compile=cfg.train.compile)
     env.append_transform(carry_primer(agent))
     eval_env = build_env(cfg.env, cfg.seed + 10_000 + counters["resumes"],
                          num_envs=eval_copies(cfg.eval.episodes, cfg.eval.envs))
@@ -199,7 +204,7 @@ def train(cfg: DictConfig) -> dict:
                           total_frames=-1, auto_register_policy_transforms=False)
     logger = Logger(run_dir)
     pbar = _progress(cfg, counters["env_steps"])
-    train_metrics: dict[str, list[float]] = defaultdict(list)
+    train_metrics: dict[str, list] = defaultdict(list)
     recent_returns: list[float] = []
     start_time, start_steps = time.time(), counters["env_steps"]
 
@@ -229,16 +234,19 @@ def train(cfg: DictConfig) -> dict:
                 policy.mode = "train"
                 due = updates_due(step, t)
                 while counters["updates"] < due:
-                    data = replay.sample().to(device)
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.amp):
-                        step_metrics = agent.train_step(data)
-                    for k, v in step_metrics.items():
-                        train_metrics[k].append(float(v))
+                    data = replay.sample()
+                    if device.type == "cuda":  # pinned: the copy runs beside the queued update
+                        data = data.pin_memory().to(device, non_blocking=True)
+                    else:
+                        data = data.to(device)
+                    for k, v in agent.train_step(data).items():
+                        train_metrics[k].append(v)  # tensors: read once per log interval
                     counters["updates"] += 1
 
             if step - counters["last_log"] >= t.log_every:
                 sps = (step - start_steps) / max(time.time() - start_time, 1e-9)
-                row = {k: float(np.mean(v)) for k, v in train_metrics.items()}
+                row = {k: torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in v])
+                           .mean().item() for k, v in train_metrics.items()}
                 row.update({"env_steps_per_s": sps, "updates": counters["updates"],
                             "replay_rows": len(replay), "episodes": counters["episodes"]})
                 if recent_returns:

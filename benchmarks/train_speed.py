@@ -58,45 +58,69 @@ def time_fn(fn, repeats: int, warmup: int, device) -> list[float]:
     return times
 
 
-def measure(size: str, device: torch.device, batch: int, seq: int, repeats: int, warmup: int,
-            amp: bool = False, compile_: bool = False) -> dict:
-    cfg = load_config(["env=atari100k", f"size={size}"])
+def param_counts(agent) -> dict[str, int]:
+    """Trainable parameters per part, as DreamerV3 and sheeprl report them (no slow critic)."""
+    return {"world_model": sum(p.numel() for p in agent.wm.parameters()),
+            "actor": sum(p.numel() for p in agent.ac.actor.parameters()),
+            "critic": sum(p.numel() for p in agent.ac.critic.parameters())}
+
+
+def build_update(size: str, device: torch.device | str = "cpu", *, amp: bool = False,
+                 compile_: bool | str = False, batch: int = 16, seq: int = 64, actions: int = 6,
+                 overrides: tuple[str, ...] = ()):
+    """The DreamerV3 agent on the Atari100k config and one synthetic batch.
+
+    Returns ``(agent, data, step)`` where ``step()`` runs one full update (``train_step``) in the
+    configuration that ``worldrl train`` uses for ``train.amp`` / ``train.compile``.
+    """
+    device = torch.device(device)
+    cfg = load_config(["env=atari100k", f"size={size}", *overrides])
     agent_cfg = {**OmegaConf.to_container(cfg.agent, resolve=True),
                  "backbone": OmegaConf.to_container(cfg.backbone, resolve=True)}
     agent = DreamerAgent({"pixels": ((3, 64, 64), torch.uint8)},
-                         {"discrete": True, "n": 6}, agent_cfg).to(device)
-    if compile_:
-        agent.wm.compile()
-        agent.ac.compile()
-    data = synthetic_batch(batch, seq, 6, device)
-    params = sum(p.numel() for p in agent.parameters())
-    ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else None
+                         {"discrete": True, "n": actions}, agent_cfg).to(device)
+    agent.setup_update(amp=amp, compile=compile_)
+    data = synthetic_batch(batch, seq, actions, device)
 
-    def wm_update():
+    def step():
+        return agent.train_step(data)
+
+    return agent, data, step
+
+
+def measure(size: str, device: torch.device, batch: int, seq: int, repeats: int, warmup: int,
+            amp: bool = False, compile_: bool | str = False) -> dict:
+    """Time one configuration: the first update (compilation included), then the world-model
+    update alone and the full update, each the median of ``repeats`` after ``warmup``."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    agent, data, train_step = build_update(size, device, amp=amp, compile_=compile_,
+                                           batch=batch, seq=seq)
+    params = sum(p.numel() for p in agent.parameters())
+    first = time_fn(train_step, 1, 0, device)[0]
+    graphs = counters["stats"]["unique_graphs"]
+    breaks = sum(counters["graph_break"].values())
+
+    def wm_update():  # the world-model part of train_step, with its precision and compilation
         agent.opt.zero_grad(set_to_none=True)
-        if ctx:
-            with ctx():
-                loss = agent.wm.loss(data)[0]
-        else:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=agent.amp):
             loss = agent.wm.loss(data)[0]
         loss.backward()
         agent.opt.step()
-
-    def train_step():
-        if ctx:
-            with ctx():
-                agent.train_step(data)
-        else:
-            agent.train_step(data)
 
     wm = time_fn(wm_update, repeats, warmup, device)
     full = time_fn(train_step, repeats, warmup, device)
     wm_s, full_s = statistics.median(wm), statistics.median(full)
     return {
-        "size": size, "params_M": params / 1e6, "batch": batch, "seq_len": seq,
-        "device": str(device), "bf16_autocast": amp, "torch_compile": compile_,
+        "size": size, "params_M": params / 1e6, "params": param_counts(agent), "batch": batch,
+        "seq_len": seq, "device": str(device), "bf16_autocast": amp,
+        "torch_compile": agent.compiled or False, "compiled_graphs": graphs,
+        "graph_breaks": breaks, "first_update_s": first,
         "wm_update_s": wm_s, "wm_updates_per_s": 1 / wm_s,
-        "train_step_s": full_s, "train_steps_per_s": 1 / full_s,
+        "train_step_s": full_s, "train_steps_per_s": 1 / full_s, "train_step_all_s": full,
         "replayed_steps_per_s": batch * seq / full_s,
         "repeats": repeats,
     }
@@ -110,24 +134,32 @@ def main(argv=None) -> int:
     p.add_argument("--seq", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--amp", action="store_true", help="also measure with bf16 autocast")
-    p.add_argument("--compile", action="store_true", help="also measure with torch.compile")
+    p.add_argument("--compile", nargs="*", default=None, metavar="MODE",
+                   help="also measure compiled updates: torch.compile modes (none given: default; "
+                        "e.g. reduce-overhead for CUDA graphs), each with every precision")
     p.add_argument("--out", default="results/train_speed_cpu")
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    precisions = [False, True] if args.amp else [False]
+    modes: list[bool | str] = [False]
+    if args.compile is not None:
+        modes += [m if m != "default" else True for m in (args.compile or ["default"])]
     rows = []
     for size in args.sizes:
-        variants = [(False, False)]
-        if args.amp:
-            variants.append((True, False))
-        if args.compile:
-            variants.append((False, True))
-        for amp, comp in variants:
-            r = measure(size, device, args.batch, args.seq, args.repeats, args.warmup, amp, comp)
-            rows.append(r)
-            print(f"size={size:3s} amp={amp!s:5s} compile={comp!s:5s} params={r['params_M']:.1f}M "
-                  f"wm update {r['wm_update_s']:.2f}s  train step {r['train_step_s']:.2f}s",
-                  flush=True)
+        for comp in modes:
+            for amp in precisions:
+                r = measure(size, device, args.batch, args.seq, args.repeats, args.warmup, amp,
+                            comp)
+                rows.append(r)
+                print(f"size={size:3s} amp={amp!s:5s} compile={r['torch_compile']!s:15s} "
+                      f"params={r['params_M']:.1f}M graphs={r['compiled_graphs']} "
+                      f"breaks={r['graph_breaks']} first {r['first_update_s']:.1f}s  "
+                      f"wm update {r['wm_update_s']:.2f}s  train step {r['train_step_s']:.2f}s",
+                      flush=True)
     # projected hours for one Atari100k game: 100k env steps at DreamerV3's train ratio 256
     # (batch 16 x 64 -> one update per 4 env steps), updates only
     for r in rows:
@@ -143,14 +175,15 @@ def main(argv=None) -> int:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, GPU "
         f"{m['gpu']}; torch {m['torch']}. Commit `{report['commit']}`, {report['date']}.",
         f"Command: `{report['command']}`.", "", report["what"], "",
-        "| size | params | device | bf16 | compile | WM update (s) | WM updates/s | train step (s) "
-        "| replayed steps/s | h per Atari100k game (ratio 256) |",
-        "|---|---:|---|---|---|---:|---:|---:|---:|---:|",
+        "| size | params | device | bf16 | compile | graphs / breaks | first update (s) "
+        "| WM update (s) | train step (s) | replayed steps/s | h per Atari100k game (ratio 256) |",
+        "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     lines += [f"| {r['size']} | {r['params_M']:.1f}M | {r['device']} | {r['bf16_autocast']} | "
-              f"{r['torch_compile']} | {r['wm_update_s']:.3f} | {r['wm_updates_per_s']:.2f} | "
-              f"{r['train_step_s']:.3f} | {r['replayed_steps_per_s']:.0f} | "
-              f"{r['atari100k_hours_at_ratio_256']:.1f} |" for r in rows]
+              f"{r['torch_compile']} | {r['compiled_graphs']} / {r['graph_breaks']} | "
+              f"{r['first_update_s']:.1f} | {r['wm_update_s']:.3f} | {r['train_step_s']:.3f} | "
+              f"{r['replayed_steps_per_s']:.0f} | {r['atari100k_hours_at_ratio_256']:.1f} |"
+              for r in rows]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return 0
 

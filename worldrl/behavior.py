@@ -107,6 +107,8 @@ class Normalize(nn.Module):
         self.register_buffer("lo", torch.zeros(()))
         self.register_buffer("hi", torch.zeros(()))
         self.register_buffer("corr", torch.zeros(()))
+        self.register_buffer("quantiles", torch.tensor([perclo / 100, perchi / 100]),
+                             persistent=False)  # on the device already: no copy per update
 
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
@@ -114,8 +116,7 @@ class Normalize(nn.Module):
         if self.impl == "none":
             return
         if self.impl == "perc":
-            q = torch.quantile(x, torch.tensor([self.perclo / 100, self.perchi / 100],
-                                               device=x.device))
+            q = torch.quantile(x, self.quantiles.to(x.dtype))
             a, b = q[0], q[1]
         else:
             a, b = x.mean(), x.square().mean()
@@ -160,7 +161,7 @@ class SlowCopy(nn.Module):
 
     @torch.no_grad()
     def update(self, source: nn.Module) -> None:
-        if int(self.count) % self.every == 0:
+        if self.every == 1 or int(self.count) % self.every == 0:  # no host sync by default
             for dst, src in zip(self.model.parameters(), source.parameters()):
                 dst.lerp_(src.detach(), self.rate)
         self.count += 1

@@ -92,7 +92,7 @@ class LaProp(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        metrics: dict[str, float] = {}
+        metrics: dict[str, Tensor | float] = {}
         for gi, group in enumerate(self.param_groups):
             name = group.get("name", f"group{gi}")
             b1, b2, eps = group["beta1"], group["beta2"], group["eps"]
@@ -134,10 +134,10 @@ class LaProp(torch.optim.Optimizer):
                 usq = usq + update.square().sum()
                 usize += update.numel()
                 p.add_(update.to(p.dtype))
-            if count:
-                metrics[f"{name}/grad_norm"] = math.sqrt(float(gsq))
-                metrics[f"{name}/clipped"] = float(clipped) / count
-                metrics[f"{name}/update_rms"] = math.sqrt(float(usq) / max(usize, 1))
+            if count:  # tensors: read once per log interval, not here (no host sync)
+                metrics[f"{name}/grad_norm"] = torch.as_tensor(gsq).sqrt()
+                metrics[f"{name}/clipped"] = torch.as_tensor(clipped, dtype=torch.float32) / count
+                metrics[f"{name}/update_rms"] = (torch.as_tensor(usq) / max(usize, 1)).sqrt()
                 metrics[f"{name}/lr"] = lr
         self.last_metrics = metrics
         return loss

@@ -172,35 +172,39 @@ class WorldModel(nn.Module):
         """World-model loss: ``(total, terms {name: [B, T]}, post, metrics)``."""
         B, T = self.check_batch(batch)
         embed, post, prior, _ = self.observe(batch, state)
-        feat = self.backbone.get_feat(post)
-        assert feat.shape == (B, T, self.backbone.feat_size), feat.shape
-
-        terms: dict[str, Tensor] = {}
-        dyn, rep = self.backbone.kl_losses(post, prior, self.free_nats)
-        terms["dyn"], terms["rep"] = dyn, rep
-        for key, dist in self.decoder(feat).items():
-            terms[key] = dist.loss(batch[key])
-        rew_in = feat if self.reward_grad else feat.detach()
-        terms["rew"] = self.reward_head.loss(rew_in, batch["reward"].float())
-        cont = (1.0 - batch["terminated"].float()) * self.cont_target_scale
-        terms["con"] = self.cont_head.loss(feat, cont)
+        terms, metrics = self.terms(post, prior, batch)
         for k, v in terms.items():
             assert v.shape == (B, T), (k, v.shape)
         total = self.balance(terms)
+        metrics["wm_loss"] = total.detach()
+        if self.loss_balance == "harmony":
+            for k, s in self.harmony.items():  # the learned weight 1 / sigma of each task
+                metrics[f"harmony/{k}"] = torch.exp(-s.detach())
+        return total, terms, post, metrics
 
+    def terms(self, post: State, prior: State, batch: Mapping[str, Tensor]
+              ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The loss terms ``{name: [B, T]}`` of the posterior (KLs, decoders, reward, continue)
+        and their metrics: every head of the update after the backbone, one region to compile."""
+        feat = self.backbone.get_feat(post)
+        terms: dict[str, Tensor] = {}
+        terms["dyn"], terms["rep"] = self.backbone.kl_losses(post, prior, self.free_nats)
+        for key, dist in self.decoder(feat).items():
+            terms[key] = dist.loss(batch[key])
+        rew_in = feat if self.reward_grad else feat.detach()
+        reward = self.reward_head(rew_in)
+        terms["rew"] = reward.loss(batch["reward"].float())
+        cont = (1.0 - batch["terminated"].float()) * self.cont_target_scale
+        terms["con"] = self.cont_head.loss(feat, cont)
         with torch.no_grad():
             raw_dyn, _ = self.backbone.kl_losses(post, prior, free_nats=0.0)
-            metrics = {f"loss/{k}": v.mean() for k, v in terms.items()}
+            metrics = {f"loss/{k}": v.mean().detach() for k, v in terms.items()}
             metrics["kl/dyn"] = raw_dyn.mean()
             metrics["kl/rep"] = raw_dyn.mean()  # equal values; only the gradients differ
-            metrics["wm_loss"] = total.detach()
             metrics["reward_max_data"] = batch["reward"].abs().max().float()
-            metrics["reward_max_pred"] = self.reward_head(feat).pred().abs().max()
+            metrics["reward_max_pred"] = reward.pred().detach().abs().max()
             metrics.update(self.backbone.latent_metrics(post, prior))
-            if self.loss_balance == "harmony":
-                for k, s in self.harmony.items():  # the learned weight 1 / sigma of each task
-                    metrics[f"harmony/{k}"] = torch.exp(-s.detach())
-        return total, terms, post, metrics
+        return terms, metrics
 
     @torch.no_grad()
     def predict_open_loop(self, batch: Mapping[str, Tensor], context: int = 5,

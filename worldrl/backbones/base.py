@@ -65,6 +65,11 @@ class Backbone(nn.Module, abc.ABC):
                   ) -> tuple[Tensor, Tensor]:
         """``(dyn, rep)`` KL losses ``[B, T]``, each clipped below at ``free_nats``."""
 
+    def compile_steps(self, **options) -> None:
+        """``torch.compile`` (with ``options``) the per-step functions that the update loops
+        over: :meth:`imagine_step` here; backbones with a step loop in :meth:`observe` add it."""
+        self.imagine_step = torch.compile(self.imagine_step, **options)
+
     def get_feat(self, state: State) -> Tensor:
         """``concat(deter, stoch)`` along the last axis."""
         return torch.cat([state["deter"], state["stoch"]], -1)

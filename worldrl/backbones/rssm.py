@@ -146,10 +146,8 @@ class RSSM(Backbone):
         keep = (~is_first.bool()).to(embed.dtype)[..., None]  # [B, T, 1]
         deters, stochs, logits = [], [], []
         for t in range(T):
-            mask = keep[:, t]
-            deter = self._core(deter * mask, stoch * mask, action[:, t] * mask)
-            logit = self._post_logits(deter, embed[:, t])
-            stoch = self._stoch(logit, sample)
+            deter, stoch, logit = self.obs_step(deter, stoch, action[:, t], embed[:, t],
+                                                keep[:, t], sample)
             deters.append(deter)
             stochs.append(stoch)
             logits.append(logit)
@@ -160,6 +158,18 @@ class RSSM(Backbone):
                  "logits": prior_logits}
         last = {"deter": deter, "stoch": stoch}
         return post, prior, last
+
+    def obs_step(self, deter: Tensor, stoch: Tensor, action: Tensor, embed: Tensor, keep: Tensor,
+                 sample: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """One posterior step (the body of :meth:`observe`'s loop); ``keep [B, 1]`` is 0 where the
+        state resets. Returns ``(deter, stoch, post_logits)``."""
+        deter = self._core(deter * keep, stoch * keep, action * keep)
+        logit = self._post_logits(deter, embed)
+        return deter, self._stoch(logit, sample), logit
+
+    def compile_steps(self, **options) -> None:
+        super().compile_steps(**options)
+        self.obs_step = torch.compile(self.obs_step, **options)
 
     def imagine_step(self, state: State, action: Tensor, sample: bool = True) -> State:
         deter = self._core(state["deter"], state["stoch"], action)
