@@ -1,0 +1,1046 @@
+"""The one-shot GPU check: kernel tests, kernel bench, update speed and a timed Atari100k run.
+
+    python -m benchmarks.device --out DIR [--budget-s 480] [--skip STEP ...] [--work DIR]
+    python -m benchmarks.device --print-run       # the device tool's run call (JSON), see below
+    python -m benchmarks.device --from DIR --commit-results  # DIR's results -> results/*_gpu.*
+    python -m benchmarks.device --check-wheels .whl  # the wheel set's requirements are all met
+    python -m benchmarks.device --list-steps
+
+On the lent device machine (one H100; python3 is 3.12 with torch 2.11+cu130 and triton 3.6 but no
+torchrl, tensordict, gymnasium, ale-py, hydra-core, omegaconf: they travel as wheels). Here, once:
+``bash scripts/device_wheels.sh`` (fills the ignored .whl/, ~8 MiB). Then ONE ``run`` call with
+the arguments that ``--print-run`` prints (RUN_COMMAND, RUN_CARRY, RUN_TIMEOUT_S):
+``carry: [".whl"]``, ``timeout_s: 540`` (of the 600 a command may take: the budget ends the steps
+at 480 s, the wheels' install takes ~15 s, the rest is slack) and the command, on one line::
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade
+      --target /tmp/site .whl/*.whl && export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
+      || exit; nvidia-smi -L; python3 -m benchmarks.device --out $OUT --budget-s 480
+
+The repository comes first on PYTHONPATH: the torchrl and tensordict wheels also install top-level
+folders named ``benchmarks`` and ``scripts`` (without __init__.py) into /tmp/site.
+torchrl's C++ extension (torchrl/_torchrl.so, built against another torch) does not load under
+torch 2.11 (undefined symbol, seen with the same wheels on Python 3.12 + torch 2.11.0 here);
+torchrl then only loses its prioritized samplers' segment trees, which worldrl does not use;
+tensordict/_C.so links no libtorch and loads. The probe step reports both.
+
+What comes back (files_at) is ``$OUT`` (flat, 8 files at most, as the tool allows): summary.json
+(every step's rc, wall time, timeout, attempts and key numbers, the probe of the machine),
+device.log (each step's output: its first 16 KB and last 200 KB), gpu_kernel_tests.xml,
+kernels_gpu.json/.png, train_speed_gpu.json/.md, train_run.tar.gz (the run's metrics.jsonl,
+episodes.csv, eval.csv, config.yaml). Then, here: ``python -m benchmarks.device --from FILES_AT
+--commit-results`` copies them to results/kernels_gpu.{json,png}, results/train_speed_gpu.{json,md}
+and results/device_check_gpu.json (refused when the probe saw no CUDA device). A rerun on the still
+warm machine: the same command with ``--budget-s`` what is left and ``--skip`` the steps that are
+done (names: ``--list-steps``; a prefix skips all that start with it, e.g. ``train_speed``): their
+files, kept in the scratch folder /tmp/worldrl_device, come back again.
+
+The steps run in order, each a subprocess in its own session with a timeout out of the remaining
+budget (STEP_BUDGET: its cap, but never eating into the later steps' minimum plus the kill's
+GRACE_S and OVERHEAD_S each), output streamed to stdout and to a log; a step that fails goes on
+to the next. A step with alternatives tries the next one when an attempt fails within FAST_FAIL_S
+(the summary says which attempt ran): flags the code under test may not have yet
+(``train.compile``, train_speed's compile modes), pytest without xdist, kernels.bench without
+accelerated-scan (whose Triton kernel is unverified with triton 3.6). A timed-out step is stopped
+with SIGTERM to its process group, then SIGKILL after GRACE_S; for the training run that is its
+normal end.
+
+The flags this check assumes are in one place each: KERNEL_TEST_ARGS, KERNEL_BENCH_ARGS,
+TRAIN_SPEED_ARGS / TRAIN_SPEED_VARIANTS and TRAIN_OVERRIDES. This module imports only the standard
+library at its top (the probe, run as a subprocess, imports the rest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.etree import ElementTree
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# ------------------------------------------------------------------------------ the machine
+
+#: Python packages in the device machine's image (KINDS.md, 'Python packages already there', as
+#: read on 2026-11-17), normalised names. Whatever worldrl needs beyond these travels as a wheel
+#: (scripts/device_wheels.sh).
+GPU_MACHINE_PACKAGES = frozenset("""
+absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch
+build certifi charset-normalizer chex click cloudpickle cmake colorama contourpy coverage
+cuda-bindings cuda-core cuda-pathfinder cuda-toolkit cupy-cuda13x cycler cython diffrax e3nn einops
+equinox etils execnet filelock flatbuffers flax fonttools formulaic frozenlist fsspec gpytorch
+grpcio h11 h5py hf-xet httpcore httpx huggingface-hub humanize hypothesis idna imageio iniconfig
+interface-meta jax jax-cuda13-pjrt jax-cuda13-plugin jaxlib jaxtyping jinja2 joblib kiwisolver
+lazy-loader lightning lightning-utilities linear-operator lineax llvmlite lxml markdown
+markdown-it-py markupsafe matplotlib mdurl meson ml-dtypes mpi4py mpmath msgpack multidict
+multipledispatch mypy-extensions nanobind narwhals networkx ninja numba numba-cuda numpy numpyro
+nvidia-cublas nvidia-cuda-cupti nvidia-cuda-nvrtc nvidia-cuda-runtime nvidia-cudnn-cu13
+nvidia-cufft nvidia-cufile nvidia-curand nvidia-cusolver nvidia-cusparse nvidia-cusparselt-cu13
+nvidia-ml-py nvidia-nccl-cu13 nvidia-nvjitlink nvidia-nvshmem-cu13 nvidia-nvtx onnx onnx-ir
+onnxruntime onnxscript opencv-python-headless optax opt-einsum opt-einsum-fx optimistix
+orbax-checkpoint packaging pandas pathspec patsy peft pillow pip pluggy portalocker
+prometheus-client propcache protobuf psutil pyarrow pybind11 py-cpuinfo pygments pyparsing
+pyproject-hooks pyre-extensions pytest pytest-benchmark pytest-cov pytest-mock pytest-timeout
+pytest-xdist python-dateutil pytorch-lightning pyyaml regex requests rich sacrebleu safetensors
+scikit-build-core scikit-image scikit-learn scipy seaborn sentencepiece sentence-transformers
+setuptools shellingham simplejson six sortedcontainers statsmodels sympy tabulate tensorboard
+tensorboard-data-server tensorstore threadpoolctl tifffile tiktoken timm tokenizers toolz torch
+torchaudio torchdiffeq torch-geometric torchmetrics torchvision tqdm transformers treescope triton
+typer typing-extensions typing-inspect urllib3 uvloop wadler-lindig werkzeug wheel wrapt xarray
+xxhash yarl zipp
+""".split())
+
+#: never carried: the machine's own CUDA builds must be the ones imported
+NEVER_CARRY = frozenset({"torch", "triton", "numpy"})
+
+#: the environment markers of the device machine's python3, for wheels' Requires-Dist
+MARKER_ENV = {
+    "python_version": "3.12", "python_full_version": "3.12.3", "implementation_name": "cpython",
+    "platform_python_implementation": "CPython", "implementation_version": "3.12.3",
+    "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
+    "os_name": "posix", "extra": "",
+}
+
+#: what the tool brings back from $OUT (device README, Limits)
+OUT_MAX_FILES = 8
+OUT_MAX_FILE_BYTES = 16 * 2**20
+OUT_MAX_TOTAL_BYTES = 64 * 2**20
+OUT_MAX_DEPTH = 2  # $OUT/a/b/file comes back
+OUT_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+#: the device tool's ``run`` arguments for this check (``--print-run``)
+RUN_BUDGET_S = 480
+RUN_TIMEOUT_S = 540
+RUN_CARRY = [".whl"]
+RUN_COMMAND = (
+    "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "
+    "--target /tmp/site .whl/*.whl && export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1 || exit; "
+    f"nvidia-smi -L; python3 -m benchmarks.device --out $OUT --budget-s {RUN_BUDGET_S}"
+)
+
+# ------------------------------------------------------------------------------ the steps' flags
+
+#: (a) the GPU kernel tests (the ``gpu`` marker of setup.cfg; they skip without CUDA); -n: xdist
+#: workers (installed there) overlap the Triton compiles
+KERNEL_TEST_ARGS = ["tests/kernels", "-m", "gpu", "-q", "-n", "4", "-p", "no:cacheprovider"]
+#: (b) kernels.bench on CUDA, one interleaved round and a short timing budget (the defaults, 3
+#: rounds of up to 2 s, would take most of the budget on the per-step loop references at T=16k)
+KERNEL_BENCH_ARGS = ["--device", "cuda", "--rounds", "1", "--reps", "5", "--budget", "0.5"]
+#: kernels.bench with accelerated_scan unimportable (its fallback attempt; argv follows)
+WITHOUT_ACCELERATED_SCAN = (
+    "import runpy, sys; sys.modules['accelerated_scan'] = None; "
+    "sys.argv = ['kernels.bench', *sys.argv[1:]]; "
+    "runpy.run_module('kernels.bench', run_name='__main__', alter_sys=True)"
+)
+#: (c) benchmarks.train_speed: common flags, then one subprocess per variant (a crash or timeout
+#: of one keeps the others' rows). Each variant lists alternative flag sets: the first that runs
+#: is used (a set the script does not parse fails at once and the next is tried). train_speed
+#: always measures eager float32; ``--amp`` adds bf16 autocast to every mode and ``--compile
+#: [MODE ...]`` adds torch.compile modes (agents.dreamer.COMPILE_MODES; ``default`` = True). The
+#: older ``--compile`` without modes (float32 only) is the fallback. The compiled variants time
+#: size s only: compiling the update takes a good part of their cap (their eager rows repeat the
+#: eager variant's and are dropped from the merged report).
+TRAIN_SPEED_ARGS = ["--device", "cuda", "--repeats", "5", "--warmup", "2"]
+TRAIN_SPEED_VARIANTS: list[tuple[str, list[list[str]]]] = [
+    ("eager", [["--sizes", "s", "m", "--amp"]]),
+    ("compiled", [["--sizes", "s", "--amp", "--compile", "default"],
+                  ["--sizes", "s", "--compile"]]),
+    ("reduce_overhead", [["--sizes", "s", "--amp", "--compile", "reduce-overhead"]]),
+]
+#: (d) the timed Atari100k run (``worldrl train`` = agents.cli); stopped by the budget. The first
+#: set has ``train.compile`` (being added); the second is the fallback without it.
+TRAIN_OVERRIDES = [
+    "env=atari100k", "env.task=pong", "size=s", "device=cuda", "seed=0", "train.amp=true",
+    "train.progress=false", "train.log_every=500", "train.video_every=0",
+    "train.checkpoint_every=1000000", "eval.every=0", "replay.capacity=100000", "overwrite=true",
+]
+TRAIN_OPTIONAL_OVERRIDES = ["train.compile=true"]
+
+#: each step's (cap, minimum) in seconds: at most cap (None: the rest of the budget); skipped
+#: when less than its minimum is left, and earlier steps leave it that minimum
+STEP_BUDGET: dict[str, tuple[float | None, float]] = {
+    "probe": (60, 15), "gpu_kernel_tests": (90, 30), "kernels_bench": (150, 45),
+    "train_speed_eager": (75, 30), "train_speed_compiled": (75, 30),
+    "train_speed_reduce_overhead": (75, 30), "train_run": (None, 60),
+}
+#: an attempt that fails within this many seconds gives way to the step's next alternative
+FAST_FAIL_S = 60.0
+#: SIGTERM, then this many seconds, then SIGKILL
+GRACE_S = 15.0
+#: seconds kept back at the end: the last step's SIGTERM grace, the summary, the tarball
+RESERVE_S = 20.0
+#: seconds a step may overrun its timeout besides GRACE_S (start-up, the kill, the summary):
+#: each later step is left its minimum plus GRACE_S plus this
+OVERHEAD_S = 2.0
+#: per step in device.log: its first and last bytes
+LOG_HEAD_BYTES = 16 * 1024
+LOG_TAIL_BYTES = 200 * 1024
+
+# the files of DIR (flat)
+SUMMARY = "summary.json"
+LOG = "device.log"
+JUNIT = "gpu_kernel_tests.xml"
+KERNELS_JSON = "kernels_gpu.json"
+KERNELS_PNG = "kernels_gpu.png"
+TRAIN_SPEED = "train_speed_gpu"  # .json and .md
+TRAIN_TAR = "train_run.tar.gz"
+#: what ``--commit-results`` copies into results/ (DIR name -> results name)
+COMMIT_MAP = {
+    KERNELS_JSON: "kernels_gpu.json", KERNELS_PNG: "kernels_gpu.png",
+    TRAIN_SPEED + ".json": "train_speed_gpu.json", TRAIN_SPEED + ".md": "train_speed_gpu.md",
+    SUMMARY: "device_check_gpu.json",
+}
+#: the run-directory files that go into TRAIN_TAR (each at most TAR_MAX_FILE bytes)
+RUN_FILES = ("metrics.jsonl", "episodes.csv", "eval.csv", "config.yaml", "summary.json")
+TAR_MAX_FILE = 4 * 2**20
+
+
+@dataclass
+class Step:
+    """One subprocess step. ``attempts``: alternative commands, tried in order while one fails
+    fast. ``cap``: seconds at most (None: the rest of the budget); ``min_s``: below this it is
+    skipped, and earlier steps leave it this much. ``until_timeout``: the timeout is its end."""
+
+    name: str
+    attempts: list[list[str]]
+    cap: float | None
+    min_s: float
+    until_timeout: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def build_steps(work: Path, python: str = sys.executable) -> list[Step]:
+    """The steps; every file they write goes to ``work`` (Check.finish copies to DIR)."""
+    py = [python]
+    junit = ["--junitxml", str(work / JUNIT)]
+    bench = [*KERNEL_BENCH_ARGS, "--out", str(work / KERNELS_JSON),
+             "--png", str(work / KERNELS_PNG)]
+    commands: list[tuple[str, list[list[str]]]] = [
+        ("probe", [[*py, "-m", "benchmarks.device", "--probe"]]),
+        ("gpu_kernel_tests", [
+            [*py, "-m", "pytest", *KERNEL_TEST_ARGS, *junit],
+            # without pytest-xdist's -n
+            [*py, "-m", "pytest", *_drop_option(KERNEL_TEST_ARGS, "-n"), *junit]]),
+        ("kernels_bench", [
+            [*py, "-m", "kernels.bench", *bench],
+            # accelerated-scan's Triton kernel is unverified with triton 3.6 (it failed in the
+            # Triton interpreter here): without it, when the first attempt fails fast
+            [*py, "-c", WITHOUT_ACCELERATED_SCAN, *bench]]),
+    ]
+    for name, alternatives in TRAIN_SPEED_VARIANTS:
+        target = str(work / f"train_speed_{name}")
+        commands.append((f"train_speed_{name}", [
+            [*py, "-m", "benchmarks.train_speed", *TRAIN_SPEED_ARGS, *flags, "--out", target]
+            for flags in alternatives]))
+    run_dir = f"run_dir={work / 'train_run'}"
+    train = [*py, "-m", "agents.cli", "train", *TRAIN_OVERRIDES]
+    commands.append(("train_run", [[*train, *TRAIN_OPTIONAL_OVERRIDES, run_dir],
+                                   [*train, run_dir]]))
+    return [Step(name, attempts, *STEP_BUDGET[name], until_timeout=name == "train_run")
+            for name, attempts in commands]
+
+
+def _drop_option(args: list[str], option: str) -> list[str]:
+    """``args`` without ``option`` and the value after it."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == option:
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
+# ------------------------------------------------------------------------------ budget
+
+
+def plan_timeout(remaining: float, cap: float | None, later_min: float,
+                 floor: float) -> float | None:
+    """Seconds a step may run: ``remaining`` less what the later steps need at least
+    (``later_min``), at most ``cap``; None when that is below the step's own ``floor``."""
+    t = remaining - later_min
+    if cap is not None:
+        t = min(t, cap)
+    return t if t >= floor else None
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def run_command(cmd: list[str], timeout: float, log_path: Path, env: dict | None = None,
+                grace: float = GRACE_S, echo=sys.stdout) -> dict:
+    """Run ``cmd`` in its own session, its output (stdout and stderr) appended to ``log_path``
+    and echoed; stopped after ``timeout`` s (SIGTERM to the group, SIGKILL after ``grace``)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    start = time.monotonic()
+    with open(log_path, "ab") as log:
+        log.write(f"$ {' '.join(cmd)}\n".encode())
+        log.flush()
+        try:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as err:
+            log.write(f"could not start: {err}\n".encode())
+            return {"cmd": cmd, "rc": None, "wall_s": 0.0, "timed_out": False,
+                    "error": str(err)}
+
+        def pump():
+            out = getattr(echo, "buffer", None)
+            while True:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                log.write(chunk)
+                log.flush()
+                if out is not None:
+                    out.write(chunk)
+                    out.flush()
+                elif echo is not None:
+                    echo.write(chunk.decode(errors="replace"))
+                    echo.flush()
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        timed_out = killed = False
+        try:
+            proc.wait(timeout=max(timeout, 0.0))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _signal_group(proc, signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                killed = True
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+        reader.join(timeout=10)
+        wall = time.monotonic() - start
+        note = (f"[device] stopped after {timeout:.0f} s"
+                f"{' (SIGKILL)' if killed else ' (SIGTERM)'}\n") if timed_out else ""
+        log.write(f"{note}[device] rc={proc.returncode} wall={wall:.1f}s\n".encode())
+    return {"cmd": cmd, "rc": proc.returncode, "wall_s": round(wall, 2), "timed_out": timed_out,
+            "killed": killed}
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the session we started for it (start_new_session)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_step(step: Step, timeout: float, log_path: Path, fast_fail_s: float = FAST_FAIL_S,
+             grace: float = GRACE_S, echo=sys.stdout) -> dict:
+    """Run the step's attempts in order until one does not fail fast; the step's record."""
+    start = time.monotonic()
+    attempts = []
+    for i, cmd in enumerate(step.attempts):
+        left = timeout - (time.monotonic() - start)
+        if i and left < 1:  # no time for the next alternative
+            break
+        res = run_command(cmd, left, log_path, step.env, grace=grace, echo=echo)
+        attempts.append(res)
+        failed = res["rc"] != 0 and not res["timed_out"]
+        if not (failed and res["wall_s"] < fast_fail_s and i + 1 < len(step.attempts)):
+            break
+    last = attempts[-1] if attempts else {"rc": None, "timed_out": False}
+    if last["timed_out"]:
+        status = "stopped" if step.until_timeout else "timeout"
+    elif last["rc"] == 0:
+        status = "ok"
+    else:
+        status = "failed"
+    return {"name": step.name, "status": status, "rc": last["rc"],
+            "wall_s": round(time.monotonic() - start, 2), "timeout_s": round(timeout, 1),
+            "attempt_used": len(attempts) - 1, "attempts": attempts}
+
+
+# ------------------------------------------------------------------------------ key numbers
+
+
+def junit_summary(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        root = ElementTree.parse(path).getroot()
+    except ElementTree.ParseError as err:
+        return {"error": f"unreadable: {err}"}
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    out = {k: sum(int(s.get(k, 0)) for s in suites)
+           for k in ("tests", "failures", "errors", "skipped")}
+    out["time_s"] = round(sum(float(s.get("time", 0)) for s in suites), 2)
+    bad = []
+    for case in root.iter("testcase"):
+        if case.find("failure") is not None or case.find("error") is not None:
+            bad.append(f"{case.get('classname')}::{case.get('name')}")
+    out["failed_tests"] = bad[:20]
+    out["passed"] = out["tests"] - out["failures"] - out["errors"] - out["skipped"]
+    return out
+
+
+_LS_LINE = re.compile(r"linear_scan T=(\d+): ours fwd ([\d.]+) ms, loop ([\d.]+) ms "
+                      r"\(x([\d.]+)\); fwd\+bwd x([\d.]+)")
+_SS_LINE = re.compile(r"selective_scan L=(\d+): ours fwd ([\d.]+) ms, ref ([\d.]+) ms "
+                      r"\(x([\d.]+)\); fwd\+bwd x([\d.]+)")
+
+
+def kernels_summary(json_path: Path, log_text: str = "") -> dict | None:
+    """The bench's headline numbers; from its log lines when it wrote no JSON (stopped)."""
+    if json_path.exists():
+        try:
+            res = json.loads(json_path.read_text())
+        except json.JSONDecodeError as err:
+            return {"error": f"unreadable: {err}"}
+        out = {"source": "json", "gpu": res.get("machine", {}).get("gpu"),
+               "copy_gb_per_s": res.get("copy_gb_per_s"),
+               "min_speedup_T_ge_256": res.get("min_speedup_T_ge_256")}
+        for op in ("linear_scan", "selective_scan"):
+            rows = []
+            for row in res.get(op, {}).get("rows", []):
+                ours = row.get("ours", {})
+                r = {"T": row.get("T"),
+                     "ours_fwd_ms": ours.get("fwd", {}).get("time_ms"),
+                     "ours_fwd_bwd_ms": ours.get("fwd_bwd", {}).get("time_ms"),
+                     "ours_fwd_gb_per_s": ours.get("fwd", {}).get("gb_per_s"),
+                     "speedup_vs_loop": row.get("speedup_vs_loop")}
+                frac = ours.get("fwd", {}).get("fraction_of_copy_bw")
+                if frac is not None:
+                    r["fwd_fraction_of_copy_bw"] = frac
+                if "accelerated_scan" in row:
+                    r["accelerated_scan_fwd_ms"] = row["accelerated_scan"]["fwd"]["time_ms"]
+                    r["accelerated_scan_fwd_bwd_ms"] = row["accelerated_scan"]["fwd_bwd"][
+                        "time_ms"]
+                rows.append(r)
+            out[op] = rows
+        return out
+    rows = {"linear_scan": _LS_LINE.findall(log_text), "selective_scan": _SS_LINE.findall(log_text)}
+    if not any(rows.values()):
+        return None
+    return {"source": "log (the bench wrote no JSON)",
+            **{op: [{"T": int(t), "ours_fwd_ms": float(o), "loop_fwd_ms": float(lp),
+                     "speedup_vs_loop": {"fwd": float(f), "fwd_bwd": float(fb)}}
+                    for t, o, lp, f, fb in found] for op, found in rows.items()}}
+
+
+_TS_LINE = re.compile(r"size=(\S+)\s+amp=(\S+)\s+compile=(\S+)\s+params=([\d.]+)M.*?"
+                      r"wm update ([\d.]+)s\s+train step ([\d.]+)s")
+
+
+def _flag(text: str):
+    return {"True": True, "False": False}.get(text, text)
+
+
+def train_speed_rows(json_path: Path, log_text: str = "") -> tuple[list[dict], dict | None]:
+    """The variant's result rows and its JSON report (None when it wrote none: then the rows
+    come from its printed lines, which round to 10 ms)."""
+    if json_path.exists():
+        try:
+            report = json.loads(json_path.read_text())
+            return list(report.get("results", [])), report
+        except json.JSONDecodeError:
+            pass
+    rows = []
+    for m in _TS_LINE.finditer(log_text):
+        size, amp, comp, params, wm, full = m.groups()
+        row = {"size": size, "bf16_autocast": _flag(amp), "torch_compile": _flag(comp),
+               "params_M": float(params), "wm_update_s": float(wm),
+               "train_step_s": float(full), "from_log": True}
+        graphs = re.search(r"graphs=(\S+) breaks=(\S+)", m.group(0))
+        if graphs:
+            row["compiled_graphs"], row["graph_breaks"] = graphs.groups()
+        first = re.search(r"first ([\d.]+)s", m.group(0))
+        if first:
+            row["first_update_s"] = float(first.group(1))
+        rows.append(row)
+    return rows, None
+
+
+def merge_train_speed(variants: list[tuple[str, list[dict], dict | None]]) -> dict:
+    """One report from the variants' rows: each (size, bf16, compile) once, the first seen."""
+    seen, rows, base = set(), [], None
+    for name, vrows, report in variants:
+        if report is not None and base is None:
+            base = {k: v for k, v in report.items() if k != "results"}
+        for r in vrows:
+            key = (r.get("size"), r.get("bf16_autocast"), str(r.get("torch_compile")))
+            if key in seen:
+                continue
+            seen.add(key)
+            rows.append({**r, "variant": name})
+    return {**(base or {}), "results": rows,
+            "merged_by": "benchmarks.device (one benchmarks.train_speed process per variant)"}
+
+
+def train_speed_markdown(report: dict) -> str:
+    m = report.get("machine", {})
+    lines = ["# DreamerV3 update speed, Atari100k config (GPU)", ""]
+    if m:
+        lines.append(f"Machine: {m.get('cpu')}, {m.get('cores')} cores, GPU {m.get('gpu')}; "
+                     f"torch {m.get('torch')}. Commit `{report.get('commit')}`, "
+                     f"{report.get('date')}.")
+    lines += [f"Merged by benchmarks.device from one `python -m benchmarks.train_speed` per "
+              f"variant; common flags `{' '.join(TRAIN_SPEED_ARGS)}`.", ""]
+    if report.get("what"):
+        lines += [report["what"], ""]
+    lines += ["| variant | size | params | bf16 | compile | graphs / breaks | first update (s) "
+              "| WM update (s) | train step (s) | train steps/s | replayed steps/s |",
+              "|---|---|---:|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in report.get("results", []):
+        full = r.get("train_step_s")
+        rate = f"{1 / full:.2f}" if full else "-"
+        replayed = r.get("replayed_steps_per_s")
+        if replayed is None and full and r.get("batch") and r.get("seq_len"):
+            replayed = r["batch"] * r["seq_len"] / full
+        lines.append(
+            f"| {r.get('variant')} | {r.get('size')} | {r.get('params_M', 0):.1f}M | "
+            f"{r.get('bf16_autocast')} | {r.get('torch_compile')} | "
+            f"{r.get('compiled_graphs', '-')} / {r.get('graph_breaks', '-')} | "
+            f"{_num(r.get('first_update_s'), 1)} | {_num(r.get('wm_update_s'), 4)} | "
+            f"{_num(full, 4)} | {rate} | {_num(replayed, 0)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _num(x, digits: int) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def train_run_summary(run_dir: Path) -> dict | None:
+    """Env steps, updates and their rates from a (stopped) run's metrics.jsonl and CSVs.
+
+    metrics.jsonl rows carry ``env_steps_per_s`` since the run's start, so a row's time since the
+    start is ``step / env_steps_per_s``; the learning-phase rates are taken between the first row
+    with updates and the last row."""
+    if not run_dir.exists():
+        return None
+    rows = []
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists():
+        for line in metrics.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # the line being written at the kill
+    rows = [r for r in rows if "env_steps_per_s" in r and r.get("env_steps_per_s")]
+    out: dict = {"metric_rows": len(rows)}
+    if rows:
+        last = rows[-1]
+        out.update(env_steps=last["step"], updates=int(last.get("updates", 0)),
+                   wall_s_at_last_row=round(last["step"] / last["env_steps_per_s"], 1),
+                   env_steps_per_s_overall=round(last["env_steps_per_s"], 2))
+        learning = [r for r in rows if r.get("updates", 0) > 0]
+        if len(learning) >= 2:
+            a, b = learning[0], learning[-1]
+            dt = b["step"] / b["env_steps_per_s"] - a["step"] / a["env_steps_per_s"]
+            if dt > 0:
+                out["learning_env_steps_per_s"] = round((b["step"] - a["step"]) / dt, 2)
+                out["learning_updates_per_s"] = round((b["updates"] - a["updates"]) / dt, 3)
+                out["learning_window_s"] = round(dt, 1)
+        for key in ("loss/total", "wm_loss", "episode/return"):
+            if key in last:
+                out[f"last_{key}"] = last[key]
+    for name in ("episodes", "eval"):
+        path = run_dir / f"{name}.csv"
+        if path.exists():
+            with open(path, newline="") as f:
+                table = list(csv.DictReader(f))
+            out[f"{name}_rows"] = len(table)
+            if name == "episodes" and table:
+                rets = [float(r["return"]) for r in table if r.get("return")]
+                out["episode_returns_last10"] = rets[-10:]
+            if name == "eval" and table:
+                out["eval_last"] = table[-1]
+    summary = run_dir / "summary.json"
+    if summary.exists():
+        try:
+            out["run_summary"] = json.loads(summary.read_text())
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+def tar_run(run_dir: Path, dest: Path) -> list[str]:
+    """RUN_FILES of ``run_dir`` (each cut to its last TAR_MAX_FILE bytes) into ``dest``."""
+    names = []
+    with tarfile.open(dest, "w:gz") as tar:
+        for name in RUN_FILES:
+            path = run_dir / name
+            if not path.is_file():
+                continue
+            data = path.read_bytes()[-TAR_MAX_FILE:]
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), int(path.stat().st_mtime)
+            tar.addfile(info, io.BytesIO(data))
+            names.append(name)
+    return names
+
+
+# ------------------------------------------------------------------------------ output folder
+
+
+def cut_log(data: bytes, head: int = LOG_HEAD_BYTES, tail: int = LOG_TAIL_BYTES) -> bytes:
+    if len(data) <= head + tail:
+        return data
+    return (data[:head] + f"\n[... {len(data) - head - tail} bytes cut ...]\n".encode()
+            + data[-tail:])
+
+
+def check_out_dir(out: Path) -> list[str]:
+    """What in ``out`` breaks the device tool's limits on returned files (empty: nothing)."""
+    problems, files, total = [], 0, 0
+    for path in sorted(out.rglob("*")):
+        rel = path.relative_to(out)
+        for part in rel.parts:
+            if not OUT_NAME.match(part):
+                problems.append(f"{rel}: name has characters other than letters, digits, ._-")
+                break
+        if path.is_symlink() or not (path.is_file() or path.is_dir()):
+            problems.append(f"{rel}: not a plain file or folder")
+            continue
+        if path.is_file():
+            files += 1
+            size = path.stat().st_size
+            total += size
+            if len(rel.parts) - 1 > OUT_MAX_DEPTH:
+                problems.append(f"{rel}: more than {OUT_MAX_DEPTH} folders down")
+            if size > OUT_MAX_FILE_BYTES:
+                problems.append(f"{rel}: {size} bytes, over {OUT_MAX_FILE_BYTES}")
+    if files > OUT_MAX_FILES:
+        problems.append(f"{files} files, over {OUT_MAX_FILES}")
+    if total > OUT_MAX_TOTAL_BYTES:
+        problems.append(f"{total} bytes in all, over {OUT_MAX_TOTAL_BYTES}")
+    return problems
+
+
+# ------------------------------------------------------------------------------ the check
+
+
+class Check:
+    """Runs the steps with ``work`` as their scratch folder and keeps ``out`` (the folder that
+    comes back) flat and small: after every step, :meth:`finish` rewrites it from ``work``.
+
+    A rerun with the same ``work`` (a warm machine keeps /tmp) and ``--skip`` of the steps that
+    are done reports those steps' files again; each step that runs starts from a clean slate."""
+
+    def __init__(self, out: Path, work: Path, budget_s: float, skip=(), steps=None,
+                 reserve_s: float = RESERVE_S, fast_fail_s: float = FAST_FAIL_S,
+                 grace: float = GRACE_S, overhead_s: float = OVERHEAD_S, echo=sys.stdout,
+                 command: str | None = None):
+        self.out, self.work = Path(out), Path(work)
+        self.budget_s, self.reserve_s = budget_s, reserve_s
+        self.skip = tuple(skip)
+        self.fast_fail_s, self.grace, self.echo = fast_fail_s, grace, echo
+        self.overhead_s = overhead_s
+        self.command = command or " ".join(["python3", "-m", "benchmarks.device", *sys.argv[1:]])
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.steps = steps if steps is not None else build_steps(self.work)
+        self.records: dict[str, dict] = {}
+        self.start = time.monotonic()
+
+    def skipped(self, name: str) -> bool:
+        return any(name == s or name.startswith(s) for s in self.skip)
+
+    def log_path(self, name: str) -> Path:
+        return self.work / "logs" / f"{name}.log"
+
+    def say(self, msg: str) -> None:
+        if self.echo is not None:
+            self.echo.write(f"[device] {msg}\n")
+            self.echo.flush()
+
+    def _clean(self, step: Step) -> None:
+        """Remove what an earlier call's run of this step left in ``work``."""
+        self.log_path(step.name).unlink(missing_ok=True)
+        if step.name == "gpu_kernel_tests":
+            (self.work / JUNIT).unlink(missing_ok=True)
+        elif step.name == "kernels_bench":
+            for name in (KERNELS_JSON, KERNELS_PNG):
+                (self.work / name).unlink(missing_ok=True)
+        elif step.name.startswith("train_speed_"):
+            for ext in (".json", ".md"):
+                (self.work / f"{step.name}{ext}").unlink(missing_ok=True)
+        elif step.name == "train_run":
+            shutil.rmtree(self.work / "train_run", ignore_errors=True)
+
+    def run(self) -> dict:
+        todo = [s for s in self.steps if not self.skipped(s.name)]
+        for s in self.steps:
+            if self.skipped(s.name):
+                self.records[s.name] = {"name": s.name, "status": "skipped", "reason": "--skip"}
+        for i, step in enumerate(todo):
+            remaining = self.budget_s - self.reserve_s - (time.monotonic() - self.start)
+            # a step stopped at its timeout may take GRACE_S + OVERHEAD_S more: later steps are
+            # left that on top of their minimum, so that each still gets its minimum
+            later_min = sum(s.min_s + self.grace + self.overhead_s for s in todo[i + 1:])
+            timeout = plan_timeout(remaining, step.cap, later_min, step.min_s)
+            if timeout is None:
+                self.say(f"{step.name}: skipped, {remaining:.0f} s left "
+                         f"({later_min:.0f} s kept for later steps, {step.min_s:.0f} s needed)")
+                self.records[step.name] = {"name": step.name, "status": "skipped",
+                                           "reason": f"budget: {remaining:.0f} s left"}
+                continue
+            self.say(f"{step.name}: up to {timeout:.0f} s ({remaining:.0f} s left)")
+            self._clean(step)
+            rec = run_step(step, timeout, self.log_path(step.name), self.fast_fail_s,
+                           self.grace, self.echo)
+            self.records[step.name] = rec
+            self.say(f"{step.name}: {rec['status']} (rc {rec['rc']}, {rec['wall_s']:.1f} s)")
+            self.finish()
+        return self.finish()
+
+    def step_log(self, name: str) -> str:
+        path = self.log_path(name)
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def finish(self) -> dict:
+        """(Re)write ``out`` from what the steps left in ``work`` so far."""
+        key: dict = {}
+        probe = _probe_from_log(self.step_log("probe"))
+        for name in (JUNIT, KERNELS_JSON, KERNELS_PNG):
+            if (self.work / name).is_file():
+                shutil.copyfile(self.work / name, self.out / name)
+        junit = junit_summary(self.work / JUNIT)
+        if junit is not None:
+            key["gpu_kernel_tests"] = junit
+        kern = kernels_summary(self.work / KERNELS_JSON, self.step_log("kernels_bench"))
+        if kern is not None:
+            key["kernels_bench"] = kern
+        variants = []
+        for name, _ in TRAIN_SPEED_VARIANTS:
+            rows, report = train_speed_rows(self.work / f"train_speed_{name}.json",
+                                            self.step_log(f"train_speed_{name}"))
+            variants.append((name, rows, report))
+        if any(rows for _, rows, _ in variants):
+            report = merge_train_speed(variants)
+            (self.out / f"{TRAIN_SPEED}.json").write_text(json.dumps(report, indent=1) + "\n")
+            (self.out / f"{TRAIN_SPEED}.md").write_text(train_speed_markdown(report))
+            key["train_speed"] = [
+                {k: r.get(k) for k in ("variant", "size", "bf16_autocast", "torch_compile",
+                                       "first_update_s", "compiled_graphs", "graph_breaks",
+                                       "wm_update_s", "train_step_s", "replayed_steps_per_s")}
+                for r in report["results"]]
+        run_dir = self.work / "train_run"
+        run = train_run_summary(run_dir)
+        if run is not None:
+            run["files"] = tar_run(run_dir, self.out / TRAIN_TAR)
+            key["train_run"] = run
+        # the steps' logs, in step order, each cut to its head and tail
+        with open(self.out / LOG, "wb") as f:
+            for step in self.steps:
+                path = self.log_path(step.name)
+                if path.exists():
+                    status = self.records.get(step.name, {}).get("status", "?")
+                    if status == "skipped":
+                        status = "skipped now; the log of an earlier call"
+                    f.write(f"\n===== {step.name} ({status}) =====\n".encode())
+                    f.write(cut_log(path.read_bytes()))
+        summary = {
+            "what": "benchmarks.device: the one-shot GPU check",
+            "command": self.command,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "commit": _commit(),
+            "budget_s": self.budget_s,
+            "elapsed_s": round(time.monotonic() - self.start, 1),
+            "flags": {"kernel_tests": KERNEL_TEST_ARGS, "kernel_bench": KERNEL_BENCH_ARGS,
+                      "train_speed": TRAIN_SPEED_ARGS,
+                      "train_speed_variants": dict(TRAIN_SPEED_VARIANTS),
+                      "train_overrides": TRAIN_OVERRIDES + TRAIN_OPTIONAL_OVERRIDES},
+            "probe": probe,
+            "steps": [self.records[s.name] for s in self.steps if s.name in self.records],
+            "key": key,
+        }
+        # written twice: the check of the folder counts summary.json itself
+        for _ in range(2):
+            (self.out / SUMMARY).write_text(json.dumps(summary, indent=1, default=str) + "\n")
+            summary["out_dir_problems"] = check_out_dir(self.out)
+        return summary
+
+
+def _commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=10)
+        if sha.returncode != 0:
+            return "unknown (no git checkout)"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
+        return sha.stdout.strip() + ("+dirty" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+
+
+# ------------------------------------------------------------------------------ the probe
+
+PROBE_TAG = "DEVICE_PROBE_JSON "
+PROBE_MODULES = ("benchmarks", "tensordict", "torchrl", "gymnasium", "ale_py", "hydra",
+                 "omegaconf", "cv2", "einops", "accelerated_scan", "kernels", "worldrl", "envs",
+                 "agents")
+
+
+def probe() -> dict:
+    """What the machine has: versions, CUDA, whether each import loads (and what it warns),
+    torchrl's and tensordict's compiled extensions, and a few steps of Atari Pong."""
+    import importlib
+    import platform
+    import traceback
+    import warnings
+
+    info: dict = {"python": sys.version.split()[0], "executable": sys.executable,
+                  "platform": platform.platform(), "cpu_count": os.cpu_count(),
+                  "pythonpath": os.environ.get("PYTHONPATH", "")}
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        info["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
+    except (OSError, subprocess.SubprocessError) as err:
+        info["nvidia_smi"] = f"unavailable: {err}"
+    import torch
+
+    info.update(torch=torch.__version__, torch_cuda=torch.version.cuda,
+                cuda=torch.cuda.is_available())
+    if info["cuda"]:
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                    capability=f"{props.major}.{props.minor}", sms=props.multi_processor_count)
+    modules = {}
+    for name in ("triton", *PROBE_MODULES):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                mod = importlib.import_module(name)
+                entry = {"ok": True, "version": getattr(mod, "__version__", None),
+                         "file": getattr(mod, "__file__", None)}
+            except Exception as err:  # noqa: BLE001 - any import failure is the finding
+                entry = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+        entry["warnings"] = sorted({f"{w.category.__name__}: {str(w.message)[:300]}"
+                                    for w in caught})[:10]
+        modules[name] = entry
+    info["imports"] = modules
+    ext = {}
+    for name in ("tensordict._C", "torchrl._torchrl"):
+        try:
+            importlib.import_module(name)
+            ext[name] = "loaded"
+        except Exception as err:  # noqa: BLE001
+            ext[name] = f"{type(err).__name__}: {str(err)[:300]}"
+    try:
+        from torchrl.data.replay_buffers.samplers import prioritized
+
+        ext["torchrl_segment_tree"] = prioritized.SumSegmentTreeFp32 is not None
+    except Exception as err:  # noqa: BLE001
+        ext["torchrl_segment_tree"] = f"{type(err).__name__}: {err}"
+    info["extensions"] = ext
+    try:
+        import kernels
+        from kernels import _native
+
+        info["kernels"] = {"has_triton": kernels.HAS_TRITON, "native": _native.available(),
+                           "native_reason": _native.unavailable_reason()}
+    except Exception as err:  # noqa: BLE001
+        info["kernels"] = f"{type(err).__name__}: {err}"
+    try:
+        from envs import make_gym, wrap
+
+        env = wrap(lambda: make_gym("atari100k", "pong"))
+        td = env.rollout(8)
+        info["atari_pong"] = {"ok": True, "pixels": list(td["pixels"].shape)}
+        env.close()
+    except Exception as err:  # noqa: BLE001
+        info["atari_pong"] = {"ok": False, "error": f"{type(err).__name__}: {err}",
+                              "trace": traceback.format_exc()[-1500:]}
+    return info
+
+
+def _probe_from_log(text: str) -> dict | None:
+    for line in reversed(text.splitlines()):
+        if line.startswith(PROBE_TAG):
+            try:
+                return json.loads(line[len(PROBE_TAG):])
+            except json.JSONDecodeError:
+                return None
+    return None
+
+
+# ------------------------------------------------------------------------------ wheels
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def wheel_metadata(path: Path) -> tuple[str, str, list[str]]:
+    """(name, version, Requires-Dist lines) of a wheel file."""
+    with zipfile.ZipFile(path) as z:
+        meta = next(n for n in z.namelist()
+                    if n.count("/") == 1 and n.endswith(".dist-info/METADATA"))
+        text = z.read(meta).decode("utf-8", errors="replace")
+    name = version = ""
+    requires = []
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the headers end at the first blank line
+        if line.startswith("Name:"):
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("Version:"):
+            version = line.split(":", 1)[1].strip()
+        elif line.startswith("Requires-Dist:"):
+            requires.append(line.split(":", 1)[1].strip())
+    return name, version, requires
+
+
+def unmet_requirements(requires: list[str], available: set[str]) -> list[str]:
+    """The requirements (for MARKER_ENV, extras ignored) whose package is not in ``available``."""
+    from packaging.requirements import Requirement
+
+    missing = []
+    for text in requires:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate(MARKER_ENV):
+            continue
+        if _norm(req.name) not in available:
+            missing.append(text)
+    return missing
+
+
+def check_wheels(whl_dir: Path) -> list[str]:
+    """Problems of a wheel set for the device machine: duplicates, packages it must not carry,
+    and requirements neither in the set nor on the machine."""
+    wheels = sorted(Path(whl_dir).glob("*.whl"))
+    if not wheels:
+        return [f"no wheels in {whl_dir}"]
+    metas = [wheel_metadata(w) for w in wheels]
+    names = [_norm(n) for n, _, _ in metas]
+    problems = [f"{n}: more than one wheel" for n in sorted(set(names)) if names.count(n) > 1]
+    problems += [f"{n}: must not travel (the machine's own build is used)" for n in names
+                 if n in NEVER_CARRY]
+    available = set(names) | {_norm(p) for p in GPU_MACHINE_PACKAGES}
+    for (name, version, requires), path in zip(metas, wheels):
+        for req in unmet_requirements(requires, available):
+            problems.append(f"{name} {version} ({path.name}) needs {req}: not carried, "
+                            "not on the machine")
+    return problems
+
+
+# ------------------------------------------------------------------------------ results
+
+
+def commit_results(src: Path, results: Path, force: bool = False) -> list[str]:
+    """Copy DIR's key files to results/ under their ``_gpu`` names; refused (ValueError) when the
+    summary's probe saw no CUDA device, unless ``force``."""
+    src, results = Path(src), Path(results)
+    summary_file = src / SUMMARY
+    if not summary_file.exists():
+        raise ValueError(f"{src}: no {SUMMARY}: not a benchmarks.device output folder")
+    summary = json.loads(summary_file.read_text())
+    if not force and not (summary.get("probe") or {}).get("cuda"):
+        raise ValueError(f"{summary_file}: the probe saw no CUDA device; these are not GPU "
+                         "results (--force copies them anyway)")
+    results.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name, target in COMMIT_MAP.items():
+        if (src / name).is_file():
+            shutil.copyfile(src / name, results / target)
+            copied.append(str(results / target))
+    return copied
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.device",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, help="output folder (on the device: $OUT)")
+    p.add_argument("--budget-s", type=float, default=float(RUN_BUDGET_S),
+                   help="seconds for all the steps together (default 480)")
+    p.add_argument("--skip", nargs="+", default=[], metavar="STEP",
+                   help="steps to skip (a name or a prefix; see --list-steps)")
+    p.add_argument("--work", type=Path, default=None,
+                   help="scratch folder for the run dir and logs (default /tmp/worldrl_device)")
+    p.add_argument("--from", dest="from_dir", type=Path, default=None,
+                   help="with --commit-results: copy from this finished output folder, run nothing")
+    p.add_argument("--commit-results", action="store_true",
+                   help="copy the key results into --results-dir with _gpu names")
+    p.add_argument("--results-dir", type=Path, default=ROOT / "results")
+    p.add_argument("--force", action="store_true", help="--commit-results even without CUDA")
+    p.add_argument("--list-steps", action="store_true")
+    p.add_argument("--print-run", action="store_true",
+                   help="print the device tool's run arguments for this check (JSON)")
+    p.add_argument("--check-wheels", type=Path, default=None, metavar="WHL_DIR")
+    p.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None) -> int:
+    p = _parser()
+    args = p.parse_args(argv)
+    if args.probe:
+        print(PROBE_TAG + json.dumps(probe(), default=str), flush=True)
+        return 0
+    if args.check_wheels is not None:
+        problems = check_wheels(args.check_wheels)
+        for line in problems:
+            print(f"check-wheels: {line}", file=sys.stderr)
+        if not problems:
+            print(f"check-wheels: {args.check_wheels}: every requirement is carried or on the "
+                  "device machine")
+        return 1 if problems else 0
+    if args.print_run:
+        print(json.dumps({"command": RUN_COMMAND, "carry": RUN_CARRY,
+                          "timeout_s": RUN_TIMEOUT_S}, indent=1))
+        return 0
+    if args.list_steps:
+        for s in build_steps(Path("WORK")):
+            cap = "rest" if s.cap is None else f"{s.cap:.0f} s"
+            print(f"{s.name}: cap {cap}, min {s.min_s:.0f} s, {len(s.attempts)} attempt(s)")
+        return 0
+    if args.from_dir is not None:
+        if not args.commit_results:
+            p.error("--from needs --commit-results")
+        try:
+            copied = commit_results(args.from_dir, args.results_dir, args.force)
+        except ValueError as err:
+            print(f"benchmarks.device: error: {err}", file=sys.stderr)
+            return 2
+        print("\n".join(copied))
+        return 0
+    if args.out is None:
+        p.error("--out is required (or --from DIR --commit-results, --check-wheels, --list-steps)")
+    if args.budget_s <= 0:
+        p.error(f"--budget-s must be > 0, got {args.budget_s}")
+    names = [s.name for s in build_steps(Path("WORK"))]
+    for s in args.skip:
+        if not any(n == s or n.startswith(s) for n in names):
+            p.error(f"--skip {s}: no such step; steps: {', '.join(names)}")
+    work = args.work or Path("/tmp/worldrl_device")
+    out = args.out.resolve()
+    if work.resolve() == out or out in work.resolve().parents:
+        p.error("--work must not be inside --out (only the flat results go there)")
+    summary = Check(out, work, args.budget_s, args.skip).run()
+    print(json.dumps({"steps": [{k: r.get(k) for k in ("name", "status", "rc", "wall_s")}
+                                for r in summary["steps"]],
+                      "key": summary["key"], "out_dir_problems": summary["out_dir_problems"]},
+                     indent=1, default=str))
+    if args.commit_results:
+        print("\n".join(commit_results(out, args.results_dir, args.force)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
