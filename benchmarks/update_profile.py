@@ -167,6 +167,35 @@ def profile(size: str, amp: bool, compile_: bool, repeats: int, rates: dict) -> 
             "train_step_gflop": {k: v / 1e9 for k, v in total_flops.items()}, "parts": rows}
 
 
+def render(report: dict) -> str:
+    """The markdown report of :func:`main`'s JSON."""
+    m = report["machine"]
+    lines = ["# Where the update's time goes (CPU)", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {report['threads']} torch threads; torch "
+             f"{m['torch']}. Commit `{report['commit']}`, {report['date']}.",
+             f"Command: `{report['command']}`.", "", report["what"], ""]
+    for r in report["results"]:
+        prec = "bf16" if r["bf16"] else "fp32"
+        rates = r["rates_gflops"]
+        lines += [f"## size {r['size']}, {prec}, {'compiled' if r['compile'] else 'eager'}", "",
+                  f"Full update {r['train_step_s']:.2f} s; its floor "
+                  f"{r['train_step_floor_s']:.2f} s "
+                  f"({r['train_step_gflop']['conv']:.0f} GFLOP of convolutions at "
+                  f"{rates['conv']:.0f} GFLOP/s, {r['train_step_gflop']['matmul']:.0f} GFLOP of "
+                  f"matrix products at {rates['matmul']:.0f} GFLOP/s).", "",
+                  "| part | time (s) | share of the parts | floor (s) | time / floor "
+                  "| conv GFLOP | matmul GFLOP |", "|---|---:|---:|---:|---:|---:|---:|"]
+        total = sum(row["s"] for row in r["parts"].values())
+        for name, row in r["parts"].items():
+            ratio = f"{row['s'] / row['floor_s']:.1f}" if row["floor_s"] > 0 else "-"
+            lines.append(f"| {name} | {row['s']:.3f} | {row['s'] / total:.0%} | "
+                         f"{row['floor_s']:.3f} | {ratio} | {row['conv_gflop']:.1f} | "
+                         f"{row['matmul_gflop']:.1f} |")
+        lines.append(f"| sum of the parts | {total:.3f} | | | | | |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", nargs="+", default=["s"])
@@ -194,35 +223,12 @@ def main(argv=None) -> int:
                       f"{row['conv_gflop']:7.1f} GFLOP  matmul {row['matmul_gflop']:7.1f} GFLOP",
                       flush=True)
     report = {**stamp("python -m benchmarks.update_profile " + " ".join(sys.argv[1:])),
-              "what": __doc__.split("\n\n")[2].replace("\n", " "), "results": results}
+              "what": "\n\n".join(__doc__.split("\n\n")[2:5]), "threads": args.threads,
+              "results": results}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    m = report["machine"]
-    lines = ["# Where the update's time goes (CPU)", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {args.threads} torch threads; torch "
-             f"{m['torch']}. Commit `{report['commit']}`, {report['date']}.",
-             f"Command: `{report['command']}`.", "", report["what"], ""]
-    for r in results:
-        prec = "bf16" if r["bf16"] else "fp32"
-        rates = r["rates_gflops"]
-        lines += [f"## size {r['size']}, {prec}, {'compiled' if r['compile'] else 'eager'}", "",
-                  f"Full update {r['train_step_s']:.2f} s; its floor "
-                  f"{r['train_step_floor_s']:.2f} s "
-                  f"({r['train_step_gflop']['conv']:.0f} GFLOP of convolutions at "
-                  f"{rates['conv']:.0f} GFLOP/s, {r['train_step_gflop']['matmul']:.0f} GFLOP of "
-                  f"matrix products at {rates['matmul']:.0f} GFLOP/s).", "",
-                  "| part | time (s) | share of the parts | floor (s) | time / floor "
-                  "| conv GFLOP | matmul GFLOP |", "|---|---:|---:|---:|---:|---:|---:|"]
-        total = sum(row["s"] for row in r["parts"].values())
-        for name, row in r["parts"].items():
-            ratio = f"{row['s'] / row['floor_s']:.1f}" if row["floor_s"] > 0 else "-"
-            lines.append(f"| {name} | {row['s']:.3f} | {row['s'] / total:.0%} | "
-                         f"{row['floor_s']:.3f} | {ratio} | {row['conv_gflop']:.1f} | "
-                         f"{row['matmul_gflop']:.1f} |")
-        lines.append(f"| sum of the parts | {total:.3f} | | | | | |")
-        lines.append("")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".md").write_text(render(report))
     return 0
 
 
