@@ -156,9 +156,10 @@ WITHOUT_ACCELERATED_SCAN = (
 TRAIN_SPEED_ARGS = ["--device", "cuda", "--repeats", "5", "--warmup", "2"]
 TRAIN_SPEED_VARIANTS: list[tuple[str, list[list[str]]]] = [
     ("eager", [["--sizes", "s", "m", "--amp"]]),
-    ("compiled", [["--sizes", "s", "--amp", "--compile", "default"],
-                  ["--sizes", "s", "--compile"]]),
-    ("reduce_overhead", [["--sizes", "s", "--amp", "--compile", "reduce-overhead"]]),
+    ("compiled", [["--sizes", "s", "--amp", "--no-eager", "--compile", "default"],
+                  ["--sizes", "s", "--no-eager", "--compile"]]),
+    ("reduce_overhead", [["--sizes", "s", "--amp", "--no-eager", "--compile",
+                          "reduce-overhead"]]),
 ]
 #: (d) the timed Atari100k run (``worldrl train`` = agents.cli); stopped by the budget. The first
 #: set has ``train.compile`` (being added); the second is the fallback without it.

@@ -139,13 +139,15 @@ def main(argv=None) -> int:
     p.add_argument("--compile", nargs="*", default=None, metavar="MODE",
                    help="also measure compiled updates: torch.compile modes (none given: default; "
                         "e.g. reduce-overhead for CUDA graphs), each with every precision")
+    p.add_argument("--no-eager", action="store_true",
+                   help="only the compiled variants (with --compile), not the eager ones")
     p.add_argument("--out", default="results/train_speed_cpu")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     precisions = [False, True] if args.amp else [False]
-    modes: list[bool | str] = [False]
+    modes: list[bool | str] = [] if args.no_eager and args.compile is not None else [False]
     if args.compile is not None:
         modes += [m if m != "default" else True for m in (args.compile or ["default"])]
     rows = []
