@@ -126,7 +126,17 @@ def measure(size: str, device: torch.device, batch: int, seq: int, repeats: int,
     }
 
 
-def main(argv=None) -> int:
+def variants(args: argparse.Namespace) -> list[tuple[bool | str, bool]]:
+    """``(compile, amp)`` pairs to measure: eager (unless ``--no-eager``) and each ``--compile``
+    mode, each in float32 and, with ``--amp``, bf16."""
+    precisions = [False, True] if args.amp else [False]
+    modes: list[bool | str] = [] if args.no_eager and args.compile is not None else [False]
+    if args.compile is not None:
+        modes += [m if m != "default" else True for m in (args.compile or ["default"])]
+    return [(comp, amp) for comp in modes for amp in precisions]
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", nargs="+", default=["xs", "s"])
     p.add_argument("--device", default="cpu")
@@ -142,26 +152,28 @@ def main(argv=None) -> int:
     p.add_argument("--no-eager", action="store_true",
                    help="only the compiled variants (with --compile), not the eager ones")
     p.add_argument("--out", default="results/train_speed_cpu")
+    return p
+
+
+def main(argv=None) -> int:
+    p = parser()
     args = p.parse_args(argv)
+    if args.no_eager and args.compile is None:
+        p.error("--no-eager needs --compile (there would be nothing to measure)")
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    precisions = [False, True] if args.amp else [False]
-    modes: list[bool | str] = [] if args.no_eager and args.compile is not None else [False]
-    if args.compile is not None:
-        modes += [m if m != "default" else True for m in (args.compile or ["default"])]
     rows = []
     for size in args.sizes:
-        for comp in modes:
-            for amp in precisions:
-                r = measure(size, device, args.batch, args.seq, args.repeats, args.warmup, amp,
-                            comp)
-                rows.append(r)
-                print(f"size={size:3s} amp={amp!s:5s} compile={r['torch_compile']!s:15s} "
-                      f"params={r['params_M']:.1f}M graphs={r['compiled_graphs']} "
-                      f"breaks={r['graph_breaks']} first {r['first_update_s']:.1f}s  "
-                      f"wm update {r['wm_update_s']:.2f}s  train step {r['train_step_s']:.2f}s",
-                      flush=True)
+        for comp, amp in variants(args):
+            r = measure(size, device, args.batch, args.seq, args.repeats, args.warmup, amp,
+                        comp)
+            rows.append(r)
+            print(f"size={size:3s} amp={amp!s:5s} compile={r['torch_compile']!s:15s} "
+                  f"params={r['params_M']:.1f}M graphs={r['compiled_graphs']} "
+                  f"breaks={r['graph_breaks']} first {r['first_update_s']:.1f}s  "
+                  f"wm update {r['wm_update_s']:.2f}s  train step {r['train_step_s']:.2f}s",
+                  flush=True)
     # projected hours for one Atari100k game: 100k env steps at DreamerV3's train ratio 256
     # (batch 16 x 64 -> one update per 4 env steps), updates only
     for r in rows:
