@@ -158,3 +158,25 @@ def test_setup_update_rejects_unknown_mode():
     with pytest.raises(ValueError, match="unknown compile mode 'fast'.*reduce-overhead"):
         agent.setup_update(compile="fast")
     assert agent.compiled is None
+
+
+def test_decoder_loads_checkpoints_from_before_the_phase_form():
+    """The old non-strided decoder had net = [Upsample, Conv, Norm, act] * L (the last without
+    norm and act); its state dict still loads, to the same function."""
+    torch.manual_seed(0)
+    dec = ConvDecoder(16, 8, 3, (32, 32), depth=4, mults=(1, 2, 2), kernel=5, units=8, bspace=2)
+    new = dec.state_dict()
+    head = "net."
+    old = {}
+    for key, value in new.items():
+        if key.startswith(head):
+            index, rest = key[len(head):].split(".", 1)
+            j = int(index)  # ours: [Conv, Norm, act] * L -> theirs: one more layer per stage
+            old[f"{head}{j + j // 3 + 1}.{rest}"] = value.clone()
+        else:
+            old[key] = value.clone()
+    assert "net.1.weight" in old and "net.0.weight" not in old
+    fresh = ConvDecoder(16, 8, 3, (32, 32), depth=4, mults=(1, 2, 2), kernel=5, units=8, bspace=2)
+    fresh.load_state_dict(old)
+    feat = torch.randn(3, 24)
+    torch.testing.assert_close(fresh(feat), dec(feat), rtol=0, atol=0)

@@ -374,6 +374,21 @@ class ConvDecoder(nn.Module):
                 layers += [ChannelNorm(d, norm), get_act(act)]
             cin = d
         self.net = nn.Sequential(*layers)
+        if not strided:
+            self._register_load_state_dict_pre_hook(self._upgrade_upsample_keys)
+
+    @staticmethod
+    def _upgrade_upsample_keys(state_dict, prefix, *args) -> None:
+        """Checkpoints from before the phase form had an ``nn.Upsample`` before each convolution
+        (``net.[Upsample, Conv, Norm, act] * L``): their layer ``k`` is our layer
+        ``k - k // 4 - 1``. Renames those keys in place so that such checkpoints still load."""
+        head = prefix + "net."
+        if head + "1.weight" not in state_dict:  # ours: net.1 is a norm (scale), never a weight
+            return
+        for key in [k for k in state_dict if k.startswith(head)]:
+            index, rest = key[len(head):].split(".", 1)
+            old = int(index)
+            state_dict[f"{head}{old - old // 4 - 1}.{rest}"] = state_dict.pop(key)
 
     def forward(self, feat: Tensor) -> Tensor:
         assert feat.shape[-1] == self.deter + self.stoch, (feat.shape, self.deter, self.stoch)
