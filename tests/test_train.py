@@ -134,6 +134,8 @@ def test_different_config_is_refused_and_overwrite_moves_aside(tmp_path, capsys)
     ("device=tpu", "unknown device 'tpu'; choose one of: auto, cpu, cuda"),
     ("agent.optim.schedule=exp", "unknown schedule 'exp'; choose one of: const, linear, cosine"),
     ("agent.optim.anneal=50", "anneal must be > warmup, got anneal=50"),
+    ("train.compile=fast", "unknown train.compile 'fast'; choices: [False, True, 'default', "
+                           "'reduce-overhead'"),
 ])
 def test_bad_names_fail_at_start_and_write_nothing(tmp_path, capsys, override, message):
     run = tmp_path / "run"
