@@ -114,10 +114,18 @@ def resolve_config(cfg: Any) -> dict[str, Any]:
     return cfg
 
 
-def _compile_mode(compile: bool | str) -> str:
-    mode = "default" if compile is True else compile
+#: the modes in which inductor captures CUDA graphs (each update must mark a new step)
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def compile_mode(value: bool | str, name: str = "compile mode") -> str | None:
+    """``train.compile`` / ``setup_update(compile=...)`` as a torch.compile mode (``None``:
+    eager); anything else raises a ValueError that names ``name`` and the choices."""
+    if value is False or value is None:
+        return None
+    mode = "default" if value is True else value
     if mode not in COMPILE_MODES:
-        raise ValueError(f"unknown compile mode {compile!r}; choices: {[True, *COMPILE_MODES]}")
+        raise ValueError(f"unknown {name} {value!r}; choices: {[False, True, *COMPILE_MODES]}")
     return mode
 
 
@@ -195,11 +203,11 @@ class DreamerAgent(nn.Module):
         takes the same time for any sequence length or horizon. ``False``: eager.
         """
         self.amp = bool(amp)
-        if not compile or self.compiled:
-            if compile and self.compiled != _compile_mode(compile):
-                raise ValueError(f"the update is already compiled with mode {self.compiled!r}")
+        mode = compile_mode(compile)
+        if mode is None or mode == self.compiled:  # compiled code cannot be taken back
             return
-        mode = _compile_mode(compile)
+        if self.compiled:
+            raise ValueError(f"the update is already compiled with mode {self.compiled!r}")
         options = {} if mode == "default" else {"mode": mode}
         self.wm.encoder.compile(**options)
         self.wm.backbone.compile_steps(**options)
@@ -305,7 +313,7 @@ class DreamerAgent(nn.Module):
         Returns the metrics as detached tensors on the agent's device, so that the update never
         waits for the device; read them (``float``) once per log interval."""
         self.train()
-        if self.compiled and "reduce-overhead" in self.compiled:
+        if self.compiled in CUDAGRAPH_MODES:
             torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new iteration begins
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             total, _, metrics = self.losses(batch)

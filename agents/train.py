@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 import envs
 from agents import make_agent
 from agents.acting import ActingModule, act_space_of, carry_primer, obs_space_of
-from agents.dreamer import COMPILE_MODES
+from agents.dreamer import compile_mode
 from agents.logger import Logger
 from agents.run_dir import (
     CHECKPOINT_FILE,
@@ -136,9 +136,7 @@ def _check(cfg: DictConfig) -> None:
     envs.check_task(cfg.env.suite, cfg.env.task)
     resolve_device(cfg.device)
     t = cfg.train
-    if t.compile not in (False, True, *COMPILE_MODES):
-        raise ValueError(f"unknown train.compile {t.compile!r}; choices: "
-                         f"{[False, True, *COMPILE_MODES]}")
+    compile_mode(t.compile, "train.compile")
     for key in ("batch_size", "seq_len", "steps_per_batch"):
         if t[key] < 1:
             raise ValueError(f"train.{key} must be >= 1, got {t[key]}")
