@@ -10,18 +10,25 @@
                                           a world model's imagined audio of a rollout (audio-visual
                                           envs): observe N steps, imagine the rest, WAV via
                                           inverse mel + Griffin-Lim (worldrl/audio.py)
+
+An expected failure (a bad value, a run directory or checkpoint that does not fit, a full or
+read-only disk) prints one line and exits 2; ``--debug`` (or ``WORLDRL_DEBUG=1``) shows the
+traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="worldrl", description=__doc__.split("\n\n")[0])
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of an expected failure (also WORLDRL_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train or resume a run")
     t.add_argument("overrides", nargs="*", help="Hydra overrides: group=name, key=value")
@@ -119,8 +126,10 @@ def audio_rollout(checkpoint: str | Path, out: str | Path, context: int = 8, hor
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from agents.run_dir import CheckpointError, RunDirError
+    from agents.run_dir import CheckpointError, RunDirError, StorageError, storage_error
     from worldrl.config import ConfigError
+
+    debug = args.debug or os.environ.get("WORLDRL_DEBUG", "") == "1"
 
     try:
         if args.command == "train":
@@ -147,8 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "audio":
             print(json.dumps(audio_rollout(args.checkpoint, args.out, args.context, args.horizon,
                                            args.truth, args.png, args.iters, args.seed)))
-    except (ConfigError, RunDirError, CheckpointError, ValueError, ImportError,
-            FileNotFoundError) as err:
+    except (ConfigError, RunDirError, CheckpointError, StorageError, ValueError, ImportError,
+            OSError) as err:
+        if debug:
+            raise
+        if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
+            err = storage_error(Path(err.filename or "?"), err)  # disk full, read-only ...
         print(f"worldrl {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -1,17 +1,90 @@
-"""Metrics as they come: ``metrics.jsonl`` and CSVs always, TensorBoard when it is installed."""
+"""Metrics as they come: ``metrics.jsonl`` and CSVs always, TensorBoard when it is installed.
+
+A run that resumes from a checkpoint at env step ``S`` (or starts afresh, ``S = 0``) first cuts
+every log back to its rows at steps ``<= S`` (the rows a killed process wrote after its last
+checkpoint, and a partial last line, are dropped; the file is rewritten atomically), and
+TensorBoard purges its events after ``S``: the logs read as if the kill never happened.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
+#: the CSV logs a run writes, each with a ``step`` column
+CSV_LOGS = ("episodes", "eval")
+
+
+def _rewrite(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def cut_jsonl(path: Path, step: int) -> int:
+    """Keep the complete rows of ``path`` with ``step <= step``; returns the rows dropped."""
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            keep = isinstance(row, dict) and float(row["step"]) <= step
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        _rewrite(path, "".join(f"{line}\n" for line in kept))
+    return dropped
+
+
+def cut_csv(path: Path, step: int) -> int:
+    """Keep the header and the complete rows with ``step <= step``; returns the rows dropped."""
+    if not path.exists():
+        return 0
+    text = path.read_text()
+    lines = text.splitlines()
+    if not lines:
+        return 0
+    header = next(csv.reader([lines[0]]))
+    partial_header = not text.endswith("\n") and len(lines) == 1
+    if "step" not in header or partial_header:
+        _rewrite(path, "")
+        return len(lines)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    dropped = 0
+    complete = lines if text.endswith("\n") else lines[:-1]
+    dropped += len(lines) - len(complete)
+    for row in csv.reader(complete[1:]):
+        try:
+            keep = len(row) == len(header) and float(row[header.index("step")]) <= step
+        except ValueError:
+            keep = False
+        if keep:
+            writer.writerow(row)
+        else:
+            dropped += 1
+    if dropped:
+        _rewrite(path, out.getvalue())
+    return dropped
+
 
 class Logger:
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, tensorboard: bool = True, start_step: int = 0):
         self.run_dir = Path(run_dir)
+        cut_jsonl(self.run_dir / "metrics.jsonl", start_step)
+        for name in CSV_LOGS:
+            cut_csv(self.run_dir / f"{name}.csv", start_step)
         self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
         self._csv: dict[str, tuple[Any, Any]] = {}
         self._tb = None
@@ -19,7 +92,8 @@ class Logger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.run_dir / "tb"))
+                # events after the checkpoint's step (a killed process's) are purged
+                self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step + 1)
             except ImportError:
                 self._tb = None
 

@@ -7,10 +7,27 @@ from pathlib import Path
 
 
 def _read(path: Path) -> list[dict[str, float]]:
+    """The rows of a log CSV as numbers. A partial last row (a process killed mid-write) is
+    skipped; a malformed row elsewhere is an error naming the file and line."""
     if not path.exists():
         return []
-    with open(path) as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    text = path.read_text()
+    lines = text.splitlines()
+    if text and not text.endswith("\n"):
+        lines = lines[:-1]  # a last line without its newline was cut short
+    rows = list(csv.DictReader(lines))
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            if None in row or any(v is None or v == "" for v in row.values()):
+                raise ValueError("missing columns")
+            out.append({k: float(v) for k, v in row.items()})
+        except ValueError as err:
+            if i == len(rows) - 1:
+                break  # cut short by a kill; the next resume drops it from the file too
+            raise ValueError(f"{path}, line {i + 2}: not a row of numbers ({err}): "
+                             f"{dict(row)}") from None
+    return out
 
 
 def plot_run(run_dir: Path, out: str | Path | None = None) -> Path:

@@ -5,11 +5,25 @@ A run directory holds ``config.yaml``, ``checkpoint.pt``, ``replay/`` (the on-di
 directory that holds a run with the *same* config resumes it; a *different* config is refused
 unless ``overwrite=true``, which moves the old run aside (``RUN_DIR.old-TIMESTAMP``) rather than
 deleting it.
+
+**Checkpoints load without running code.** They hold only tensors and plain data (dicts, lists,
+tuples, numbers, strings): numpy arrays and TensorDicts are stored as tensors with a tag
+(:func:`encode`), and :func:`load_checkpoint` reads them with ``torch.load(weights_only=True)``,
+which refuses any other pickled object. Version-1 checkpoints (worldrl before this format) pickled
+such objects; they load only with ``WORLDRL_TRUST_CHECKPOINTS=1`` in the environment, for files
+you made yourself.
+
+**Writes are atomic.** ``config.yaml`` and ``checkpoint.pt`` are written to a temporary file,
+synced and renamed over the old one: a kill, a full disk or a read-only file system leaves the
+previous file intact, removes the partial one and raises :class:`StorageError`, one line naming
+the path and the cause.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
 import random
 import time
 from pathlib import Path
@@ -18,18 +32,21 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tensordict import TensorDict, TensorDictBase
 
 from worldrl.replay import DFSSampler
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+#: set to 1 to load version-1 checkpoints (pickled objects; only for files you trust)
+TRUST_ENV = "WORLDRL_TRUST_CHECKPOINTS"
 
 #: keys that may change between a run and its resumption without making it a different run
 RESUMABLE_KEYS = (
     "steps", "overwrite", "device", "run_dir", "train.log_every", "train.checkpoint_every",
-    "train.video_every", "train.threads", "train.progress", "eval.every", "eval.episodes",
-    "eval.envs", "eval.sample", "eval.max_steps", "env.parallel",
+    "train.video_every", "train.threads", "train.progress", "train.warning_signal", "eval.every",
+    "eval.episodes", "eval.envs", "eval.sample", "eval.max_steps", "env.parallel",
 )  # fmt: skip
 
 
@@ -51,6 +68,74 @@ class RunDirError(RuntimeError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read; the message names the file and what is wrong."""
+
+
+class StorageError(RuntimeError):
+    """A write that failed (disk full, read-only, permission); the previous file is intact."""
+
+
+_CAUSES = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+           errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+           errno.EPERM: "operation not permitted"}
+
+
+def storage_error(path: Path, err: BaseException) -> StorageError:
+    """One line naming ``path`` and why writing it failed."""
+    code = getattr(err, "errno", None)
+    text = str(err)
+    if code is None and "unexpected pos" in text:  # torch.save's zip writer on a full disk
+        cause = "the write stopped short (no space left on the device?)"
+    else:
+        cause = _CAUSES.get(code, getattr(err, "strerror", None) or text)
+    return StorageError(f"cannot write {path}: {cause}")
+
+
+def write_atomic(path: Path, write) -> None:
+    """``write(tmp_path)``, fsync, then rename over ``path``; on failure the partial temporary
+    file is removed, ``path`` is untouched, and :class:`StorageError` says why."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise storage_error(path, err) from None
+
+
+def encode(obj: Any) -> Any:
+    """Plain data and tensors only (what ``torch.load(weights_only=True)`` reads): numpy arrays
+    and TensorDicts become tagged dicts of tensors; :func:`decode` undoes it."""
+    if isinstance(obj, TensorDictBase):
+        return {"__tensordict__": {k: encode(v) for k, v in obj.items()},
+                "batch_size": list(obj.batch_size)}
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(obj))}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: encode(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(encode(v) for v in obj)
+    return obj
+
+
+def decode(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if "__ndarray__" in obj and len(obj) == 1:
+            return obj["__ndarray__"].numpy()
+        if "__tensordict__" in obj:
+            return TensorDict({k: decode(v) for k, v in obj["__tensordict__"].items()},
+                              batch_size=obj["batch_size"])
+        return {k: decode(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(decode(v) for v in obj)
+    return obj
 
 
 def _flat(cfg: DictConfig) -> dict[str, Any]:
@@ -89,7 +174,15 @@ def prepare(cfg: DictConfig) -> tuple[Path, bool]:
     path = Path(cfg.run_dir)
     config_file = path / CONFIG_FILE
     if config_file.exists():
-        old = OmegaConf.load(config_file)
+        try:
+            old = OmegaConf.load(config_file)
+            if not isinstance(old, DictConfig):
+                raise ValueError(f"a YAML {type(old).__name__}, not a mapping")
+        except Exception as err:  # a truncated or hand-edited file: yaml raises many types
+            raise RunDirError(
+                f"{config_file} cannot be read ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); nothing was changed. Fix or "
+                "remove it, or pick another run_dir.") from None
         diff = config_diff(old, cfg)
         if not diff:
             return path, (path / CHECKPOINT_FILE).exists()
@@ -101,16 +194,35 @@ def prepare(cfg: DictConfig) -> tuple[Path, bool]:
                 "(the old run is moved aside, not deleted)."
             )
         aside = path.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-        path.rename(aside)
+        try:
+            path.rename(aside)
+        except OSError as err:
+            raise storage_error(aside, err) from None
         print(f"moved the previous run in {path} to {aside}")
     elif path.exists() and any(path.iterdir()):
         raise RunDirError(
             f"run directory {path} is not empty and holds no {CONFIG_FILE}; "
             "pick another run_dir (nothing was changed)"
         )
-    path.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise storage_error(path, err) from None
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    write_atomic(config_file, lambda tmp: tmp.write_text(text))
     return path, False
+
+
+def check_checkpoint_config(ckpt: dict[str, Any], cfg: DictConfig, path: Path) -> None:
+    """Refuse a checkpoint made by a different run (another seed, agent, env ...)."""
+    if "config" not in ckpt:
+        return
+    diff = config_diff(OmegaConf.create(ckpt["config"]), cfg)
+    if diff:
+        raise CheckpointError(
+            f"checkpoint {path} was written by a run with a different config:\n  "
+            + "\n  ".join(diff)
+            + "\nIt was left as it is; move it away or use the run directory it came from.")
 
 
 def rng_state() -> dict[str, Any]:
@@ -128,13 +240,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write atomically: a kill during the write leaves the previous checkpoint intact."""
-    payload = {"version": CHECKPOINT_VERSION, **payload}
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write atomically (:func:`write_atomic`): a kill, a full disk or a read-only file system
+    during the write leaves the previous checkpoint intact."""
+    payload = encode({"version": CHECKPOINT_VERSION, **payload})
+    write_atomic(Path(path), lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -143,8 +252,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         path = path / CHECKPOINT_FILE
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
+    trusted = os.environ.get(TRUST_ENV, "") == "1"
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not trusted:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise CheckpointError(
+                f"refused to load {path}: it holds pickled objects other than tensors and plain "
+                f"data ({first[:160]}), and loading those could run code. A worldrl checkpoint "
+                f"from before version {CHECKPOINT_VERSION} looks like this; if you made the file "
+                f"yourself, load it with {TRUST_ENV}=1. The file was left as it is.") from None
+        payload = _load_any(path)
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise CheckpointError(
             f"checkpoint {path} is corrupt or not a worldrl checkpoint ({type(err).__name__}: "
@@ -152,7 +271,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(payload, dict) or "version" not in payload or "agent" not in payload:
         raise CheckpointError(f"{path} is not a worldrl checkpoint (no version/agent entries)")
-    if payload["version"] != CHECKPOINT_VERSION:
+    readable = (1, CHECKPOINT_VERSION) if trusted else (CHECKPOINT_VERSION,)
+    if payload["version"] not in readable:
         raise CheckpointError(f"checkpoint {path} has version {payload['version']}, this worldrl "
                               f"reads version {CHECKPOINT_VERSION}")
-    return payload
+    return decode(payload)
+
+
+def _load_any(path: Path) -> Any:
+    """Full unpickling, for a file the user said they trust."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {path} is corrupt ({type(err).__name__}: {err}); "
+                              "the file was left as it is") from None

@@ -8,13 +8,19 @@ Reads like DreamerV3's ``run/train.py``::
         while replayed steps < train_ratio * env steps: one update on a replayed [B, T] batch
         every N steps: log, evaluate, write a video, checkpoint
 
-The same command after a kill resumes from the last checkpoint with the replay on disk intact.
+The same command after a kill resumes from the last checkpoint with the replay on disk intact:
+a kill costs at most one checkpoint interval of env steps and updates, and every log continues
+from the checkpoint's step. SIGTERM, SIGINT (Ctrl-C) and ``train.warning_signal`` (SLURM's
+pre-emption warning) stop the run cleanly instead: the update in flight finishes, a checkpoint is
+written, the envs are closed, and the process exits 0 saying how to resume.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -30,14 +36,18 @@ from agents.dreamer import compile_mode
 from agents.logger import Logger
 from agents.run_dir import (
     CHECKPOINT_FILE,
+    CheckpointError,
+    check_checkpoint_config,
     load_checkpoint,
     prepare,
     rng_state,
     save_checkpoint,
     set_rng_state,
+    write_atomic,
 )
 from worldrl.optim import check_schedule
 from worldrl.replay import Replay
+from worldrl.smoothing import make_smoother
 
 MODEL_OBS_KEYS = ("pixels", "vector", "audio")
 #: When this process started (the CLI imports this module first): eval rows record the seconds
@@ -131,17 +141,49 @@ def eval_copies(episodes: int, envs: int | None) -> int:
     return max(1, min(int(envs or episodes), int(episodes)))
 
 
+#: the least value of each numeric key of a run (checked before anything touches the disk)
+MINIMUM = {
+    "seed": 0, "steps": 1, "train.train_ratio": 0, "train.prefill": 0, "train.batch_size": 1,
+    "train.seq_len": 1, "train.steps_per_batch": 1, "train.log_every": 1,
+    "train.video_every": 0, "train.checkpoint_every": 1, "train.threads": 0, "eval.every": 0,
+    "eval.episodes": 1, "eval.envs": 0, "eval.max_steps": 1, "replay.capacity": 1,
+    "env.num_envs": 1,
+}  # fmt: skip
+
+
+def stop_signal_names(cfg: DictConfig) -> list[str]:
+    """SIGTERM and SIGINT, and ``train.warning_signal`` when set (``SIGUSR1``, ``USR1`` ...)."""
+    names = ["SIGTERM", "SIGINT"]
+    extra = cfg.train.get("warning_signal")
+    if extra:
+        name = str(extra).upper()
+        name = name if name.startswith("SIG") else f"SIG{name}"
+        valid = sorted(s.name for s in signal.Signals
+                       if s.name not in ("SIGKILL", "SIGSTOP") and not s.name.startswith("SIGRT"))
+        if name not in valid:
+            raise ValueError(f"train.warning_signal {extra!r} is not a signal this system can "
+                             f"catch; choose one of: {', '.join(valid)} (or null)")
+        names.append(name)
+    return names
+
+
 def _check(cfg: DictConfig) -> None:
-    """Validate names before anything touches the disk."""
+    """Validate every value before anything touches the disk."""
     envs.check_task(cfg.env.suite, cfg.env.task)
     resolve_device(cfg.device)
     t = cfg.train
     compile_mode(t.compile, "train.compile")
-    for key in ("batch_size", "seq_len", "steps_per_batch"):
-        if t[key] < 1:
-            raise ValueError(f"train.{key} must be >= 1, got {t[key]}")
-    if t.train_ratio < 0:
-        raise ValueError(f"train.train_ratio must be >= 0, got {t.train_ratio}")
+    for key, least in MINIMUM.items():
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(f"{key} must be a number, got {value!r}")
+        if value < least:
+            raise ValueError(f"{key} must be >= {least}, got {value}")
+    stop_signal_names(cfg)
+    r = cfg.replay
+    Replay.check_args(r.capacity, cfg.env.num_envs, t.seq_len, r.sampler,
+                      OmegaConf.to_container(r.dfs, resolve=True))
+    make_smoother(r, cfg.env.num_envs)  # the smoothing mode, edge and parameters
     optim = cfg.agent.get("optim")
     if optim is not None and "schedule" in optim and "anneal" in optim:  # a LaProp agent
         try:  # the optimiser's own check, before the run directory exists
@@ -161,7 +203,13 @@ def train(cfg: DictConfig) -> dict:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
 
-    ckpt = load_checkpoint(run_dir / CHECKPOINT_FILE) if resuming else None
+    try:
+        ckpt = load_checkpoint(run_dir / CHECKPOINT_FILE) if resuming else None
+        if ckpt:
+            check_checkpoint_config(ckpt, cfg, run_dir / CHECKPOINT_FILE)
+    except CheckpointError:
+        env.close()
+        raise
     counters = dict(ckpt["counters"]) if ckpt else {
         "env_steps": 0, "updates": 0, "episodes": 0, "last_eval": 0, "last_log": 0,
         "last_checkpoint": 0, "last_video": 0, "resumes": 0,
@@ -171,7 +219,13 @@ def train(cfg: DictConfig) -> dict:
         print(f"{run_dir} already trained for {counters['env_steps']} steps (steps={cfg.steps}); "
               "raise steps=... to train further")
         summary_file = run_dir / "summary.json"
-        return json.loads(summary_file.read_text()) if summary_file.exists() else counters
+        if summary_file.exists():
+            return json.loads(summary_file.read_text())
+        if "final_eval" not in ckpt:  # a checkpoint from before the summary was kept in it
+            return counters
+        summary = _summary(counters, ckpt["final_eval"], ckpt.get("replay_rows", 0))
+        _write_summary(run_dir, summary)  # killed after the final checkpoint: write it now
+        return summary
     if ckpt:
         counters["resumes"] += 1
     # a resumed run reseeds its envs: the episodes in flight at the kill are gone
@@ -187,9 +241,17 @@ def train(cfg: DictConfig) -> dict:
     num_envs = cfg.env.num_envs
     replay = Replay(run_dir / "replay", cfg.replay.capacity, num_envs, t.batch_size, t.seq_len,
                     sampler=cfg.replay.sampler, seed=cfg.seed, reward_smoothing=cfg.replay,
-                    dfs=OmegaConf.to_container(cfg.replay.dfs, resolve=True))
+                    dfs=OmegaConf.to_container(cfg.replay.dfs, resolve=True),
+                    generation=counters["resumes"])
     if ckpt:
-        load_agent_state(agent, ckpt["agent"])
+        try:
+            load_agent_state(agent, ckpt["agent"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            env.close()
+            eval_env.close()
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"{run_dir / CHECKPOINT_FILE}: its weights do not fit this "
+                                  f"run's agent ({first}); the file was left as it is") from None
         replay.load_state_dict(ckpt["replay"])
         set_rng_state(ckpt["rng"])
         print(f"resumed {run_dir} at env step {counters['env_steps']} "
@@ -200,20 +262,24 @@ def train(cfg: DictConfig) -> dict:
 
     collector = Collector(env, policy, frames_per_batch=num_envs * t.steps_per_batch,
                           total_frames=-1, auto_register_policy_transforms=False)
-    logger = Logger(run_dir)
+    logger = Logger(run_dir, start_step=counters["env_steps"])
     pbar = _progress(cfg, counters["env_steps"])
+    stop = StopRequest(stop_signal_names(cfg))
     train_metrics: dict[str, list] = defaultdict(list)
     recent_returns: list[float] = []
     start_time, start_steps = time.time(), counters["env_steps"]
 
-    def checkpoint():
+    def checkpoint(**extra):
+        logger.flush()  # the logs hold every row up to the checkpoint's step
         save_checkpoint(run_dir / CHECKPOINT_FILE, {
             "agent": agent_state(agent), "counters": counters, "replay": replay.state_dict(),
-            "rng": rng_state(), "config": OmegaConf.to_container(cfg, resolve=True),
+            "rng": rng_state(), "config": OmegaConf.to_container(cfg, resolve=True), **extra,
         })
         counters["last_checkpoint"] = counters["env_steps"]
 
+    stopped = None
     try:
+        stop.install()
         for batch in collector:
             counters["env_steps"] += batch.numel()
             step = counters["env_steps"]
@@ -231,7 +297,7 @@ def train(cfg: DictConfig) -> dict:
             if step >= t.prefill and replay.ready():
                 policy.mode = "train"
                 due = updates_due(step, t)
-                while counters["updates"] < due:
+                while counters["updates"] < due and not stop.signal:
                     data = replay.sample()
                     if device.type == "cuda":  # pinned: the copy runs beside the queued update
                         data = data.pin_memory().to(device, non_blocking=True)
@@ -258,7 +324,12 @@ def train(cfg: DictConfig) -> dict:
             if cfg.eval.every and step - counters["last_eval"] >= cfg.eval.every:
                 _eval(agent, obs_keys, eval_env, cfg, logger, step)
                 counters["last_eval"] = step
-            if step - counters["last_checkpoint"] >= t.checkpoint_every:
+            if stop.signal and step < cfg.steps:  # at the end: the final evaluation first
+                checkpoint()
+                stopped = stop.signal
+                break
+            # the last checkpoint is the final one, after the final evaluation
+            if step - counters["last_checkpoint"] >= t.checkpoint_every and step < cfg.steps:
                 checkpoint()
             if pbar is not None:
                 pbar.update(batch.numel())
@@ -270,23 +341,67 @@ def train(cfg: DictConfig) -> dict:
             recent_returns = recent_returns[-100:]
             if step >= cfg.steps:
                 break
-        final = _eval(agent, obs_keys, eval_env, cfg, logger, counters["env_steps"])
-        counters["last_eval"] = counters["env_steps"]
-        checkpoint()
+        if not stopped:
+            final = _eval(agent, obs_keys, eval_env, cfg, logger, counters["env_steps"])
+            counters["last_eval"] = counters["env_steps"]
+            checkpoint(final_eval=[float(x) for x in final], replay_rows=len(replay))
     finally:
+        stop.restore()
         collector.shutdown()
         eval_env.close()
         if pbar is not None:
             pbar.close()
         logger.close()
-    summary = {
+    if stopped:
+        print(f"stopped by {stopped} at env step {counters['env_steps']} "
+              f"({counters['updates']} updates); checkpoint written to {run_dir / CHECKPOINT_FILE}."
+              " Run the same command to resume.", flush=True)
+        return {"stopped": stopped, "env_steps": counters["env_steps"],
+                "updates": counters["updates"], "run_dir": str(run_dir)}
+    summary = _summary(counters, final, len(replay))
+    _write_summary(run_dir, summary)
+    return summary
+
+
+def _summary(counters: dict, final: list[float], replay_rows: int) -> dict:
+    return {
         "env_steps": counters["env_steps"], "updates": counters["updates"],
-        "episodes": counters["episodes"], "replay_rows": len(replay),
+        "episodes": counters["episodes"], "replay_rows": replay_rows,
         "eval_return_mean": float(np.mean(final)), "eval_return_std": float(np.std(final)),
         "eval_episodes": len(final), "resumes": counters["resumes"],
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
+
+
+def _write_summary(run_dir: Path, summary: dict) -> None:
+    text = json.dumps(summary, indent=1)
+    write_atomic(run_dir / "summary.json", lambda tmp: tmp.write_text(text))
+
+
+class StopRequest:
+    """Catches the stop signals; the training loop polls :attr:`signal` (the first one's name),
+    finishes the update in flight, checkpoints and returns. A second signal gets the previous
+    handler (a second Ctrl-C interrupts at once)."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        self.signal: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # handlers can only be set from the main thread; the caller owns signals
+        for name in self.names:
+            sig = signal.Signals[name]
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signal.Signals(signum).name
+        self.restore()
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
 
 def _progress(cfg, initial: int):

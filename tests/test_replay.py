@@ -106,3 +106,79 @@ def test_state_dict_reopens_rows_on_disk(tmp_path):
     got = again.sample()
     assert torch.equal(got["vector"], expected["vector"])
     assert torch.equal(got["is_first"], expected["is_first"])
+
+
+def _raw_windows(rp, n=40):
+    """Raw sampled rows (with the bookkeeping columns), ``n`` batches."""
+    return [rp.buffer.sample().reshape(rp.batch_size, rp.seq_len) for _ in range(n)]
+
+
+def test_resume_after_a_kill_never_samples_rows_written_after_the_checkpoint(tmp_path):
+    """A process checkpoints, then writes on (wrapping the FIFO) and is killed: on resume the rows
+    it wrote after the checkpoint are a hole that no window touches until it is overwritten."""
+    batches = collect(2, 14, seed=1)
+    rp = Replay(tmp_path, 2 * 60, 2, batch_size=32, seq_len=6, seed=0)  # 60 steps per stream
+    for b in batches[:8]:
+        rp.add(b)
+    assert rp.steps_per_stream() == 60  # full: the FIFO has wrapped
+    state = rp.state_dict()
+    resume_serial = rp.serial
+    for b in batches[8:10]:  # written after the checkpoint by the process that is then killed
+        rp.add(b)
+    stale = rp.serial - resume_serial
+    assert 0 < stale < 60
+    del rp
+
+    again = Replay(tmp_path, 2 * 60, 2, batch_size=32, seq_len=6, seed=0, generation=1)
+    again.load_state_dict(state)
+    assert again.sampler.hole == stale and again.steps_per_stream() == 60 - stale
+    for batch in _raw_windows(again):
+        assert (batch["serial"] < resume_serial).all()
+        assert (batch["serial"].diff(dim=-1) == 1).all()
+    again.sample()  # its own check passes
+    # new rows overwrite the hole from the cursor on; a window may then join old and new rows
+    written = again.add(batches[10]) // 2
+    assert again.sampler.hole == max(0, stale - written) and written > 0
+    new = [b for b in _raw_windows(again) if (b["generation"] == 1).any()]
+    assert new, "the rows written after the resume are sampled"
+    for batch in new:
+        fresh = batch["generation"] == 1
+        assert (batch["serial"][fresh] >= resume_serial).all()
+        assert (batch["serial"][~fresh] < resume_serial).all()
+    # without the hole, the killed process's rows are sampled as if they were old rows
+    again.sampler.hole = 0
+    leaked = torch.cat([(b["generation"] == 0) & (b["serial"] >= resume_serial)
+                        for b in _raw_windows(again)])
+    assert leaked.any()
+    try:
+        for _ in range(40):
+            again.sample()
+    except RuntimeError as err:
+        assert "written after the checkpoint" in str(err) or "not consecutive" in str(err)
+    else:
+        raise AssertionError("the batch check did not catch the stale rows")
+
+
+def test_a_second_kill_before_the_hole_is_overwritten_keeps_it(tmp_path):
+    batches = collect(1, 12, seed=2)
+    rp = Replay(tmp_path, 50, 1, batch_size=8, seq_len=5)
+    for b in batches[:5]:
+        rp.add(b)
+    first = rp.state_dict()
+    for b in batches[5:8]:
+        rp.add(b)
+    rp = Replay(tmp_path, 50, 1, batch_size=8, seq_len=5, generation=1)
+    rp.load_state_dict(first)
+    hole = rp.sampler.hole
+    assert hole > 16
+    written = rp.add(batches[8])  # overwrites part of the hole, checkpoints, is killed again
+    second = rp.state_dict()
+    assert second["sampler"]["hole"] == hole - written
+    rp.add(batches[9])
+    rp = Replay(tmp_path, 50, 1, batch_size=8, seq_len=5, generation=2)
+    rp.load_state_dict(second)
+    assert rp.sampler.hole >= hole - written
+    for batch in _raw_windows(rp):
+        gen, serial = batch["generation"], batch["serial"]
+        assert not ((gen == 0) & (serial >= first["rows_added"])).any()
+        assert not ((gen == 1) & (serial >= second["rows_added"])).any()

@@ -10,10 +10,12 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 GROUPS = ("env", "backbone", "agent", "size", "preset")
+#: keys that take more than one type (their own checks name the choices)
+UNION_KEYS = ("train.compile",)
 
 
 class ConfigError(ValueError):
@@ -60,7 +62,58 @@ def load_config(overrides: Sequence[str] = ()) -> DictConfig:
     finally:
         GlobalHydra.instance().clear()
     OmegaConf.resolve(cfg)
+    values = [o for o in overrides if not _is_group_choice(o)]
+    if values:
+        check_types(cfg, load_config([o for o in overrides if _is_group_choice(o)]), values)
     return cfg
+
+
+def _is_group_choice(item: str) -> bool:
+    m = re.match(r"^[+~]?(\w+)=", item)
+    return bool(m and m.group(1) in GROUPS)
+
+
+def _kind(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "a boolean (true/false)"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return None
+
+
+def check_types(cfg: DictConfig, reference: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """Every value of ``cfg`` has the type of the same key in ``reference`` (the config without
+    the command line's ``key=value`` overrides): an integer stays an integer (``seed=1.5``,
+    ``steps=abc`` are refused), a number accepts integers, a boolean only true/false. Keys whose
+    default is null, lists and new keys are not checked here."""
+    given = {o.split("=", 1)[0].lstrip("+~"): o for o in overrides}
+
+    def walk(node, ref, prefix):
+        for key in node:
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if not isinstance(ref, DictConfig) or key not in ref:
+                continue
+            value, default = node[key], ref[key]
+            if isinstance(value, DictConfig) and isinstance(default, DictConfig):
+                walk(value, default, path)
+                continue
+            want = _kind(default)
+            if want is None or path in UNION_KEYS or isinstance(default, (DictConfig, ListConfig)):
+                continue
+            ok = (_kind(value) == want or value is None and path not in given
+                  or want == "a number" and _kind(value) == "an integer")
+            if not ok:
+                where = f" (from '{given[path]}')" if path in given else ""
+                raise ConfigError(f"{path} must be {want} like its default {default!r}, "
+                                  f"got {value!r}{where}")
+
+    walk(cfg, reference, "")
 
 
 def _explain(err: Exception, overrides: Sequence[str]) -> str:
@@ -77,8 +130,8 @@ def _explain(err: Exception, overrides: Sequence[str]) -> str:
                 dotted = key
                 break
         parent, _, leaf = dotted.rpartition(".")
-        try:
-            with_defaults = load_config([o for o in overrides if not o.startswith(dotted)])
+        try:  # the group choices alone: other bad keys on the same line must not hide these
+            with_defaults = load_config([o for o in overrides if _is_group_choice(o)])
             node = OmegaConf.select(with_defaults, parent) if parent else with_defaults
             valid = ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else "?"
         except ConfigError:

@@ -25,6 +25,14 @@ there, as DreamerV3 does). A window never spans the FIFO's write position (it ne
 newest rows to the oldest).
 
 Only the sampled batch is read into memory; the buffer stays on disk (``LazyMemmapStorage``).
+
+**Crash consistency.** Every time row carries ``serial`` (its index in the run's write order) and
+``generation`` (the run's resume count when it was written). A checkpoint saves the cursors, but
+a killed process may have gone on writing rows after it; on resume, :meth:`Replay.load_state_dict`
+finds those rows (``serial`` at or past the checkpoint's) and treats them as a *hole* after the
+write cursor: no window is drawn from them, and the hole shrinks as new rows overwrite it. A run
+loses at most what the killed process overwrote; no window joins rows of two processes without an
+``is_first`` at the seam. :meth:`Replay.sample` checks every batch against this.
 """
 
 from __future__ import annotations
@@ -61,9 +69,18 @@ class SequenceSampler(Sampler):
         self.seq_len = seq_len
         self.generator = generator or torch.Generator().manual_seed(0)
         self.cursor = 0  # next time row to be written (set by the Replay after each write)
+        self.hole = 0  # rows after the cursor left by a killed process: never sampled
+
+    def valid_steps(self, storage) -> int:
+        """Time rows that may be sampled: the newest ``len(storage)``, less the hole."""
+        return max(0, min(len(storage), storage.max_size - self.hole))
+
+    def oldest(self, storage) -> int:
+        """Storage index of the oldest time row that may be sampled."""
+        return (self.cursor - self.valid_steps(storage)) % storage.max_size
 
     def window_starts(self, storage, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        steps = len(storage)
+        steps = self.valid_steps(storage)
         capacity = storage.max_size
         streams = storage._storage.shape[1]
         if steps < self.seq_len:
@@ -73,8 +90,7 @@ class SequenceSampler(Sampler):
         # age-ordered offset: 0 is the oldest row kept, steps - 1 the newest
         offset = torch.randint(0, steps - self.seq_len + 1, (batch_size,),
                                generator=self.generator)
-        oldest = self.cursor % capacity if steps == capacity else 0
-        start = (oldest + offset) % capacity
+        start = (self.oldest(storage) + offset) % capacity
         stream = torch.randint(0, streams, (batch_size,), generator=self.generator)
         return start, stream
 
@@ -88,13 +104,16 @@ class SequenceSampler(Sampler):
 
     def _empty(self):
         self.cursor = 0
+        self.hole = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"cursor": self.cursor, "generator": self.generator.get_state()}
+        return {"cursor": self.cursor, "generator": self.generator.get_state(),
+                "hole": self.hole}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.cursor = state_dict["cursor"]
         self.generator.set_state(state_dict["generator"])
+        self.hole = state_dict.get("hole", 0)
 
     def dumps(self, path):  # pragma: no cover - Replay checkpoints through state_dict
         torch.save(self.state_dict(), Path(path) / "sampler.pt")
@@ -165,13 +184,12 @@ class DFSSampler(SequenceSampler):
 
     def valid_starts(self, storage) -> tuple[torch.Tensor, torch.Tensor]:
         """All window starts ``(time, stream)``, oldest first, that do not cross the cursor."""
-        steps, capacity = len(storage), storage.max_size
+        steps, capacity = self.valid_steps(storage), storage.max_size
         streams = self.wm_count.shape[1]
         if steps < self.seq_len:
             raise RuntimeError(
                 f"replay holds {steps} steps per stream, fewer than seq_len={self.seq_len}")
-        oldest = self.cursor % capacity if steps == capacity else 0
-        time = (oldest + torch.arange(steps - self.seq_len + 1)) % capacity
+        time = (self.oldest(storage) + torch.arange(steps - self.seq_len + 1)) % capacity
         return (time[:, None].expand(-1, streams).reshape(-1),
                 torch.arange(streams).repeat(time.shape[0]))
 
@@ -302,28 +320,24 @@ class Replay:
             defaults, :meth:`DFSSampler.defaults`); only with ``sampler='dfs'``.
         reward_smoothing: DreamSmooth: the ``replay`` config node (``reward_smoothing``,
             ``smoothing_*``), a mode name or a :class:`~worldrl.smoothing.RewardSmoother`.
+        generation: written into every row (the run's resume count); see "Crash consistency".
     """
+
+    #: bookkeeping columns of every row (not part of the sampled batch)
+    BOOKKEEPING = ("serial", "generation")
 
     def __init__(self, directory: str | Path, capacity: int, num_envs: int, batch_size: int,
                  seq_len: int, sampler: str = "uniform", seed: int = 0,
-                 reward_smoothing: Any = None, dfs: Mapping[str, float] | None = None):
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown replay sampler {sampler!r}; choose one of: "
-                             f"{', '.join(SAMPLERS)}")
+                 reward_smoothing: Any = None, dfs: Mapping[str, float] | None = None,
+                 generation: int = 0):
+        self.check_args(capacity, num_envs, seq_len, sampler, dfs)
         steps = capacity // num_envs
-        if steps < seq_len:
-            raise ValueError(f"replay capacity {capacity} holds {steps} steps per env, fewer "
-                             f"than seq_len={seq_len}")
         self.directory = Path(directory)
         self.num_envs = num_envs
         self.batch_size = batch_size
         self.seq_len = seq_len
         generator = torch.Generator().manual_seed(seed)
         dfs = dict(dfs or {})
-        unknown = sorted(set(dfs) - set(DFSSampler.KNOBS))
-        if unknown:
-            raise ValueError(f"unknown replay.dfs key(s) {unknown}; valid: "
-                             f"{sorted(DFSSampler.KNOBS)}")
         if sampler == "dfs":
             self.sampler = DFSSampler(seq_len, steps, num_envs, generator,
                                       **{k: float(v) for k, v in dfs.items()})
@@ -338,15 +352,43 @@ class Replay:
         self._carry_reward = torch.zeros(num_envs)
         self._episode = torch.zeros(num_envs, dtype=torch.long)
         self.rows_added = 0
+        self.generation = generation
+        self.resume_serial = 0  # first serial this process writes
         self.smoother = (reward_smoothing if isinstance(reward_smoothing, RewardSmoother)
                          else make_smoother(reward_smoothing, num_envs))
 
+    @staticmethod
+    def check_args(capacity: int, num_envs: int, seq_len: int, sampler: str = "uniform",
+                   dfs: Mapping[str, float] | None = None) -> None:
+        """The constructor's checks, without touching the disk (``worldrl train`` runs them
+        before it makes the run directory)."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown replay sampler {sampler!r}; choose one of: "
+                             f"{', '.join(SAMPLERS)}")
+        steps = capacity // max(num_envs, 1)
+        if steps < seq_len:
+            raise ValueError(f"replay capacity {capacity} holds {steps} steps per env "
+                             f"({num_envs} env copies), fewer than seq_len={seq_len}")
+        dfs = dict(dfs or {})
+        unknown = sorted(set(dfs) - set(DFSSampler.KNOBS))
+        if unknown:
+            raise ValueError(f"unknown replay.dfs key(s) {unknown}; valid: "
+                             f"{sorted(DFSSampler.KNOBS)}")
+        for key in ("tau", "imag_tau", "imag_scale"):
+            if key in dfs and not float(dfs[key]) > 0:
+                raise ValueError(f"replay.dfs.{key} must be > 0, got {dfs[key]}")
+
     def __len__(self) -> int:
-        """Rows stored (all streams)."""
-        return len(self.storage) * self.num_envs
+        """Rows that may be sampled (all streams)."""
+        return self.steps_per_stream() * self.num_envs
 
     def steps_per_stream(self) -> int:
-        return len(self.storage)
+        return self.sampler.valid_steps(self.storage)
+
+    @property
+    def serial(self) -> int:
+        """The next time row's serial: time rows written to disk so far, over all processes."""
+        return self.rows_added // self.num_envs
 
     def add(self, batch: TensorDictBase) -> int:
         """Add a collector batch (``[T]`` or ``[num_envs, T]``); returns rows written to disk."""
@@ -369,13 +411,17 @@ class Replay:
             return 0
         block = torch.stack([p[:k] for p in self._pending], dim=1)  # [k, num_envs]
         self._pending = [p[k:] for p in self._pending]
+        serial = torch.arange(self.serial, self.serial + k)
+        block["serial"] = serial[:, None].expand(k, self.num_envs).clone()
+        block["generation"] = torch.full((k, self.num_envs), self.generation, dtype=torch.int32)
         self.buffer.extend(block)
         self.sampler.cursor = self.buffer.writer._cursor
+        self.sampler.hole = max(0, self.sampler.hole - k)
         self.rows_added += k * self.num_envs
         return k * self.num_envs
 
     def ready(self) -> bool:
-        return len(self.storage) >= self.seq_len
+        return self.steps_per_stream() >= self.seq_len
 
     def sample(self, record: bool = True) -> TensorDict:
         """A ``[batch_size, seq_len]`` TensorDict (in memory, not memory-mapped).
@@ -387,7 +433,22 @@ class Replay:
                 data = self.buffer.sample()
         else:
             data = self.buffer.sample()
-        return data.reshape(self.batch_size, self.seq_len).clone()
+        data = data.reshape(self.batch_size, self.seq_len).clone()
+        self.check_windows(data)
+        return data.exclude(*self.BOOKKEEPING)
+
+    def check_windows(self, data: TensorDictBase) -> None:
+        """Every window is consecutive rows of one write order, none left by a killed process
+        after its checkpoint (``generation`` older than ours, ``serial`` at or past the
+        checkpoint's). A failure is a bug in the replay, not in the data."""
+        serial, gen = data["serial"], data["generation"]
+        stale = (gen != self.generation) & (serial >= self.resume_serial)
+        if bool(stale.any()):
+            raise RuntimeError(
+                f"replay sampled {int(stale.sum())} rows written after the checkpoint by a killed "
+                f"process (serial >= {self.resume_serial}, generation < {self.generation})")
+        if serial.shape[-1] > 1 and not bool((serial.diff(dim=-1) == 1).all()):
+            raise RuntimeError("replay sampled a window whose rows are not consecutive writes")
 
     def state_dict(self) -> dict[str, Any]:
         """Counters and cursors (the rows themselves stay on disk)."""
@@ -415,6 +476,10 @@ class Replay:
             if data.shape[0] != self.storage.max_size or data.shape[1] != self.num_envs:
                 raise ValueError(f"replay on disk has shape {tuple(data.shape)}, expected "
                                  f"({self.storage.max_size}, {self.num_envs})")
+            missing = [k for k in self.BOOKKEEPING if k not in data.keys()]
+            if missing:
+                raise ValueError(f"replay in {self.directory} was written by an older worldrl "
+                                 f"(no {missing} columns) and cannot be resumed; start a new run")
             self.storage._storage = data
             self.storage.initialized = True
         self.storage._len = state["len"]
@@ -426,3 +491,22 @@ class Replay:
         self.rows_added = state["rows_added"]
         if "smoothing" in state:
             self.smoother.load_state_dict(state["smoothing"])
+        self.resume_serial = self.serial
+        if state["len"] > 0 or self.directory.joinpath("meta.json").exists():
+            self._find_hole()
+
+    def _find_hole(self) -> None:
+        """Rows at or past the checkpoint's serial were written by a process killed after it:
+        widen the sampler's hole after the cursor to cover them."""
+        if not self.storage.initialized:
+            data = TensorDict.load_memmap(self.directory)
+            if "serial" not in data.keys():
+                return
+            self.storage._storage = data
+            self.storage.initialized = True
+        capacity = self.storage.max_size
+        serial = self.storage._storage["serial"][:, 0]
+        stale = torch.nonzero(serial >= self.resume_serial).reshape(-1)
+        if len(stale):
+            reach = int(((stale - self.sampler.cursor) % capacity).max()) + 1
+            self.sampler.hole = max(self.sampler.hole, reach)
