@@ -1,0 +1,307 @@
+"""Issue 15: checkpoints that load without running code, foreign checkpoints, validation before
+the disk, disk errors, partial logs, the summary after a late kill, and clean stops on signals.
+The SIGKILL chaos test is in tests/test_chaos.py."""
+
+import errno
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agents import run_dir as rd
+from agents.cli import main
+from agents.run_dir import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = ["train.progress=false"]
+RANDOM = ["train", "preset=debug", "agent=random", *QUIET]
+
+
+def tree(path: Path) -> dict[str, str]:
+    """Every file under ``path`` with its content hash (a run directory, byte for byte)."""
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def dreamer_run(tmp_path_factory):
+    """A finished debug run of the DreamerV3 agent (seed 0) and a random-agent run."""
+    base = tmp_path_factory.mktemp("runs")
+    assert main(["train", "preset=debug", f"run_dir={base / 'dreamer'}", *QUIET]) == 0
+    assert main([*RANDOM, f"run_dir={base / 'random'}"]) == 0
+    assert main(["train", "preset=debug", "seed=1", f"run_dir={base / 'seed1'}", *QUIET]) == 0
+    return base
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_checkpoint_never_runs_code(tmp_path, dreamer_run, capsys):
+    marker = tmp_path / "pwned"
+    run = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(dreamer_run / "dreamer", run)
+    ckpt = run / "checkpoint.pt"
+    payload = torch.load(ckpt, weights_only=True)
+    payload["evil"] = Evil(marker)
+    torch.save(payload, ckpt)
+    before = tree(run)
+    for argv in (["eval", str(ckpt)], ["eval", str(run)],
+                 ["train", "preset=debug", f"run_dir={run}", "steps=400", *QUIET]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "refused to load" in err and "could run code" in err, err
+        assert not marker.exists()
+    assert tree(run) == before
+    # the same file with the user's explicit trust does unpickle (and would run the code)
+    os.environ[rd.TRUST_ENV] = "1"
+    try:
+        load_checkpoint(ckpt)
+    finally:
+        del os.environ[rd.TRUST_ENV]
+    assert marker.exists()
+
+
+def test_a_genuine_checkpoint_is_tensors_and_plain_data(dreamer_run):
+    raw = torch.load(dreamer_run / "dreamer" / "checkpoint.pt", weights_only=True)
+    assert raw["version"] == rd.CHECKPOINT_VERSION
+    ckpt = load_checkpoint(dreamer_run / "dreamer")
+    kind, key, *_ = ckpt["rng"]["numpy"]
+    assert kind == "MT19937" and isinstance(key, np.ndarray) and key.dtype == np.uint32
+    np.random.set_state(ckpt["rng"]["numpy"])  # decodes back to what numpy takes
+    assert isinstance(ckpt["replay"]["pending"][0], (type(None), __import__("tensordict")
+                                                     .TensorDict))
+
+
+def test_encode_decode_round_trip():
+    from tensordict import TensorDict
+
+    state = {"a": np.arange(5, dtype=np.uint32), "b": (1, 2.5, "x", None),
+             "td": TensorDict({"x": torch.ones(3, 2), "n": {"y": torch.zeros(3)}}, [3]),
+             "l": [np.float64(1.5), torch.arange(3)]}
+    out = rd.decode(rd.encode(state))
+    assert np.array_equal(out["a"], state["a"]) and out["a"].dtype == np.uint32
+    assert out["b"] == state["b"] and out["l"][0] == 1.5
+    assert out["td"].batch_size == (3,) and torch.equal(out["td"]["n", "y"], torch.zeros(3))
+
+
+def test_a_version_1_checkpoint_needs_explicit_trust(tmp_path, capsys):
+    path = tmp_path / "old.pt"
+    torch.save({"version": 1, "agent": {}, "rng": {"numpy": np.random.get_state()}}, path)
+    assert main(["eval", str(path)]) == 2
+    assert rd.TRUST_ENV in capsys.readouterr().err
+    os.environ[rd.TRUST_ENV] = "1"
+    try:
+        assert load_checkpoint(path)["version"] == 1
+    finally:
+        del os.environ[rd.TRUST_ENV]
+
+
+@pytest.mark.parametrize("foreign, changed", [("seed1", "seed: 1 -> 0"),
+                                               ("random", "agent.name: 'random' -> 'dreamer'")])
+def test_a_foreign_checkpoint_is_refused_with_the_differences(tmp_path, dreamer_run, capsys,
+                                                               foreign, changed):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(dreamer_run / "dreamer", run)
+    shutil.copy(dreamer_run / foreign / "checkpoint.pt", run / "checkpoint.pt")
+    before = tree(run)
+    assert main(["train", "preset=debug", f"run_dir={run}", "steps=400", *QUIET]) == 2
+    err = capsys.readouterr().err
+    assert "different config" in err and changed in err, err
+    assert "Traceback" not in err and tree(run) == before
+
+
+BAD = [
+    ("seed=1.5", "seed must be an integer like its default 0, got 1.5"),
+    ("seed=abc", "seed must be an integer like its default 0, got 'abc'"),
+    ("steps=abc", "steps must be an integer like its default 120, got 'abc'"),
+    ("train.checkpoint_every=abc", "train.checkpoint_every must be an integer"),
+    ("train.checkpoint_every=0", "train.checkpoint_every must be >= 1, got 0"),
+    ("seed=-1", "seed must be >= 0, got -1"),
+    ("replay.sampler=dfz", "unknown replay sampler 'dfz'; choose one of: uniform, dfs"),
+    ("replay.reward_smoothing=gauss", "unknown reward smoothing 'gauss'; choose one of: none, "),
+    ("replay.smoothing_edge=wrap", "unknown reward smoothing edge 'wrap'; choose one of: "),
+    ("replay.capacity=4", "replay capacity 4 holds 4 steps per env (1 env copies), fewer than "
+                          "seq_len=8"),
+    ("replay.dfs.tau=0", "replay.dfs.tau must be > 0, got 0"),
+    ("train.amp=yes", "train.amp must be a boolean (true/false) like its default False, got 'yes'"),
+    ("train.warning_signal=SIGFOO", "train.warning_signal 'SIGFOO' is not a signal this system "
+                                    "can catch; choose one of: "),
+    ("eval.episodes=0", "eval.episodes must be >= 1, got 0"),
+    ("train.foo=1 train.bar=2", "unknown config key 'train.foo'; valid keys under 'train': amp, "),
+]
+
+
+@pytest.mark.parametrize("override, message", BAD)
+def test_bad_input_is_refused_before_the_disk(tmp_path, dreamer_run, capsys, override, message):
+    import shutil
+
+    fresh = tmp_path / "fresh"
+    argv = ["train", "preset=debug", *QUIET, *override.split()]
+    assert main([*argv, f"run_dir={fresh}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert not fresh.exists()
+    run = tmp_path / "run"  # an existing run stays byte-identical, and resumes afterwards
+    shutil.copytree(dreamer_run / "dreamer", run)
+    before = tree(run)
+    assert main([*argv, f"run_dir={run}"]) == 2
+    assert message in capsys.readouterr().err
+    assert tree(run) == before
+
+
+def test_a_truncated_config_yaml_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\ntrain:\n  batch_size: [1,\n")
+    assert main([*RANDOM, f"run_dir={run}"]) == 2
+    err = capsys.readouterr().err
+    assert "config.yaml cannot be read" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("error, cause", [
+    (OSError(errno.ENOSPC, "No space left on device"), "no space left on the device"),
+    (OSError(errno.EROFS, "Read-only file system"), "read-only file system"),
+    (OSError(errno.EACCES, "Permission denied"), "permission denied"),
+    (RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4288 vs 4200"),
+     "the write stopped short"),
+])
+def test_a_failed_checkpoint_write_keeps_the_last_one(tmp_path, monkeypatch, capsys, error,
+                                                      cause):
+    run = tmp_path / "run"
+    assert main([*RANDOM, f"run_dir={run}"]) == 0
+    good = (run / "checkpoint.pt").read_bytes()
+    real_save = torch.save
+
+    def failing_save(obj, f):
+        real_save(obj, f)
+        Path(f).write_bytes(Path(f).read_bytes()[:100])  # a partial file, then the error
+        raise error
+
+    monkeypatch.setattr(rd.torch, "save", failing_save)
+    assert main([*RANDOM, f"run_dir={run}", "steps=240"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {run / 'checkpoint.pt'}: {cause}" in err and "Traceback" not in err
+    assert (run / "checkpoint.pt").read_bytes() == good
+    assert not list(run.glob("*.tmp"))
+    monkeypatch.undo()
+    assert main([*RANDOM, f"run_dir={run}", "steps=240"]) == 0  # and it resumes from there
+
+
+def test_a_read_only_run_directory_is_one_line(tmp_path, monkeypatch, capsys):
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert main([*RANDOM, f"run_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert "read-only file system" in err and "Traceback" not in err
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "agents.cli", "train", "preset=debug", "seed=abc",
+            f"run_dir={tmp_path / 'r'}"]
+    quiet = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+    loud = subprocess.run([*argv[:3], "--debug", *argv[3:]], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
+    assert loud.returncode != 0 and "Traceback" in loud.stderr and "ConfigError" in loud.stderr
+
+
+def test_plot_skips_a_partial_last_row_and_names_a_bad_one(tmp_path, dreamer_run, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(dreamer_run / "dreamer", run)
+    episodes = run / "episodes.csv"
+    text = episodes.read_text()
+    episodes.write_text(text + "1200,99,4")  # killed mid-row
+    assert main(["plot", str(run)]) == 0
+    lines = text.splitlines()
+    lines.insert(2, "oops,,")
+    episodes.write_text("\n".join(lines) + "\n")
+    assert main(["plot", str(run)]) == 2
+    assert "episodes.csv, line 3: not a row of numbers" in capsys.readouterr().err
+
+
+def test_logs_are_cut_back_to_the_checkpoint(tmp_path):
+    from agents.logger import Logger
+
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "x": 1}) + "\n" for s in (40, 80, 120)) + '{"step": 16')
+    (tmp_path / "eval.csv").write_text("step,return_mean\n40,1\n80,2\n120,3\n")
+    (tmp_path / "episodes.csv").write_text("step,episode,return\n50,1,2\n90,2,3\n130,3")
+    Logger(tmp_path, tensorboard=False, start_step=80).close()
+    assert [json.loads(r)["step"] for r in (tmp_path / "metrics.jsonl").read_text()
+            .splitlines()] == [40, 80]
+    assert (tmp_path / "eval.csv").read_text() == "step,return_mean\n40,1\n80,2\n"
+    assert (tmp_path / "episodes.csv").read_text() == "step,episode,return\n50,1,2\n"
+    Logger(tmp_path, tensorboard=False, start_step=0).close()  # a fresh start: headers only
+    assert (tmp_path / "eval.csv").read_text() == "step,return_mean\n"
+
+
+def test_a_kill_after_the_final_checkpoint_still_gets_its_summary(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*RANDOM, f"run_dir={run}"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").unlink()  # killed between the final checkpoint and the summary
+    assert main([*RANDOM, f"run_dir={run}"]) == 0
+    assert "already trained" in capsys.readouterr().out
+    assert json.loads((run / "summary.json").read_text()) == summary
+
+
+def _start(run: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "agents.cli", *RANDOM, f"run_dir={run}", "steps=1000000",
+         "train.log_every=40", "replay.capacity=100000", *extra],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1"])
+def test_a_stop_signal_checkpoints_and_exits_cleanly(tmp_path, sig):
+    run = tmp_path / "run"
+    proc = _start(run)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (
+                (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").stat().st_size):
+            time.sleep(0.2)
+        time.sleep(1.0)
+        sent = time.time()
+        proc.send_signal(getattr(signal, sig))
+        out, err = proc.communicate(timeout=30)
+        took = time.time() - sent
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert took < 10
+    assert "Traceback" not in err and "leaked semaphore" not in err
+    line = next(x for x in out.splitlines() if x.startswith(f"stopped by {sig}"))
+    at = int(line.split("at env step ")[1].split()[0])
+    ckpt = load_checkpoint(run)
+    assert ckpt["counters"]["env_steps"] == at > 0
+    assert "Run the same command to resume" in line
+    resumed = subprocess.run(
+        [sys.executable, "-m", "agents.cli", *RANDOM, f"run_dir={run}", f"steps={at + 40}",
+         "train.log_every=40", "replay.capacity=100000"],
+        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed {run} at env step {at}" in resumed.stdout
