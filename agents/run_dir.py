@@ -185,6 +185,8 @@ def prepare(cfg: DictConfig) -> tuple[Path, bool]:
                 "remove it, or pick another run_dir.") from None
         diff = config_diff(old, cfg)
         if not diff:
+            for stale in (CHECKPOINT_FILE, CONFIG_FILE):  # left by a process killed mid-write
+                (path / f"{stale}.tmp").unlink(missing_ok=True)
             return path, (path / CHECKPOINT_FILE).exists()
         if not cfg.overwrite:
             raise RunDirError(

@@ -271,11 +271,12 @@ def train(cfg: DictConfig) -> dict:
 
     def checkpoint(**extra):
         logger.flush()  # the logs hold every row up to the checkpoint's step
+        # saved with it: a resumed run's next checkpoint is one interval on, not at once
+        counters["last_checkpoint"] = counters["env_steps"]
         save_checkpoint(run_dir / CHECKPOINT_FILE, {
             "agent": agent_state(agent), "counters": counters, "replay": replay.state_dict(),
             "rng": rng_state(), "config": OmegaConf.to_container(cfg, resolve=True), **extra,
         })
-        counters["last_checkpoint"] = counters["env_steps"]
 
     stopped = None
     try:
