@@ -8,6 +8,7 @@ TensorBoard purges its events after ``S``: the logs read as if the kill never ha
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -18,6 +19,17 @@ from typing import Any
 
 #: the CSV logs a run writes, each with a ``step`` column
 CSV_LOGS = ("episodes", "eval")
+
+
+@contextlib.contextmanager
+def _naming(path: Path):
+    """A failed write (disk full, read-only) becomes one line naming the log file."""
+    try:
+        yield
+    except OSError as err:
+        from agents.run_dir import storage_error
+
+        raise storage_error(path, err) from None
 
 
 def _rewrite(path: Path, text: str) -> None:
@@ -100,22 +112,25 @@ class Logger:
     def scalars(self, step: int, values: dict[str, float]) -> None:
         clean = {k: float(v) for k, v in values.items()
                  if v is not None and math.isfinite(float(v))}
-        self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+        with _naming(self.run_dir / "metrics.jsonl"):
+            self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
         if self._tb is not None:
-            for k, v in clean.items():
-                self._tb.add_scalar(k, v, step)
+            with _naming(self.run_dir / "tb"):
+                for k, v in clean.items():
+                    self._tb.add_scalar(k, v, step)
 
     def row(self, name: str, values: dict[str, Any]) -> None:
         """Append a row to ``NAME.csv`` (fixed columns: those of the first row)."""
-        if name not in self._csv:
-            path = self.run_dir / f"{name}.csv"
-            new = not path.exists() or path.stat().st_size == 0
-            f = open(path, "a", newline="", buffering=1)
-            writer = csv.DictWriter(f, fieldnames=list(values), extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            self._csv[name] = (f, writer)
-        self._csv[name][1].writerow(values)
+        path = self.run_dir / f"{name}.csv"
+        with _naming(path):
+            if name not in self._csv:
+                new = not path.exists() or path.stat().st_size == 0
+                f = open(path, "a", newline="", buffering=1)
+                writer = csv.DictWriter(f, fieldnames=list(values), extrasaction="ignore")
+                if new:
+                    writer.writeheader()
+                self._csv[name] = (f, writer)
+            self._csv[name][1].writerow(values)
 
     def flush(self) -> None:
         self._jsonl.flush()

@@ -305,3 +305,33 @@ def test_a_stop_signal_checkpoints_and_exits_cleanly(tmp_path, sig):
         cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed {run} at env step {at}" in resumed.stdout
+
+
+def test_a_full_disk_while_logging_is_one_line_naming_the_log(tmp_path, monkeypatch, capsys):
+    from agents.logger import Logger
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            self.f.flush()
+
+        def close(self):
+            self.f.close()
+
+    real_init = Logger.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self._jsonl = FullDisk(self._jsonl)
+
+    monkeypatch.setattr(Logger, "__init__", init)
+    run = tmp_path / "run"
+    assert main([*RANDOM, f"run_dir={run}"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {run / 'metrics.jsonl'}: no space left on the device" in err
+    assert "Traceback" not in err
