@@ -5,6 +5,9 @@
     worldrl eval CHECKPOINT [--episodes N] [--max-steps N] [--sample]
                                           evaluate a checkpoint (file or run directory)
     worldrl plot RUN_DIR [--out FILE]     learning-curve PNG from a run's CSVs
+    worldrl report PATH ... [--out DIR]   tables, JSON and curves over every run below the paths:
+                                          final evals with CIs over seeds, Atari100k HNS
+                                          aggregates with rliable, DreamerV3's curves beside ours
     worldrl config [OVERRIDE ...]         print the composed config
     worldrl audio CHECKPOINT --out X.wav [--context N] [--horizon N] [--truth Y.wav] [--png Z]
                                           a world model's imagined audio of a rollout (audio-visual
@@ -42,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="plot a run's learning curve")
     pl.add_argument("run_dir")
     pl.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curve.png)")
+    r = sub.add_parser("report", help="tables and curves over runs and seeds (rliable)")
+    r.add_argument("paths", nargs="+", help="run directories or folders holding runs")
+    r.add_argument("--out", default="report", help="folder for report.md, report.json, PNGs")
+    r.add_argument("--no-plots", action="store_true", help="tables and JSON only")
     c = sub.add_parser("config", help="print the composed config")
     c.add_argument("overrides", nargs="*")
     a = sub.add_parser("audio", help="write the imagined audio of a rollout as a WAV file")
@@ -149,6 +156,13 @@ def main(argv: list[str] | None = None) -> int:
             from agents.plot import plot_run
 
             print(plot_run(Path(args.run_dir), args.out))
+        elif args.command == "report":
+            from agents.report import report
+
+            result = report(args.paths, args.out, plots=not args.no_plots)
+            print((Path(args.out) / "report.md").read_text(), end="")
+            print(f"wrote {Path(args.out) / 'report.md'}, report.json and "
+                  f"{len([r for r in result['rows'] if r.get('png')])} curve PNGs")
         elif args.command == "config":
             from worldrl.config import load_config, to_yaml
 

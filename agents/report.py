@@ -1,0 +1,389 @@
+"""``worldrl report PATH ... [--out DIR]``: what a set of runs learned, over seeds.
+
+Reads every run directory below the paths (a directory with ``config.yaml``) and writes
+``report.md`` (tables), ``report.json`` (every number) and PNGs into ``--out``:
+
+- per task and method: the final evaluation (the last row of ``eval.csv``: mean and 95% CI over
+  seeds, percentile bootstrap), and its learning curve (mean and CI band over seeds against env
+  steps, and against wall-clock), with DreamerV3's published curve beside it where
+  ``shared/data/dreamerv3_curves.json`` has the task;
+- Atari100k: the human-normalised score ``(score - random) / (human - random)`` per game and, over
+  games, the mean, median, IQM and optimality gap with stratified-bootstrap 95% CIs and a
+  performance profile, computed with ``rliable`` (Agarwal et al., 2021);
+- DMC: the mean return over tasks.
+
+A *method* is a run's config without its seed, task and the keys that do not change what a run
+does (``RESUMABLE_KEYS``): runs that differ in anything else never share a cell; methods that share
+a name (agent-backbone-size) get a suffix and the report lists what differs. A run without
+``summary.json`` is unfinished: it counts with its last evaluation and is marked.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+BASELINES = SHARED / "atari100k_baselines.json"
+REFERENCE = SHARED / "dreamerv3_curves.json"
+#: keys that never make two runs different methods (besides RESUMABLE_KEYS)
+PER_RUN = ("seed", "run_dir", "env.task", "overwrite")
+BOOTSTRAP_REPS = 2000
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict[str, Any]
+    evals: list[dict[str, float]]
+    summary: dict | None
+    method: str = ""
+    method_key: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def suite(self) -> str:
+        return str(self.config.get("env.suite"))
+
+    @property
+    def task(self) -> str:
+        return str(self.config.get("env.task"))
+
+    @property
+    def seed(self):
+        return self.config.get("seed")
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None
+
+    @property
+    def env_steps(self) -> float:
+        if self.summary:
+            return float(self.summary["env_steps"])
+        return max([0.0, *(r["step"] for r in self.evals)])
+
+    @property
+    def final(self) -> float | None:
+        return self.evals[-1]["return_mean"] if self.evals else None
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: node}
+
+
+def _read_evals(path: Path) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    text = path.read_text()
+    lines = text.splitlines()
+    if text and not text.endswith("\n"):
+        lines = lines[:-1]  # cut short by a kill
+    rows = []
+    for row in csv.DictReader(lines):
+        try:
+            rows.append({k: float(v) for k, v in row.items() if v not in (None, "")})
+        except ValueError:
+            continue
+    return [r for r in rows if "step" in r and "return_mean" in r]
+
+
+def find_runs(paths: list[str | Path]) -> list[Run]:
+    """Every run directory at or below ``paths`` (one with ``config.yaml``)."""
+    import yaml
+
+    found: dict[Path, Run] = {}
+    for base in map(Path, paths):
+        if not base.exists():
+            raise FileNotFoundError(f"no such run or sweep directory: {base}")
+        for cfg_file in sorted([base / "config.yaml"] if (base / "config.yaml").exists()
+                               else base.rglob("config.yaml")):
+            run_dir = cfg_file.parent.resolve()
+            if run_dir in found or ".old-" in run_dir.name:
+                continue  # a run moved aside by overwrite=true is history, not a result
+            try:
+                config = _flat(yaml.safe_load(cfg_file.read_text()) or {})
+            except yaml.YAMLError:
+                continue
+            if "env.suite" not in config:
+                continue  # a Hydra output folder or another tool's config
+            summary_file = run_dir / "summary.json"
+            summary = json.loads(summary_file.read_text()) if summary_file.exists() else None
+            found[run_dir] = Run(run_dir, config, _read_evals(run_dir / "eval.csv"), summary)
+    runs = list(found.values())
+    _name_methods(runs)
+    return runs
+
+
+def _name_methods(runs: list[Run]) -> None:
+    from agents.run_dir import RESUMABLE_KEYS
+
+    skip = set(RESUMABLE_KEYS) | set(PER_RUN)
+    by_key: dict[str, dict] = {}
+    for run in runs:
+        ident = {k: v for k, v in run.config.items() if k not in skip}
+        run.method_key = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str)
+                                      .encode()).hexdigest()[:8]
+        by_key.setdefault(run.method_key, ident)
+        c = run.config
+        run.method = (f"{c.get('agent.name')}-{c.get('backbone.name', '?')}-"
+                      f"{c.get('agent.size.name', '?')}")
+    names: dict[str, list[str]] = defaultdict(list)
+    for run in runs:  # suites differ in their configs anyway: name clashes within a suite only
+        key = f"{run.suite}/{run.method}"
+        if run.method_key not in names[key]:
+            names[key].append(run.method_key)
+    for run in runs:
+        keys = names[f"{run.suite}/{run.method}"]
+        if len(keys) > 1:
+            first = by_key[keys[0]]
+            mine = by_key[run.method_key]
+            diff = sorted(k for k in set(first) | set(mine) if first.get(k) != mine.get(k))
+            run.extra["differs"] = {k: mine.get(k) for k in diff}
+            run.method = f"{run.method}#{keys.index(run.method_key) + 1}"
+
+
+def _estimates(scores: np.ndarray, func, reps: int, seed: int):
+    """rliable's stratified-bootstrap point and interval estimates of ``func(scores)``."""
+    import warnings
+
+    from rliable import library as rly
+
+    with warnings.catch_warnings():  # arch's notice about rliable's RandomState argument
+        warnings.simplefilter("ignore", FutureWarning)
+        point, interval = rly.get_interval_estimates(
+            {"m": scores}, func, reps=reps, random_state=np.random.RandomState(seed))
+    return point["m"], interval["m"]
+
+
+def bootstrap_ci(values: np.ndarray, reps: int = BOOTSTRAP_REPS, seed: int = 0
+                 ) -> tuple[float, float, float]:
+    """Mean and percentile-bootstrap 95% CI of the mean over runs (rliable)."""
+    values = np.asarray(values, dtype=float).reshape(-1, 1)
+    point, interval = _estimates(values, lambda x: np.array([np.mean(x)]), reps, seed)
+    return float(point[0]), float(interval[0, 0]), float(interval[1, 0])
+
+
+def human_normalised(game: str, score: float, baselines: dict) -> float:
+    b = baselines["games"][game]
+    return (score - b["random"]) / (b["human"] - b["random"])
+
+
+def atari_aggregates(hns: np.ndarray, reps: int = BOOTSTRAP_REPS, seed: int = 0) -> dict:
+    """Mean, median, IQM and optimality gap of HNS ``[runs, games]`` with stratified-bootstrap
+    95% CIs (rliable)."""
+    from rliable import metrics
+
+    def aggregate(x):
+        return np.array([metrics.aggregate_mean(x), metrics.aggregate_median(x),
+                         metrics.aggregate_iqm(x), metrics.aggregate_optimality_gap(x)])
+
+    point, interval = _estimates(hns, aggregate, reps, seed)
+    names = ("mean", "median", "iqm", "optimality_gap")
+    return {n: {"value": float(point[i]), "ci": [float(interval[0, i]), float(interval[1, i])]}
+            for i, n in enumerate(names)}
+
+
+def reference_curve(suite: str, task: str, reference: dict | None) -> tuple[list, list] | None:
+    """DreamerV3's published curve for ``task`` (x in agent steps for Atari100k; the source's x
+    for DMC), or None."""
+    if not reference:
+        return None
+    if suite == "atari100k":
+        block, key = reference.get("atari100k"), f"atari_{task}"
+        x = block and block.get("agent_steps")
+    elif suite in ("dmc", "dmc_proprio"):
+        block = reference.get("dmc_vision" if suite == "dmc" else "dmc_proprio")
+        key, x = f"dmc_{task}", block and block.get("x")
+    else:
+        return None
+    if not block or key not in block.get("games", block.get("tasks", {})):
+        return None
+    entry = block.get("games", block.get("tasks"))[key]
+    return list(x), list(entry["mean_return"])
+
+
+def curves(runs: list[Run], x: str = "step") -> dict:
+    """Mean and 95% CI band over runs at every x where all of them were evaluated (steps: the
+    shared evaluation schedule; wall-clock: each run interpolated onto a common grid)."""
+    if x == "step":
+        common = sorted(set.intersection(*[{r["step"] for r in run.evals} for run in runs]))
+        grid = np.array(common, dtype=float)
+        ys = np.array([[next(r["return_mean"] for r in run.evals if r["step"] == s)
+                        for s in common] for run in runs])
+    else:
+        ends = [run.evals[-1].get("wall_s", 0.0) for run in runs]
+        grid = np.linspace(0.0, min(ends), 20) if min(ends) > 0 else np.zeros(0)
+        ys = np.array([np.interp(grid, [r.get("wall_s", 0.0) for r in run.evals],
+                                 [r["return_mean"] for r in run.evals]) for run in runs])
+    if not len(grid):
+        return {"x": [], "mean": [], "lo": [], "hi": []}
+    stats = [bootstrap_ci(ys[:, i], reps=500) for i in range(len(grid))]
+    return {"x": grid.tolist(), "mean": [s[0] for s in stats], "lo": [s[1] for s in stats],
+            "hi": [s[2] for s in stats]}
+
+
+def report(paths: list[str | Path], out: str | Path, baselines_file: Path = BASELINES,
+           reference_file: Path | None = REFERENCE, plots: bool = True) -> dict:
+    """Read the runs below ``paths``; write ``report.md``, ``report.json`` and PNGs to ``out``."""
+    runs = [r for r in find_runs(paths) if r.evals]
+    if not runs:
+        where = ", ".join(map(str, paths))
+        raise FileNotFoundError(f"no run with evaluations (eval.csv) below {where}")
+    baselines = json.loads(Path(baselines_file).read_text())
+    reference = (json.loads(Path(reference_file).read_text())
+                 if reference_file and Path(reference_file).exists() else None)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cells: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        cells[(run.suite, run.task, run.method)].append(run)
+    rows = []
+    for (suite, task, method), group in sorted(cells.items()):
+        group.sort(key=lambda r: (str(r.seed), str(r.path)))
+        finals = np.array([r.final for r in group], dtype=float)
+        mean, lo, hi = bootstrap_ci(finals)
+        row = {"suite": suite, "task": task, "method": method, "runs": len(group),
+               "seeds": [r.seed for r in group], "unfinished": [str(r.path) for r in group
+                                                                 if not r.finished],
+               "env_steps": [r.env_steps for r in group], "final": finals.tolist(),
+               "final_mean": mean, "final_ci": [lo, hi],
+               "differs": group[0].extra.get("differs"),
+               "curve": curves(group), "curve_wall": curves(group, "wall_s")}
+        if suite == "atari100k" and task in baselines["games"]:
+            row["hns"] = [human_normalised(task, f, baselines) for f in finals]
+            row["hns_mean"] = float(np.mean(row["hns"]))
+        ref = reference_curve(suite, task, reference)
+        if ref:
+            steps = max(row["env_steps"])
+            row["reference"] = {"x": ref[0], "return": ref[1],
+                                "at_our_steps": float(np.interp(steps, ref[0], ref[1]))}
+        rows.append(row)
+    aggregates = []
+    for method in sorted({r["method"] for r in rows if r["suite"] == "atari100k"}):
+        games = [r for r in rows if r["suite"] == "atari100k" and r["method"] == method
+                 and "hns" in r]
+        if not games:
+            continue
+        n = min(len(g["hns"]) for g in games)
+        hns = np.array([g["hns"][:n] for g in games]).T  # [runs, games]
+        aggregates.append({"suite": "atari100k", "method": method, "games": len(games),
+                           "runs_per_game": n, **atari_aggregates(hns)})
+        if plots:
+            _profile(hns, method, out / f"profile_{method}.png")
+    for method in sorted({r["method"] for r in rows if r["suite"].startswith("dmc")}):
+        tasks = [r for r in rows if r["suite"].startswith("dmc") and r["method"] == method]
+        aggregates.append({"suite": "dmc", "method": method, "tasks": len(tasks),
+                           "mean_return": float(np.mean([t["final_mean"] for t in tasks]))})
+    result = {"paths": [str(p) for p in paths], "rows": rows, "aggregates": aggregates}
+    if plots:
+        for row in rows:
+            row["png"] = str(_plot(row, out))
+    (out / "report.json").write_text(json.dumps(result, indent=1))
+    (out / "report.md").write_text(render(result))
+    return result
+
+
+def _ci(v: float, ci: list[float]) -> str:
+    return f"{v:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]"
+
+
+def render(result: dict) -> str:
+    lines = ["| suite | task | method | runs | env steps | final eval, mean [95% CI] | "
+             "HNS | DreamerV3 at these steps | curve |",
+             "|---|---|---|---:|---:|---|---:|---:|---|"]
+    for r in result["rows"]:
+        runs = f"{r['runs']}" + (f" ({len(r['unfinished'])} unfinished)" if r["unfinished"]
+                                 else "")
+        steps = f"{min(r['env_steps']):.0f}" + (
+            "" if min(r["env_steps"]) == max(r["env_steps"]) else f"-{max(r['env_steps']):.0f}")
+        hns = f"{r['hns_mean']:.3f}" if "hns" in r else ""
+        ref = f"{r['reference']['at_our_steps']:.1f}" if "reference" in r else ""
+        png = f"[png]({Path(r['png']).name})" if r.get("png") else ""
+        lines.append(f"| {r['suite']} | {r['task']} | {r['method']} | {runs} | {steps} | "
+                     f"{_ci(r['final_mean'], r['final_ci'])} | {hns} | {ref} | {png} |")
+    differs = {r["method"]: r["differs"] for r in result["rows"] if r.get("differs")}
+    if differs:
+        lines += ["", "Methods that share a name differ in:"]
+        lines += [f"- {m}: {d}" for m, d in differs.items()]
+    atari = [a for a in result["aggregates"] if a["suite"] == "atari100k"]
+    if atari:
+        lines += ["", "Atari100k human-normalised score over games (stratified bootstrap, 95% CI):",
+                  "", "| method | games | runs per game | mean | median | IQM | optimality gap |",
+                  "|---|---:|---:|---|---|---|---|"]
+        for a in atari:
+            lines.append(f"| {a['method']} | {a['games']} | {a['runs_per_game']} | "
+                         + " | ".join(_ci(a[k]["value"], a[k]["ci"])
+                                      for k in ("mean", "median", "iqm", "optimality_gap"))
+                         + " |")
+    dmc = [a for a in result["aggregates"] if a["suite"] == "dmc"]
+    if dmc:
+        lines += ["", "| DMC method | tasks | mean final return |", "|---|---:|---:|"]
+        lines += [f"| {a['method']} | {a['tasks']} | {a['mean_return']:.1f} |" for a in dmc]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(row: dict, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    panels = ((axes[0], "curve", "env steps"), (axes[1], "curve_wall", "wall-clock (s)"))
+    for ax, key, label in panels:
+        c = row[key]
+        if c["x"]:
+            ax.plot(c["x"], c["mean"], "o-", color="tab:blue",
+                    label=f"worldrl {row['method']} ({row['runs']} runs)")
+            ax.fill_between(c["x"], c["lo"], c["hi"], color="tab:blue", alpha=0.2)
+        ax.set_xlabel(label)
+        ax.set_ylabel("eval return")
+        ax.grid(alpha=0.3)
+    if "reference" in row:
+        ref = row["reference"]
+        axes[0].plot(ref["x"], ref["return"], "--", color="gray", label="DreamerV3 (published)")
+        axes[0].set_xlim(0, max(max(row["curve"]["x"] or [1]) * 1.05, 1))
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{row['suite']} / {row['task']}" + (" (unfinished runs)" if row["unfinished"]
+                                                      else ""))
+    fig.tight_layout()
+    path = out / f"curve_{row['suite']}_{row['task']}_{row['method']}.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _profile(hns: np.ndarray, method: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import warnings
+
+    import matplotlib.pyplot as plt
+    from rliable import library as rly
+    from rliable import plot_utils
+
+    taus = np.linspace(0.0, max(2.0, float(hns.max()) * 1.05), 81)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        profiles, cis = rly.create_performance_profile({method: hns}, taus, reps=500)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=cis, ax=ax,
+                                         xlabel="human-normalised score (tau)")
+    ax.set_title(f"Atari100k performance profile: {method}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
