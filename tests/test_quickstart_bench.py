@@ -1,0 +1,23 @@
+"""benchmarks.quickstart: seeds side by side give the same runs as one after the other."""
+
+import json
+
+from benchmarks.quickstart import main
+
+SMALL = ["preset=debug", "train.threads=1", "eval.episodes=2"]
+
+
+def test_parallel_seeds_match_sequential_ones(tmp_path):
+    assert main(["--seeds", "3", "4", "--parallel", "2", "--runs", str(tmp_path / "par"),
+                 "--out", str(tmp_path / "par_report"), *SMALL]) == 0
+    assert main(["--seeds", "3", "--runs", str(tmp_path / "seq"),
+                 "--out", str(tmp_path / "seq_report"), *SMALL]) == 0
+    par = json.loads((tmp_path / "par_report.json").read_text())
+    seq = json.loads((tmp_path / "seq_report.json").read_text())
+    assert [r["seed"] for r in par["results"]] == [3, 4] and par["seeds"] == 2
+    assert "seeds_eval_ge_475_within_20k_steps" in par
+    a, b = par["results"][0], seq["results"][0]
+    for key in ("final_eval_mean", "updates", "env_steps"):
+        assert a[key] == b[key], key
+    assert [e["return_mean"] for e in a["evals"]] == [e["return_mean"] for e in b["evals"]]
+    assert "Seeds run 2 at a time." in (tmp_path / "par_report.md").read_text()
