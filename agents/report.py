@@ -6,7 +6,7 @@ Reads every run directory below the paths (a directory with ``config.yaml``) and
 - per task and method: the final evaluation (the last row of ``eval.csv``: mean and 95% CI over
   seeds, percentile bootstrap), and its learning curve (mean and CI band over seeds against env
   steps, and against wall-clock), with DreamerV3's published curve beside it where
-  ``shared/data/dreamerv3_curves.json`` has the task;
+  ``agents/data/dreamerv3_curves.json`` has the task;
 - Atari100k: the human-normalised score ``(score - random) / (human - random)`` per game and, over
   games, the mean, median, IQM and optimality gap with stratified-bootstrap 95% CIs and a
   performance profile, computed with ``rliable`` (Agarwal et al., 2021);
@@ -30,9 +30,11 @@ from typing import Any
 
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-BASELINES = SHARED / "atari100k_baselines.json"
-REFERENCE = SHARED / "dreamerv3_curves.json"
+#: Atari100k random/human scores, and DreamerV3's published training curves (binned; each file
+#: says where its numbers come from), shipped with the package
+DATA = Path(__file__).resolve().parent / "data"
+BASELINES = DATA / "atari100k_baselines.json"
+REFERENCE = DATA / "dreamerv3_curves.json"
 #: keys that never make two runs different methods (besides RESUMABLE_KEYS)
 PER_RUN = ("seed", "run_dir", "env.task", "overwrite")
 BOOTSTRAP_REPS = 2000

@@ -1,0 +1,210 @@
+"""The CPU-scale learning study: Atari100k and DMC runs of DreamerV3 beside random-policy floors.
+
+    python -m benchmarks.learning --list               # every run of the study and its state
+    python -m benchmarks.learning                      # run (or resume) what is left, one at a time
+    python -m benchmarks.learning --parallel 2         # two single-thread runs side by side
+    python -m benchmarks.learning --only atari100k-boxing-dreamer-s0 --parallel 1
+    python -m benchmarks.learning --report-only        # results/learning_cpu.md from what is there
+    python -m benchmarks.learning --minutes 150        # stop cleanly (SIGTERM: checkpoint) after
+
+Resumable by construction: every run is a ``worldrl train`` in its own run directory under
+``--runs`` (default ``runs/learning``), so a killed study (or a killed session) picks each run up
+from its last checkpoint when started again, and a finished run is never trained again. After
+each run, and at the end, ``worldrl report`` over the finished and unfinished runs is written to
+``results/learning_cpu.md`` (tables, curves beside DreamerV3's published ones, Atari100k HNS with
+rliable), with the study's settings, commands, machine, commits and dates.
+
+**Settings, and why** (the same for every run of a suite). The DreamerV3 recipe (size S, train
+ratio 256 on Atari100k, 1024 on DMC proprio) costs ~8.6 s per size-S update on these 2 cores, i.e.
+~60 h per Atari100k game: out of reach. Size XS (1M parameters on pixels) updates in ~1.0 s
+compiled at 2 threads (``results/train_speed_cpu.md``); at train ratio 64 (one 16 x 64 update
+per 16 env steps) a 50k-step Atari run is ~3.1k updates, about an hour of updates (each run's
+wall-clock is in ``study_log.jsonl`` and the report's curves). DMC proprio keeps its cheap
+vector update at ratio 128 for 100k steps; DMC vision is bounded by rendering (~37 env steps/s),
+100k steps at ratio 64. All dreamer runs use ``train.compile=true`` (the update's graphs; the same
+function as eager, ``tests/test_update_paths.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+ATARI = ["env=atari100k", "size=xs", "steps=50000", "train.train_ratio=64", "eval.every=10000",
+         "eval.episodes=10", "train.video_every=10000", "train.compile=true"]
+DMC_PROPRIO = ["env=dmc_proprio", "size=xs", "steps=100000", "train.train_ratio=128",
+               "eval.every=10000", "eval.episodes=10", "train.compile=true"]
+DMC_VISION = ["env=dmc", "size=xs", "steps=100000", "train.train_ratio=64", "eval.every=10000",
+              "eval.episodes=10", "train.video_every=20000", "train.compile=true"]
+GAMES = ("boxing", "krull", "road_runner", "pong")
+SEEDS = (0, 1)
+
+
+@dataclass(frozen=True)
+class Planned:
+    name: str
+    overrides: tuple[str, ...]
+    steps: int
+
+
+def study() -> list[Planned]:
+    """The study's runs, cheapest first within each block (floors, then proprio, then pixels)."""
+    runs = []
+    for game in GAMES:
+        for seed in SEEDS:
+            runs.append(Planned(f"atari100k-{game}-random-s{seed}",
+                                (*ATARI, f"env.task={game}", "agent=random", f"seed={seed}"),
+                                50_000))
+    for task in ("cartpole_swingup", "walker_walk"):
+        for seed in SEEDS:
+            runs.append(Planned(f"dmc_proprio-{task}-dreamer-s{seed}",
+                                (*DMC_PROPRIO, f"env.task={task}", f"seed={seed}"), 100_000))
+    for game in GAMES:
+        for seed in SEEDS:
+            runs.append(Planned(f"atari100k-{game}-dreamer-s{seed}",
+                                (*ATARI, f"env.task={game}", f"seed={seed}"), 50_000))
+    for seed in SEEDS:
+        runs.append(Planned(f"dmc-cartpole_swingup-dreamer-s{seed}",
+                            (*DMC_VISION, "env.task=cartpole_swingup", f"seed={seed}"), 100_000))
+    return runs
+
+
+def gpu_run() -> Planned:
+    """One Atari100k game with the DreamerV3 recipe (size S, env=atari100k defaults)."""
+    return Planned("gpu-atari100k-pong-dreamer-S-s0",
+                   ("env=atari100k", "env.task=pong", "size=s", "seed=0", "device=cuda",
+                    "train.compile=reduce-overhead", "train.amp=true"), 100_000)
+
+
+def state(run_dir: Path) -> str:
+    if (run_dir / "summary.json").exists():
+        return "finished"
+    if (run_dir / "checkpoint.pt").exists():
+        return "started"
+    return "new"
+
+
+def command(p: Planned, run_dir: Path, threads: int) -> list[str]:
+    return [sys.executable, "-m", "agents.cli", "train", *p.overrides, f"run_dir={run_dir}",
+            "train.progress=false", *([f"train.threads={threads}"] if threads else [])]
+
+
+def log_line(path: Path, entry: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def write_report(runs_root: Path, out: Path, plan: list[Planned]) -> None:
+    """``worldrl report`` over the study's runs, with the settings, into ``out``.md."""
+    from agents.report import report
+    from benchmarks.machine import stamp
+
+    dirs = [runs_root / p.name for p in plan if (runs_root / p.name / "eval.csv").exists()]
+    head = stamp("python -m benchmarks.learning " + " ".join(sys.argv[1:]))
+    m = head["machine"]
+    lines = ["# Learning: Atari100k and DMC at CPU scale", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}. Report written at "
+             f"commit `{head['commit']}`, {head['date']}; each run's own commits and dates are in "
+             f"`{runs_root.name}/study_log.jsonl`.", "",
+             "Settings (why: `benchmarks/learning.py`'s docstring):", "",
+             f"- Atari100k: `{' '.join(ATARI)}`",
+             f"- DMC proprio: `{' '.join(DMC_PROPRIO)}`",
+             f"- DMC vision: `{' '.join(DMC_VISION)}`", "",
+             "| run | state |", "|---|---|"]
+    lines += [f"| {p.name} | {state(runs_root / p.name)} |" for p in plan]
+    if dirs:
+        figs = out.parent / f"{out.name}_figs"
+        report(dirs, figs)
+        lines += ["", (figs / "report.md").read_text().replace("](curve_", f"]({figs.name}/curve_")
+                  .replace("](profile_", f"]({figs.name}/profile_")]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", default=str(ROOT / "runs" / "learning"))
+    p.add_argument("--out", default=str(ROOT / "results" / "learning_cpu"))
+    p.add_argument("--parallel", type=int, default=1, help="runs side by side (1 thread each)")
+    p.add_argument("--only", nargs="+", default=None, help="run names (see --list)")
+    p.add_argument("--list", action="store_true", help="show the study's runs and their state")
+    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--gpu", action="store_true", help="the GPU run instead of the CPU study")
+    p.add_argument("--minutes", type=float, default=0,
+                   help="after this long, stop the runs in flight cleanly (SIGTERM: they write a "
+                        "checkpoint and exit; the next start resumes them) and start no more")
+    p.add_argument("--extra", nargs="*", default=[], help="overrides added to every run")
+    args = p.parse_args(argv)
+    plan = [gpu_run()] if args.gpu else study()
+    names = {q.name for q in plan}
+    if args.only:
+        unknown = sorted(set(args.only) - names)
+        if unknown:
+            raise SystemExit(f"unknown run(s) {unknown}; see --list for the study's runs")
+        plan = [q for q in plan if q.name in args.only]
+    if args.extra:
+        plan = [Planned(q.name, (*q.overrides, *args.extra), q.steps) for q in plan]
+    runs_root = Path(args.runs)
+    if args.list:
+        for q in plan:
+            print(f"{q.name:42s} {state(runs_root / q.name):9s} {' '.join(q.overrides)}")
+        return 0
+    out = Path(args.out)
+    if args.report_only:
+        write_report(runs_root, out, plan)
+        return 0
+    runs_root.mkdir(parents=True, exist_ok=True)
+    log = runs_root / "study_log.jsonl"
+    todo = [q for q in plan if state(runs_root / q.name) != "finished"]
+    threads = 1 if args.parallel > 1 else 0
+    deadline = time.time() + args.minutes * 60 if args.minutes else None
+    active: list[tuple[Planned, subprocess.Popen, float]] = []
+    from benchmarks.machine import commit
+
+    while todo or active:
+        while todo and len(active) < args.parallel and (deadline is None
+                                                        or time.time() < deadline):
+            q = todo.pop(0)
+            run_dir = runs_root / q.name
+            err = open(runs_root / f"{q.name}.stderr", "a")
+            proc = subprocess.Popen(command(q, run_dir, threads), cwd=ROOT, stdout=err,
+                                    stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            active.append((q, proc, time.time()))
+            log_line(log, {"run": q.name, "event": "start", "commit": commit(),
+                           "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                           "command": " ".join(command(q, run_dir, threads)[1:])})
+            print(f"started {q.name}", flush=True)
+        if not active:
+            break
+        time.sleep(5)
+        if deadline is not None and time.time() >= deadline:
+            for q, proc, _ in active:
+                if proc.poll() is None and not getattr(proc, "stopping", False):
+                    proc.send_signal(signal.SIGTERM)  # checkpoint and exit 0
+                    proc.stopping = True
+                    print(f"stopping {q.name} (--minutes={args.minutes} reached)", flush=True)
+        for item in list(active):
+            q, proc, t0 = item
+            if proc.poll() is None:
+                continue
+            active.remove(item)
+            entry = {"run": q.name, "event": "exit", "rc": proc.returncode,
+                     "wall_s": time.time() - t0, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            log_line(log, entry)
+            print(f"{q.name}: exit {proc.returncode} after {entry['wall_s'] / 60:.1f} min",
+                  flush=True)
+            write_report(runs_root, out, plan)
+    write_report(runs_root, out, plan)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

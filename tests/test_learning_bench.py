@@ -1,0 +1,33 @@
+"""benchmarks.learning: the study runner resumes, never retrains a finished run, stops cleanly."""
+
+import json
+
+from benchmarks.learning import main
+
+TINY = ["preset=debug", "steps=200", "eval.every=100", "eval.episodes=1", "eval.max_steps=30"]
+
+
+def test_a_finished_run_is_reported_and_never_trained_again(tmp_path):
+    args = ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "learning"),
+            "--only", "atari100k-pong-random-s0", "--extra", *TINY]
+    assert main(args) == 0
+    run = tmp_path / "runs" / "atari100k-pong-random-s0"
+    assert json.loads((run / "summary.json").read_text())["env_steps"] >= 200
+    md = (tmp_path / "learning.md").read_text()
+    assert "| atari100k-pong-random-s0 | finished |" in md
+    assert "| atari100k | pong | random-rssm-xs | 1 |" in md  # worldrl report's table
+    assert main(args) == 0
+    log = [json.loads(x) for x in (tmp_path / "runs" / "study_log.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in log] == ["start", "exit"] and log[1]["rc"] == 0
+
+
+def test_minutes_stops_runs_cleanly_and_they_resume(tmp_path):
+    args = ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "learning"),
+            "--only", "atari100k-pong-random-s0", "--minutes", "0.25",
+            "--extra", *TINY[:1], "steps=100000000", "eval.every=0"]
+    assert main(args) == 0
+    run = tmp_path / "runs" / "atari100k-pong-random-s0"
+    assert (run / "checkpoint.pt").exists() and not (run / "summary.json").exists()
+    log = [json.loads(x) for x in (tmp_path / "runs" / "study_log.jsonl").read_text().splitlines()]
+    assert log[-1]["event"] == "exit" and log[-1]["rc"] == 0  # SIGTERM: checkpoint, exit 0
+    assert "| atari100k-pong-random-s0 | started |" in (tmp_path / "learning.md").read_text()
