@@ -131,12 +131,35 @@ def audio_rollout(checkpoint: str | Path, out: str | Path, context: int = 8, hor
             "openloop_audio_mse": float(open_loop), "copy_last_audio_mse": float(copy_last)}
 
 
+def _quiet_thread_disk_errors(command: str, storage_error) -> None:
+    """A background writer (TensorBoard's event thread) that hits a full or read-only disk
+    prints one line, as the main thread's errors do, not a thread traceback."""
+    import threading
+
+    previous = threading.excepthook
+    if getattr(previous, "worldrl", False):
+        return
+
+    def hook(args):
+        if issubclass(args.exc_type, OSError):
+            err = storage_error(Path(getattr(args.exc_value, "filename", None) or "?"),
+                                args.exc_value)
+            print(f"worldrl {command}: error: {err} (in a background writer)", file=sys.stderr)
+        else:
+            previous(args)
+
+    hook.worldrl = True
+    threading.excepthook = hook
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from agents.run_dir import CheckpointError, RunDirError, StorageError, storage_error
     from worldrl.config import ConfigError
 
     debug = args.debug or os.environ.get("WORLDRL_DEBUG", "") == "1"
+    if not debug:
+        _quiet_thread_disk_errors(args.command, storage_error)
 
     try:
         if args.command == "train":

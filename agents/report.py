@@ -148,12 +148,14 @@ def _name_methods(runs: list[Run]) -> None:
         if run.method_key not in names[key]:
             names[key].append(run.method_key)
     for run in runs:
-        keys = names[f"{run.suite}/{run.method}"]
+        keys = sorted(names[f"{run.suite}/{run.method}"])  # stable numbering
         if len(keys) > 1:
-            first = by_key[keys[0]]
+            idents = [by_key[k] for k in keys]
+            every = set().union(*idents)
+            varying = sorted(k for k in every if len({json.dumps(i.get(k), default=str)
+                                                      for i in idents}) > 1)
             mine = by_key[run.method_key]
-            diff = sorted(k for k in set(first) | set(mine) if first.get(k) != mine.get(k))
-            run.extra["differs"] = {k: mine.get(k) for k in diff}
+            run.extra["differs"] = {k: mine.get(k) for k in varying}
             run.method = f"{run.method}#{keys.index(run.method_key) + 1}"
 
 

@@ -105,7 +105,6 @@ def log_line(path: Path, entry: dict) -> None:
 
 def write_report(runs_root: Path, out: Path, plan: list[Planned]) -> None:
     """``worldrl report`` over the study's runs, with the settings, into ``out``.md."""
-    from agents.report import report
     from benchmarks.machine import stamp
 
     dirs = [runs_root / p.name for p in plan if (runs_root / p.name / "eval.csv").exists()]
@@ -121,7 +120,15 @@ def write_report(runs_root: Path, out: Path, plan: list[Planned]) -> None:
              f"- DMC vision: `{' '.join(DMC_VISION)}`", "",
              "| run | state |", "|---|---|"]
     lines += [f"| {p.name} | {state(runs_root / p.name)} |" for p in plan]
+    try:
+        import rliable  # noqa: F401  (not on the GPU machine: report there, afterwards)
+    except ImportError:
+        dirs = []
+        lines += ["", "(rliable is not installed here: run `worldrl report` on these runs "
+                  "where it is.)"]
     if dirs:
+        from agents.report import report
+
         figs = out.parent / f"{out.name}_figs"
         report(dirs, figs)
         lines += ["", (figs / "report.md").read_text().replace("](curve_", f"]({figs.name}/curve_")

@@ -31,7 +31,8 @@ PY = sys.executable
 DIST_OF = {"cv2": "opencv-python-headless", "ale_py": "ale-py", "hydra": "hydra-core",
            "yaml": "pyyaml", "PIL": "pillow", "accelerated_scan": "accelerated-scan"}
 # imported by code the GPU check does not run: the DMC suite (extra `dmc`)
-NOT_ON_THE_GPU_RUN = {"dm_control", "mujoco"}
+#: imported by parts the GPU check never runs (DMC; `worldrl report`, run on the results here)
+NOT_ON_THE_GPU_RUN = {"dm_control", "mujoco", "rliable"}
 LOCAL = {"worldrl", "agents", "envs", "kernels", "benchmarks", "tests"}
 
 

@@ -335,3 +335,64 @@ def test_a_full_disk_while_logging_is_one_line_naming_the_log(tmp_path, monkeypa
     err = capsys.readouterr().err
     assert f"cannot write {run / 'metrics.jsonl'}: no space left on the device" in err
     assert "Traceback" not in err
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount small tmpfs file systems (needs root, as in a container); unmounted afterwards."""
+    mounted = []
+
+    def mount(name: str, size: str) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); the monkeypatched "
+                        "disk-error tests above cover the same paths")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_a_real_full_disk_keeps_the_last_checkpoint(tmpfs, capsys):
+    disk = tmpfs("disk", "8m")
+    run = disk / "run"
+    assert main(["train", "preset=debug", f"run_dir={run}", *QUIET]) == 0
+    good = (run / "checkpoint.pt").read_bytes()
+    with open(disk / "ballast", "wb") as f:  # fill what is left
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    capsys.readouterr()
+    assert main(["train", "preset=debug", f"run_dir={run}", "steps=600", *QUIET]) == 2
+    err = capsys.readouterr().err
+    assert "no space left on the device" in err and "Traceback" not in err, err
+    assert (run / "checkpoint.pt").read_bytes() == good and not list(run.glob("*.tmp"))
+    (disk / "ballast").unlink()
+    assert main(["train", "preset=debug", f"run_dir={run}", "steps=600", *QUIET]) == 0
+
+
+def test_a_real_read_only_file_system_is_one_line(tmpfs, capsys):
+    import shutil
+
+    disk = tmpfs("disk", "8m")
+    source = disk.parent / "made"
+    assert main([*RANDOM, f"run_dir={source}"]) == 0
+    run = disk / "run"
+    shutil.copytree(source, run)  # closed files only: the remount below needs none open
+    before = tree(run)
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    capsys.readouterr()
+    assert main([*RANDOM, f"run_dir={run}", "steps=240"]) == 2
+    err = capsys.readouterr().err
+    assert "read-only file system" in err and "Traceback" not in err, err
+    assert tree(run) == before
+    assert main([*RANDOM, f"run_dir={disk / 'other'}"]) == 2
+    assert "read-only file system" in capsys.readouterr().err

@@ -15,7 +15,8 @@ GAMES = ("boxing", "krull", "road_runner", "pong")
 
 def make_run(root, suite, task, seed, returns, steps=(10_000, 20_000, 30_000), finished=True,
              agent="dreamer", **extra):
-    path = root / f"{suite}-{task}" / f"{agent}-s{seed}-{abs(hash(json.dumps(extra))) % 997}"
+    tag = "-".join(f"{k}{v}" for k, v in sorted(extra.items())) or "base"
+    path = root / f"{suite}-{task}" / f"{agent}-s{seed}-{tag}"
     path.mkdir(parents=True)
     cfg = {"seed": seed, "steps": steps[-1], "run_dir": str(path),
            "env": {"suite": suite, "task": task},
@@ -88,6 +89,7 @@ def test_unfinished_runs_are_marked_and_configs_never_share_a_cell(tmp_path):
     assert len(mixed["unfinished"]) == 1 and mixed["final"] == [500.0, 280.0]
     assert mixed["curve"]["x"] == [10_000.0, 20_000.0]  # steps every run reached
     assert other["final"] == [70.0] and other["differs"] == {"train.train_ratio": 512}
+    assert mixed["differs"] == {"train.train_ratio": 64}
     md = (tmp_path / "out" / "report.md").read_text()
     assert "2 (1 unfinished)" in md and "train.train_ratio" in md
     # DreamerV3's published curve, read at our steps

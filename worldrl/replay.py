@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -352,6 +353,7 @@ class Replay:
         self._carry_reward = torch.zeros(num_envs)
         self._episode = torch.zeros(num_envs, dtype=torch.long)
         self.rows_added = 0
+        self._reserved = False
         self.generation = generation
         self.resume_serial = 0  # first serial this process writes
         self.smoother = (reward_smoothing if isinstance(reward_smoothing, RewardSmoother)
@@ -414,11 +416,38 @@ class Replay:
         serial = torch.arange(self.serial, self.serial + k)
         block["serial"] = serial[:, None].expand(k, self.num_envs).clone()
         block["generation"] = torch.full((k, self.num_envs), self.generation, dtype=torch.int32)
+        if not self.storage.initialized:
+            self.storage._init(block[0])  # the memory-mapped files, before any row is written
+        self.reserve()
         self.buffer.extend(block)
         self.sampler.cursor = self.buffer.writer._cursor
         self.sampler.hole = max(0, self.sampler.hole - k)
         self.rows_added += k * self.num_envs
         return k * self.num_envs
+
+    def reserve(self) -> None:
+        """Give the memory-mapped files all their disk blocks now (``posix_fallocate``).
+
+        The files start sparse: on a full disk, a write into an unbacked page of the mapping
+        kills the process with SIGBUS, with no error to catch. Reserved up front, a full disk
+        fails here instead, as an ``OSError`` naming the file (ENOSPC), before any row is lost.
+        """
+        if self._reserved or not self.storage.initialized:
+            return
+        for tensor in self.storage._storage.values(include_nested=True, leaves_only=True):
+            name = getattr(tensor, "filename", None)
+            if not name or not hasattr(os, "posix_fallocate"):
+                continue
+            size = tensor.numel() * tensor.element_size()
+            fd = os.open(name, os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as err:
+                raise OSError(err.errno, f"{err.strerror} (reserving {size} bytes of replay)",
+                              name) from None
+            finally:
+                os.close(fd)
+        self._reserved = True
 
     def ready(self) -> bool:
         return self.steps_per_stream() >= self.seq_len
@@ -494,6 +523,7 @@ class Replay:
         self.resume_serial = self.serial
         if state["len"] > 0 or self.directory.joinpath("meta.json").exists():
             self._find_hole()
+        self.reserve()  # files an older or killed process left sparse
 
     def _find_hole(self) -> None:
         """Rows at or past the checkpoint's serial were written by a process killed after it:
