@@ -167,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
             from worldrl.config import load_config
 
             summary = train(load_config(args.overrides))
+            if "stopped" in summary:  # stopped cleanly: later stop signals wait for the exit
+                import signal
+
+                for sig in (signal.SIGTERM, signal.SIGUSR1):
+                    signal.signal(sig, signal.SIG_IGN)
             print(json.dumps(summary))
         elif args.command == "eval":
             from agents.evaluate import evaluate_checkpoint
@@ -193,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "audio":
             print(json.dumps(audio_rollout(args.checkpoint, args.out, args.context, args.horizon,
                                            args.truth, args.png, args.iters, args.seed)))
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"worldrl {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ConfigError, RunDirError, CheckpointError, StorageError, ValueError, ImportError,
             OSError) as err:
         if debug:

@@ -200,9 +200,16 @@ def atari_aggregates(hns: np.ndarray, reps: int = BOOTSTRAP_REPS, seed: int = 0)
             for i, n in enumerate(names)}
 
 
+#: DreamerV3's published DMC curves log frames: the step counter counts policy steps and its
+#: logger multiplies by the suite's action repeat (``make_logger``: ``multiplier = ...repeat``),
+#: 2 for DMC in the versions that wrote ``scores/`` (danijar/dreamerv3 at 2411f7d; the file says
+#: "environment steps"). Our env steps are agent steps, so their x / 2 is ours at equal frames.
+DREAMERV3_DMC_REPEAT = 2
+
+
 def reference_curve(suite: str, task: str, reference: dict | None) -> tuple[list, list] | None:
-    """DreamerV3's published curve for ``task`` (x in agent steps for Atari100k; the source's x
-    for DMC), or None."""
+    """DreamerV3's published curve for ``task`` with x in agent steps (Atari100k: frames / 4,
+    the file's ``agent_steps``; DMC: frames / :data:`DREAMERV3_DMC_REPEAT`), or None."""
     if not reference:
         return None
     if suite == "atari100k":
@@ -210,7 +217,8 @@ def reference_curve(suite: str, task: str, reference: dict | None) -> tuple[list
         x = block and block.get("agent_steps")
     elif suite in ("dmc", "dmc_proprio"):
         block = reference.get("dmc_vision" if suite == "dmc" else "dmc_proprio")
-        key, x = f"dmc_{task}", block and block.get("x")
+        key = f"dmc_{task}"
+        x = block and [v / DREAMERV3_DMC_REPEAT for v in block.get("x", [])]
     else:
         return None
     if not block or key not in block.get("games", block.get("tasks", {})):
@@ -284,7 +292,10 @@ def report(paths: list[str | Path], out: str | Path, baselines_file: Path = BASE
         n = min(len(g["hns"]) for g in games)
         hns = np.array([g["hns"][:n] for g in games]).T  # [runs, games]
         aggregates.append({"suite": "atari100k", "method": method, "games": len(games),
-                           "runs_per_game": n, **atari_aggregates(hns)})
+                           "runs_per_game": n,
+                           "runs_left_out": sum(len(g["hns"]) - n for g in games),
+                           "unfinished_runs": sum(len(g["unfinished"]) for g in games),
+                           **atari_aggregates(hns)})
         if plots:
             _profile(hns, method, out / f"profile_{method}.png")
     for method in sorted({r["method"] for r in rows if r["suite"].startswith("dmc")}):
@@ -305,7 +316,8 @@ def _ci(v: float, ci: list[float]) -> str:
 
 
 def render(result: dict) -> str:
-    lines = ["| suite | task | method | runs | env steps | final eval, mean [95% CI] | "
+    lines = ["| suite | task | method | runs | env steps | final eval: mean [95% CI], or the "
+             "runs when fewer than 3 | "
              "HNS | DreamerV3 at these steps | curve |",
              "|---|---|---|---:|---:|---|---:|---:|---|"]
     for r in result["rows"]:
@@ -314,10 +326,14 @@ def render(result: dict) -> str:
         steps = f"{min(r['env_steps']):.0f}" + (
             "" if min(r["env_steps"]) == max(r["env_steps"]) else f"-{max(r['env_steps']):.0f}")
         hns = f"{r['hns_mean']:.3f}" if "hns" in r else ""
+        if r["runs"] < 3:  # a bootstrap interval over 1-2 runs is their range: show the runs
+            final = f"{r['final_mean']:.3g} (runs: {', '.join(f'{x:.3g}' for x in r['final'])})"
+        else:
+            final = _ci(r["final_mean"], r["final_ci"])
         ref = f"{r['reference']['at_our_steps']:.1f}" if "reference" in r else ""
         png = f"[png]({Path(r['png']).name})" if r.get("png") else ""
         lines.append(f"| {r['suite']} | {r['task']} | {r['method']} | {runs} | {steps} | "
-                     f"{_ci(r['final_mean'], r['final_ci'])} | {hns} | {ref} | {png} |")
+                     f"{final} | {hns} | {ref} | {png} |")
     differs = {r["method"]: r["differs"] for r in result["rows"] if r.get("differs")}
     if differs:
         lines += ["", "Methods that share a name differ in:"]
@@ -328,7 +344,15 @@ def render(result: dict) -> str:
                   "", "| method | games | runs per game | mean | median | IQM | optimality gap |",
                   "|---|---:|---:|---|---|---|---|"]
         for a in atari:
-            lines.append(f"| {a['method']} | {a['games']} | {a['runs_per_game']} | "
+            notes = []
+            if a["runs_left_out"]:
+                notes.append(f"{a['runs_left_out']} runs left out to give every game "
+                             f"{a['runs_per_game']}")
+            if a["unfinished_runs"]:
+                notes.append(f"{a['unfinished_runs']} unfinished runs counted at their last "
+                             "evaluation")
+            per_game = f"{a['runs_per_game']}" + (f" ({'; '.join(notes)})" if notes else "")
+            lines.append(f"| {a['method']} | {a['games']} | {per_game} | "
                          + " | ".join(_ci(a[k]["value"], a[k]["ci"])
                                       for k in ("mean", "median", "iqm", "optimality_gap"))
                          + " |")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -242,7 +243,8 @@ def train(cfg: DictConfig) -> dict:
     replay = Replay(run_dir / "replay", cfg.replay.capacity, num_envs, t.batch_size, t.seq_len,
                     sampler=cfg.replay.sampler, seed=cfg.seed, reward_smoothing=cfg.replay,
                     dfs=OmegaConf.to_container(cfg.replay.dfs, resolve=True),
-                    generation=counters["resumes"])
+                    # this process's rows (not from the seeded RNGs: nothing else changes)
+                    generation=int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF)
     if ckpt:
         try:
             load_agent_state(agent, ckpt["agent"])
@@ -268,11 +270,18 @@ def train(cfg: DictConfig) -> dict:
     train_metrics: dict[str, list] = defaultdict(list)
     recent_returns: list[float] = []
     start_time, start_steps = time.time(), counters["env_steps"]
+    # training wall-clock over every process of the run (eval.csv's wall_s): what earlier
+    # processes had spent up to their last checkpoint, plus this process's time
+    wall_before = float(counters.get("wall_s", 0.0))
+
+    def wall() -> float:
+        return wall_before + time.time() - PROCESS_START
 
     def checkpoint(**extra):
         logger.flush()  # the logs hold every row up to the checkpoint's step
         # saved with it: a resumed run's next checkpoint is one interval on, not at once
         counters["last_checkpoint"] = counters["env_steps"]
+        counters["wall_s"] = wall()
         save_checkpoint(run_dir / CHECKPOINT_FILE, {
             "agent": agent_state(agent), "counters": counters, "replay": replay.state_dict(),
             "rng": rng_state(), "config": OmegaConf.to_container(cfg, resolve=True), **extra,
@@ -319,16 +328,16 @@ def train(cfg: DictConfig) -> dict:
                 logger.scalars(step, row)
                 train_metrics.clear()
                 counters["last_log"] = step
+            if stop.signal and step < cfg.steps:  # checkpoint now: no video, no evaluation
+                checkpoint()
+                stopped = stop.signal
+                break
             if t.video_every and step - counters["last_video"] >= t.video_every and replay.ready():
                 _video(agent, replay, run_dir, step, device)
                 counters["last_video"] = step
             if cfg.eval.every and step - counters["last_eval"] >= cfg.eval.every:
-                _eval(agent, obs_keys, eval_env, cfg, logger, step)
+                _eval(agent, obs_keys, eval_env, cfg, logger, step, wall())
                 counters["last_eval"] = step
-            if stop.signal and step < cfg.steps:  # at the end: the final evaluation first
-                checkpoint()
-                stopped = stop.signal
-                break
             # the last checkpoint is the final one, after the final evaluation
             if step - counters["last_checkpoint"] >= t.checkpoint_every and step < cfg.steps:
                 checkpoint()
@@ -343,11 +352,12 @@ def train(cfg: DictConfig) -> dict:
             if step >= cfg.steps:
                 break
         if not stopped:
-            final = _eval(agent, obs_keys, eval_env, cfg, logger, counters["env_steps"])
+            final = _eval(agent, obs_keys, eval_env, cfg, logger, counters["env_steps"], wall())
             counters["last_eval"] = counters["env_steps"]
             checkpoint(final_eval=[float(x) for x in final], replay_rows=len(replay))
     finally:
-        stop.restore()
+        if not stopped:
+            stop.restore()
         collector.shutdown()
         eval_env.close()
         if pbar is not None:
@@ -357,6 +367,7 @@ def train(cfg: DictConfig) -> dict:
         print(f"stopped by {stopped} at env step {counters['env_steps']} "
               f"({counters['updates']} updates); checkpoint written to {run_dir / CHECKPOINT_FILE}."
               " Run the same command to resume.", flush=True)
+        stop.restore()  # only now: a second SIGTERM during the shutdown above changes nothing
         return {"stopped": stopped, "env_steps": counters["env_steps"],
                 "updates": counters["updates"], "run_dir": str(run_dir)}
     summary = _summary(counters, final, len(replay))
@@ -380,8 +391,9 @@ def _write_summary(run_dir: Path, summary: dict) -> None:
 
 class StopRequest:
     """Catches the stop signals; the training loop polls :attr:`signal` (the first one's name),
-    finishes the update in flight, checkpoints and returns. A second signal gets the previous
-    handler (a second Ctrl-C interrupts at once)."""
+    finishes the update in flight, checkpoints and returns. After the first signal a second
+    Ctrl-C interrupts at once (the previous SIGINT handler); SIGTERM and the warning signal keep
+    asking for the clean stop (SLURM sends SIGTERM after its warning signal)."""
 
     def __init__(self, names: list[str]):
         self.names = names
@@ -396,8 +408,9 @@ class StopRequest:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        self.signal = signal.Signals(signum).name
-        self.restore()
+        self.signal = self.signal or signal.Signals(signum).name
+        if signal.SIGINT in self._previous:
+            signal.signal(signal.SIGINT, self._previous.pop(signal.SIGINT))
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -414,12 +427,12 @@ def _progress(cfg, initial: int):
                 desc=f"{cfg.env.suite}/{cfg.env.task}")
 
 
-def _eval(agent, obs_keys, eval_env, cfg, logger, step) -> list[float]:
+def _eval(agent, obs_keys, eval_env, cfg, logger, step, wall_s: float) -> list[float]:
     returns = evaluate(agent, obs_keys, eval_env, cfg.eval.episodes, cfg.eval.max_steps,
                        sample=cfg.eval.sample)
     mean, std = float(np.mean(returns)), float(np.std(returns))
     logger.row("eval", {"step": step, "return_mean": mean, "return_std": std,
-                        "episodes": len(returns), "wall_s": time.time() - PROCESS_START})
+                        "episodes": len(returns), "wall_s": wall_s})
     logger.scalars(step, {"eval/return": mean})
     return returns
 

@@ -166,6 +166,12 @@ def test_bad_input_is_refused_before_the_disk(tmp_path, dreamer_run, capsys, ove
     assert tree(run) == before
 
 
+def test_the_warning_signal_can_be_turned_off():
+    from worldrl.config import load_config
+
+    assert load_config(["train.warning_signal=null"]).train.warning_signal is None
+
+
 def test_a_truncated_config_yaml_is_one_line(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
@@ -275,8 +281,9 @@ def _start(run: Path, *extra: str) -> subprocess.Popen:
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1"])
-def test_a_stop_signal_checkpoints_and_exits_cleanly(tmp_path, sig):
+@pytest.mark.parametrize("sig, times", [("SIGTERM", 1), ("SIGUSR1", 1), ("SIGTERM", 2)])
+def test_a_stop_signal_checkpoints_and_exits_cleanly(tmp_path, sig, times):
+    """SLURM sends SIGTERM after its warning signal: a second stop signal is still a clean stop."""
     run = tmp_path / "run"
     proc = _start(run)
     try:
@@ -286,7 +293,9 @@ def test_a_stop_signal_checkpoints_and_exits_cleanly(tmp_path, sig):
             time.sleep(0.2)
         time.sleep(1.0)
         sent = time.time()
-        proc.send_signal(getattr(signal, sig))
+        for _ in range(times):
+            proc.send_signal(getattr(signal, sig))
+            time.sleep(0.05)
         out, err = proc.communicate(timeout=30)
         took = time.time() - sent
     finally:
@@ -305,6 +314,10 @@ def test_a_stop_signal_checkpoints_and_exits_cleanly(tmp_path, sig):
         cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed {run} at env step {at}" in resumed.stdout
+    # eval.csv's wall-clock runs on over the processes of the run
+    assert ckpt["counters"]["wall_s"] > 0
+    last = (run / "eval.csv").read_text().splitlines()[-1].split(",")
+    assert float(last[-1]) > ckpt["counters"]["wall_s"]
 
 
 def test_a_full_disk_while_logging_is_one_line_naming_the_log(tmp_path, monkeypatch, capsys):

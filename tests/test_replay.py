@@ -1,5 +1,8 @@
 """Replay: DreamerV3 row layout, [B, T] windows, episode starts, FIFO, bounded memory, resume."""
 
+import os
+
+import pytest
 import torch
 from tensordict import TensorDict
 from tensordict.memmap import MemoryMappedTensor
@@ -182,3 +185,33 @@ def test_a_second_kill_before_the_hole_is_overwritten_keeps_it(tmp_path):
         gen, serial = batch["generation"], batch["serial"]
         assert not ((gen == 0) & (serial >= first["rows_added"])).any()
         assert not ((gen == 1) & (serial >= second["rows_added"])).any()
+
+
+def test_a_kill_half_way_through_a_write_leaves_rows_marked_as_new(tmp_path, monkeypatch):
+    """The serial column is written before the rows: a process killed inside the write leaves
+    rows whose serial already says 'after the checkpoint', so a resume never samples them."""
+    batches = collect(1, 8, seed=3)
+    rp = Replay(tmp_path, 60, 1, batch_size=4, seq_len=5)
+    for b in batches[:5]:
+        rp.add(b)
+    state = rp.state_dict()
+
+    def killed(block):
+        raise KeyboardInterrupt("killed inside the write")
+
+    monkeypatch.setattr(rp.buffer, "extend", killed)
+    with pytest.raises(KeyboardInterrupt):
+        rp.add(batches[5])
+    again = Replay(tmp_path, 60, 1, batch_size=4, seq_len=5, generation=1)
+    again.load_state_dict(state)
+    assert again.sampler.hole >= 16
+
+
+def test_disk_blocks_are_reserved_a_chunk_ahead_not_for_the_whole_capacity(tmp_path, monkeypatch):
+    monkeypatch.setattr(Replay, "RESERVE_CHUNK", 256)
+    rp = Replay(tmp_path, 100_000, 1, batch_size=2, seq_len=4)
+    rp.add(collect(1, 1)[0])
+    vector = rp.storage._storage["vector"]
+    row_bytes = vector[0].numel() * vector.element_size()
+    allocated = os.stat(vector.filename).st_blocks * 512
+    assert 256 * row_bytes <= allocated < 100_000 * row_bytes

@@ -16,6 +16,8 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 GROUPS = ("env", "backbone", "agent", "size", "preset")
 #: keys that take more than one type (their own checks name the choices)
 UNION_KEYS = ("train.compile",)
+#: keys whose default is set but which also take null (documented as "null: none")
+NULLABLE_KEYS = ("train.warning_signal",)
 
 
 class ConfigError(ValueError):
@@ -106,7 +108,8 @@ def check_types(cfg: DictConfig, reference: DictConfig, overrides: Sequence[str]
             want = _kind(default)
             if want is None or path in UNION_KEYS or isinstance(default, (DictConfig, ListConfig)):
                 continue
-            ok = (_kind(value) == want or value is None and path not in given
+            ok = (_kind(value) == want or value is None and (path not in given
+                                                              or path in NULLABLE_KEYS)
                   or want == "a number" and _kind(value) == "an integer")
             if not ok:
                 where = f" (from '{given[path]}')" if path in given else ""

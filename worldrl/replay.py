@@ -353,7 +353,7 @@ class Replay:
         self._carry_reward = torch.zeros(num_envs)
         self._episode = torch.zeros(num_envs, dtype=torch.long)
         self.rows_added = 0
-        self._reserved = False
+        self._reserved = 0  # time rows with their disk blocks reserved
         self.generation = generation
         self.resume_serial = 0  # first serial this process writes
         self.smoother = (reward_smoothing if isinstance(reward_smoothing, RewardSmoother)
@@ -418,36 +418,50 @@ class Replay:
         block["generation"] = torch.full((k, self.num_envs), self.generation, dtype=torch.int32)
         if not self.storage.initialized:
             self.storage._init(block[0])  # the memory-mapped files, before any row is written
-        self.reserve()
+        self.reserve(min(self.storage.max_size, len(self.storage) + k))
+        # the bookkeeping columns first: a kill half-way through the write below leaves rows
+        # that already carry their new serial, so a resume counts them in the hole
+        at = (self.buffer.writer._cursor + torch.arange(k)) % self.storage.max_size
+        for key in self.BOOKKEEPING:
+            self.storage._storage[key][at] = block[key]
         self.buffer.extend(block)
         self.sampler.cursor = self.buffer.writer._cursor
         self.sampler.hole = max(0, self.sampler.hole - k)
         self.rows_added += k * self.num_envs
         return k * self.num_envs
 
-    def reserve(self) -> None:
-        """Give the memory-mapped files all their disk blocks now (``posix_fallocate``).
+    #: time rows reserved on disk at a time, ahead of the writes (see :meth:`reserve`)
+    RESERVE_CHUNK = 4096
 
-        The files start sparse: on a full disk, a write into an unbacked page of the mapping
-        kills the process with SIGBUS, with no error to catch. Reserved up front, a full disk
-        fails here instead, as an ``OSError`` naming the file (ENOSPC), before any row is lost.
+    def reserve(self, rows: int) -> None:
+        """Give the memory-mapped files their disk blocks for the first ``rows`` time rows, in
+        chunks of :attr:`RESERVE_CHUNK` ahead of the writes (``posix_fallocate``).
+
+        The files are sparse: on a full disk, a write into an unbacked page of the mapping kills
+        the process with SIGBUS, with no error to catch. Reserved ahead, a full disk fails here
+        instead, as an ``OSError`` naming the file (ENOSPC), before any row is lost; a run never
+        holds more than one chunk beyond what it has written.
         """
-        if self._reserved or not self.storage.initialized:
+        if not self.storage.initialized or not hasattr(os, "posix_fallocate"):
             return
+        capacity = self.storage.max_size
+        if rows <= self._reserved:
+            return
+        target = min(capacity, -(-rows // self.RESERVE_CHUNK) * self.RESERVE_CHUNK)
         for tensor in self.storage._storage.values(include_nested=True, leaves_only=True):
             name = getattr(tensor, "filename", None)
-            if not name or not hasattr(os, "posix_fallocate"):
+            if not name:
                 continue
-            size = tensor.numel() * tensor.element_size()
+            row = tensor.numel() // capacity * tensor.element_size()
             fd = os.open(name, os.O_RDWR)
             try:
-                os.posix_fallocate(fd, 0, size)
+                os.posix_fallocate(fd, self._reserved * row, (target - self._reserved) * row)
             except OSError as err:
-                raise OSError(err.errno, f"{err.strerror} (reserving {size} bytes of replay)",
-                              name) from None
+                raise OSError(err.errno, f"{err.strerror} (reserving replay rows "
+                              f"{self._reserved}-{target})", name) from None
             finally:
                 os.close(fd)
-        self._reserved = True
+        self._reserved = target
 
     def ready(self) -> bool:
         return self.steps_per_stream() >= self.seq_len
@@ -523,7 +537,8 @@ class Replay:
         self.resume_serial = self.serial
         if state["len"] > 0 or self.directory.joinpath("meta.json").exists():
             self._find_hole()
-        self.reserve()  # files an older or killed process left sparse
+        # rows written so far have their blocks; the next chunk is reserved before it is written
+        self._reserved = len(self.storage) if self.storage.initialized else 0
 
     def _find_hole(self) -> None:
         """Rows at or past the checkpoint's serial were written by a process killed after it:
