@@ -22,6 +22,7 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -131,6 +132,10 @@ def audio_rollout(checkpoint: str | Path, out: str | Path, context: int = 8, hor
             "openloop_audio_mse": float(open_loop), "copy_last_audio_mse": float(copy_last)}
 
 
+#: OS errors that mean "this path cannot be written": said as one line naming the path
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 def _quiet_thread_disk_errors(command: str, storage_error) -> None:
     """A background writer (TensorBoard's event thread) that hits a full or read-only disk
     prints one line, as the main thread's errors do, not a thread traceback."""
@@ -207,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             OSError) as err:
         if debug:
             raise
-        if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
-            err = storage_error(Path(err.filename or "?"), err)  # disk full, read-only ...
+        if isinstance(err, OSError) and err.filename and err.errno in DISK_ERRNOS:
+            err = storage_error(Path(err.filename), err)  # disk full, read-only ...
         print(f"worldrl {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
