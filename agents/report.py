@@ -140,8 +140,9 @@ def _name_methods(runs: list[Run]) -> None:
                                       .encode()).hexdigest()[:8]
         by_key.setdefault(run.method_key, ident)
         c = run.config
-        run.method = (f"{c.get('agent.name')}-{c.get('backbone.name', '?')}-"
-                      f"{c.get('agent.size.name', '?')}")
+        run.method = ("random" if c.get("agent.name") == "random"  # no model: no backbone, size
+                      else f"{c.get('agent.name')}-{c.get('backbone.name', '?')}-"
+                           f"{c.get('agent.size.name', '?')}")
     names: dict[str, list[str]] = defaultdict(list)
     for run in runs:  # suites differ in their configs anyway: name clashes within a suite only
         key = f"{run.suite}/{run.method}"

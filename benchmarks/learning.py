@@ -103,6 +103,14 @@ def log_line(path: Path, entry: dict) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def write_report(runs_root: Path, out: Path, plan: list[Planned]) -> None:
     """``worldrl report`` over the study's runs, with the settings, into ``out``.md."""
     from benchmarks.machine import stamp
@@ -113,7 +121,7 @@ def write_report(runs_root: Path, out: Path, plan: list[Planned]) -> None:
     lines = ["# Learning: Atari100k and DMC at CPU scale", "",
              f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}. Report written at "
              f"commit `{head['commit']}`, {head['date']}; each run's own commits and dates are in "
-             f"`{runs_root.name}/study_log.jsonl`.", "",
+             f"`{_shown(runs_root / 'study_log.jsonl')}`.", "",
              "Settings (why: `benchmarks/learning.py`'s docstring):", "",
              f"- Atari100k: `{' '.join(ATARI)}`",
              f"- DMC proprio: `{' '.join(DMC_PROPRIO)}`",

@@ -15,7 +15,7 @@ def test_a_finished_run_is_reported_and_never_trained_again(tmp_path):
     assert json.loads((run / "summary.json").read_text())["env_steps"] >= 200
     md = (tmp_path / "learning.md").read_text()
     assert "| atari100k-pong-random-s0 | finished |" in md
-    assert "| atari100k | pong | random-rssm-xs | 1 |" in md  # worldrl report's table
+    assert "| atari100k | pong | random | 1 |" in md  # worldrl report's table
     assert main(args) == 0
     log = [json.loads(x) for x in (tmp_path / "runs" / "study_log.jsonl").read_text().splitlines()]
     assert [e["event"] for e in log] == ["start", "exit"] and log[1]["rc"] == 0
