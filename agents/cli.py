@@ -22,7 +22,6 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import sys
@@ -132,10 +131,6 @@ def audio_rollout(checkpoint: str | Path, out: str | Path, context: int = 8, hor
             "openloop_audio_mse": float(open_loop), "copy_last_audio_mse": float(copy_last)}
 
 
-#: OS errors that mean "this path cannot be written": said as one line naming the path
-DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
-
-
 def _quiet_thread_disk_errors(command: str, storage_error) -> None:
     """A background writer (TensorBoard's event thread) that hits a full or read-only disk
     prints one line, as the main thread's errors do, not a thread traceback."""
@@ -159,7 +154,13 @@ def _quiet_thread_disk_errors(command: str, storage_error) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from agents.run_dir import CheckpointError, RunDirError, StorageError, storage_error
+    from agents.run_dir import (
+        DISK_ERRNOS,
+        CheckpointError,
+        RunDirError,
+        StorageError,
+        storage_error,
+    )
     from worldrl.config import ConfigError
 
     debug = args.debug or os.environ.get("WORLDRL_DEBUG", "") == "1"

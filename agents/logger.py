@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -32,60 +31,74 @@ def _naming(path: Path):
         raise storage_error(path, err) from None
 
 
+def complete_lines(path: Path) -> list[str]:
+    """The lines of a log file, without a last line that lacks its newline (a process killed
+    while writing it); ``[]`` for a missing file. Every reader of the logs goes through this."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    lines = text.splitlines()
+    return lines if text.endswith("\n") else lines[:-1]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """The complete rows of a log CSV (header first), as text."""
+    return list(csv.DictReader(complete_lines(path)))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The complete rows of ``metrics.jsonl``."""
+    return [json.loads(line) for line in complete_lines(path) if line.strip()]
+
+
 def _rewrite(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from agents.run_dir import write_atomic
+
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def cut_jsonl(path: Path, step: int) -> int:
     """Keep the complete rows of ``path`` with ``step <= step``; returns the rows dropped."""
     if not path.exists():
         return 0
-    kept, dropped = [], 0
-    for line in path.read_text().splitlines():
+    lines = path.read_text().splitlines()
+    kept = []
+    for line in complete_lines(path):
         try:
             row = json.loads(line)
-            keep = isinstance(row, dict) and float(row["step"]) <= step
+            if isinstance(row, dict) and float(row["step"]) <= step:
+                kept.append(line)
         except (ValueError, KeyError, TypeError):
-            keep = False
-        if keep:
-            kept.append(line)
-        else:
-            dropped += 1
-    if dropped:
+            pass
+    if len(kept) < len(lines):
         _rewrite(path, "".join(f"{line}\n" for line in kept))
-    return dropped
+    return len(lines) - len(kept)
 
 
 def cut_csv(path: Path, step: int) -> int:
-    """Keep the header and the complete rows with ``step <= step``; returns the rows dropped."""
+    """Keep the header and the complete rows with ``step <= step``; returns the rows dropped
+    (a file without a complete header with a ``step`` column is emptied)."""
     if not path.exists():
         return 0
-    text = path.read_text()
-    lines = text.splitlines()
-    if not lines:
-        return 0
-    header = next(csv.reader([lines[0]]))
-    partial_header = not text.endswith("\n") and len(lines) == 1
-    if "step" not in header or partial_header:
-        _rewrite(path, "")
+    lines = path.read_text().splitlines()
+    complete = complete_lines(path)
+    header = next(csv.reader(complete[:1]), [])
+    if "step" not in header:
+        if lines:
+            _rewrite(path, "")
         return len(lines)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
-    dropped = 0
-    complete = lines if text.endswith("\n") else lines[:-1]
-    dropped += len(lines) - len(complete)
+    kept = 0
     for row in csv.reader(complete[1:]):
         try:
-            keep = len(row) == len(header) and float(row[header.index("step")]) <= step
+            if len(row) == len(header) and float(row[header.index("step")]) <= step:
+                writer.writerow(row)
+                kept += 1
         except ValueError:
-            keep = False
-        if keep:
-            writer.writerow(row)
-        else:
-            dropped += 1
+            pass
+    dropped = len(lines) - 1 - kept
     if dropped:
         _rewrite(path, out.getvalue())
     return dropped

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
+
+from agents.logger import read_csv
 
 
 def _read(path: Path) -> list[dict[str, float]]:
     """The rows of a log CSV as numbers. A partial last row (a process killed mid-write) is
     skipped; a malformed row elsewhere is an error naming the file and line."""
-    if not path.exists():
-        return []
-    text = path.read_text()
-    lines = text.splitlines()
-    if text and not text.endswith("\n"):
-        lines = lines[:-1]  # a last line without its newline was cut short
-    rows = list(csv.DictReader(lines))
+    rows = read_csv(path)
     out = []
     for i, row in enumerate(rows):
         try:

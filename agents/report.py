@@ -20,7 +20,6 @@ a name (agent-backbone-size) get a suffix and the report lists what differs. A r
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from collections import defaultdict
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from agents.logger import read_csv
 
 #: Atari100k random/human scores, and DreamerV3's published training curves (binned; each file
 #: says where its numbers come from), shipped with the package
@@ -77,24 +78,10 @@ class Run:
         return self.evals[-1]["return_mean"] if self.evals else None
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out = {}
-        for k, v in node.items():
-            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: node}
-
-
 def _read_evals(path: Path) -> list[dict[str, float]]:
-    if not path.exists():
-        return []
-    text = path.read_text()
-    lines = text.splitlines()
-    if text and not text.endswith("\n"):
-        lines = lines[:-1]  # cut short by a kill
+    """``eval.csv``'s complete rows as numbers (rows that are not, skipped)."""
     rows = []
-    for row in csv.DictReader(lines):
+    for row in read_csv(path):
         try:
             rows.append({k: float(v) for k, v in row.items() if v not in (None, "")})
         except ValueError:
@@ -104,7 +91,9 @@ def _read_evals(path: Path) -> list[dict[str, float]]:
 
 def find_runs(paths: list[str | Path]) -> list[Run]:
     """Every run directory at or below ``paths`` (one with ``config.yaml``)."""
-    import yaml
+    from omegaconf import OmegaConf
+
+    from agents.run_dir import flat_config
 
     found: dict[Path, Run] = {}
     for base in map(Path, paths):
@@ -116,8 +105,8 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
             if run_dir in found or ".old-" in run_dir.name:
                 continue  # a run moved aside by overwrite=true is history, not a result
             try:
-                config = _flat(yaml.safe_load(cfg_file.read_text()) or {})
-            except yaml.YAMLError:
+                config = flat_config(OmegaConf.load(cfg_file))
+            except Exception:  # not YAML, or not a mapping: not a run's config
                 continue
             if "env.suite" not in config:
                 continue  # a Hydra output folder or another tool's config

@@ -79,6 +79,10 @@ _CAUSES = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quot
            errno.EPERM: "operation not permitted"}
 
 
+#: OS errors that mean "this path cannot be written" (said as one line naming the path)
+DISK_ERRNOS = tuple(_CAUSES)
+
+
 def storage_error(path: Path, err: BaseException) -> StorageError:
     """One line naming ``path`` and why writing it failed."""
     code = getattr(err, "errno", None)
@@ -138,7 +142,8 @@ def decode(obj: Any) -> Any:
     return obj
 
 
-def _flat(cfg: DictConfig) -> dict[str, Any]:
+def flat_config(cfg: DictConfig) -> dict[str, Any]:
+    """``{"train.batch_size": 16, ...}``: every leaf of a config by its dotted key."""
     out: dict[str, Any] = {}
 
     def walk(node, prefix):
@@ -154,7 +159,7 @@ def _flat(cfg: DictConfig) -> dict[str, Any]:
 
 def config_diff(old: DictConfig, new: DictConfig) -> list[str]:
     """Differences that matter for resumption, as ``key: old -> new`` lines."""
-    a, b = _flat(old), _flat(new)
+    a, b = flat_config(old), flat_config(new)
     lines = []
     for key in sorted(set(a) | set(b)):
         if key in RESUMABLE_KEYS:

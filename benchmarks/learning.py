@@ -53,7 +53,6 @@ SEEDS = (0, 1)
 class Planned:
     name: str
     overrides: tuple[str, ...]
-    steps: int
 
 
 def study() -> list[Planned]:
@@ -62,19 +61,18 @@ def study() -> list[Planned]:
     for game in GAMES:
         for seed in SEEDS:
             runs.append(Planned(f"atari100k-{game}-random-s{seed}",
-                                (*ATARI, f"env.task={game}", "agent=random", f"seed={seed}"),
-                                50_000))
+                                (*ATARI, f"env.task={game}", "agent=random", f"seed={seed}")))
     for task in ("cartpole_swingup", "walker_walk"):
         for seed in SEEDS:
             runs.append(Planned(f"dmc_proprio-{task}-dreamer-s{seed}",
-                                (*DMC_PROPRIO, f"env.task={task}", f"seed={seed}"), 100_000))
+                                (*DMC_PROPRIO, f"env.task={task}", f"seed={seed}")))
     for game in GAMES:
         for seed in SEEDS:
             runs.append(Planned(f"atari100k-{game}-dreamer-s{seed}",
-                                (*ATARI, f"env.task={game}", f"seed={seed}"), 50_000))
+                                (*ATARI, f"env.task={game}", f"seed={seed}")))
     for seed in SEEDS:
         runs.append(Planned(f"dmc-cartpole_swingup-dreamer-s{seed}",
-                            (*DMC_VISION, "env.task=cartpole_swingup", f"seed={seed}"), 100_000))
+                            (*DMC_VISION, "env.task=cartpole_swingup", f"seed={seed}")))
     return runs
 
 
@@ -82,7 +80,7 @@ def gpu_run() -> Planned:
     """One Atari100k game with the DreamerV3 recipe (size S, env=atari100k defaults)."""
     return Planned("gpu-atari100k-pong-dreamer-S-s0",
                    ("env=atari100k", "env.task=pong", "size=s", "seed=0", "device=cuda",
-                    "train.compile=reduce-overhead", "train.amp=true"), 100_000)
+                    "train.compile=reduce-overhead", "train.amp=true"))
 
 
 def state(run_dir: Path) -> str:
@@ -166,7 +164,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"unknown run(s) {unknown}; see --list for the study's runs")
         plan = [q for q in plan if q.name in args.only]
     if args.extra:
-        plan = [Planned(q.name, (*q.overrides, *args.extra), q.steps) for q in plan]
+        plan = [Planned(q.name, (*q.overrides, *args.extra)) for q in plan]
     runs_root = Path(args.runs)
     if args.list:
         for q in plan:

@@ -35,6 +35,8 @@ import threading
 import time
 from pathlib import Path
 
+from agents.logger import read_csv, read_jsonl
+
 ROOT = Path(__file__).resolve().parents[1]
 SLOW_SAVE = "WORLDRL_CHAOS_SLOW_SAVE"
 MARKER = "CHAOS: checkpoint half written"
@@ -130,17 +132,9 @@ class Proc:
 
 def _steps(path: Path, key: str = "step") -> list[float]:
     """The ``key`` column of a jsonl or csv log, complete rows only."""
-    if not path.exists():
-        return []
-    text = path.read_text()
-    lines = text.splitlines()
-    if text and not text.endswith("\n"):
-        lines = lines[:-1]
     if path.suffix == ".jsonl":
-        return [json.loads(x)[key] for x in lines if x.strip()]
-    import csv
-
-    return [float(r[key]) for r in csv.DictReader(lines)]
+        return [float(row[key]) for row in read_jsonl(path)]
+    return [float(row[key]) for row in read_csv(path)]
 
 
 def progress(run: Path) -> float:
@@ -274,15 +268,36 @@ def chaos(run: Path, overrides: list[str], kills: int, seed: int = 0,
 
 
 def tree(path: Path) -> dict[str, str]:
+    """Every file under ``path`` with its content hash (a run directory, byte for byte)."""
     return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-def bad_inputs(run: Path) -> list[dict]:
-    """Every bad input of the tests on an existing run: exit 2, one line, nothing changed."""
-    sys.path.insert(0, str(ROOT))
-    from tests.test_reliability import BAD
+#: bad command-line values and the start of the one-line error each must give (before anything
+#: touches the disk); tried here on an existing run and by tests/test_reliability.py
+BAD = [
+    ("seed=1.5", "seed must be an integer like its default 0, got 1.5"),
+    ("seed=abc", "seed must be an integer like its default 0, got 'abc'"),
+    ("steps=abc", "steps must be an integer like its default 120, got 'abc'"),
+    ("train.checkpoint_every=abc", "train.checkpoint_every must be an integer"),
+    ("train.checkpoint_every=0", "train.checkpoint_every must be >= 1, got 0"),
+    ("seed=-1", "seed must be >= 0, got -1"),
+    ("replay.sampler=dfz", "unknown replay sampler 'dfz'; choose one of: uniform, dfs"),
+    ("replay.reward_smoothing=gauss", "unknown reward smoothing 'gauss'; choose one of: none, "),
+    ("replay.smoothing_edge=wrap", "unknown reward smoothing edge 'wrap'; choose one of: "),
+    ("replay.capacity=4", "replay capacity 4 holds 4 steps per env (1 env copies), fewer than "
+                          "seq_len=8"),
+    ("replay.dfs.tau=0", "replay.dfs.tau must be > 0, got 0"),
+    ("train.amp=yes", "train.amp must be a boolean (true/false) like its default False, got 'yes'"),
+    ("train.warning_signal=SIGFOO", "train.warning_signal 'SIGFOO' is not a signal this system "
+                                    "can catch; choose one of: "),
+    ("eval.episodes=0", "eval.episodes must be >= 1, got 0"),
+    ("train.foo=1 train.bar=2", "unknown config key 'train.foo'; valid keys under 'train': amp, "),
+]
 
+
+def bad_inputs(run: Path) -> list[dict]:
+    """Every input of :data:`BAD` on an existing run: exit 2, one line, nothing changed."""
     results = []
     before = tree(run)
     for override, message in BAD:

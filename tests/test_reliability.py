@@ -3,9 +3,9 @@ the disk, disk errors, partial logs, the summary after a late kill, and clean st
 The SIGKILL chaos test is in tests/test_chaos.py."""
 
 import errno
-import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,20 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tensordict import TensorDict
 
 from agents import run_dir as rd
 from agents.cli import main
 from agents.run_dir import load_checkpoint
+from benchmarks.reliability import BAD, tree
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["train.progress=false"]
 RANDOM = ["train", "preset=debug", "agent=random", *QUIET]
-
-
-def tree(path: Path) -> dict[str, str]:
-    """Every file under ``path`` with its content hash (a run directory, byte for byte)."""
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +48,6 @@ class Evil:
 def test_a_crafted_checkpoint_never_runs_code(tmp_path, dreamer_run, capsys):
     marker = tmp_path / "pwned"
     run = tmp_path / "run"
-    import shutil
-
     shutil.copytree(dreamer_run / "dreamer", run)
     ckpt = run / "checkpoint.pt"
     payload = torch.load(ckpt, weights_only=True)
@@ -83,8 +77,7 @@ def test_a_genuine_checkpoint_is_tensors_and_plain_data(dreamer_run):
     kind, key, *_ = ckpt["rng"]["numpy"]
     assert kind == "MT19937" and isinstance(key, np.ndarray) and key.dtype == np.uint32
     np.random.set_state(ckpt["rng"]["numpy"])  # decodes back to what numpy takes
-    assert isinstance(ckpt["replay"]["pending"][0], (type(None), __import__("tensordict")
-                                                     .TensorDict))
+    assert isinstance(ckpt["replay"]["pending"][0], (type(None), TensorDict))
 
 
 def test_encode_decode_round_trip():
@@ -115,8 +108,6 @@ def test_a_version_1_checkpoint_needs_explicit_trust(tmp_path, capsys):
                                                ("random", "agent.name: 'random' -> 'dreamer'")])
 def test_a_foreign_checkpoint_is_refused_with_the_differences(tmp_path, dreamer_run, capsys,
                                                                foreign, changed):
-    import shutil
-
     run = tmp_path / "run"
     shutil.copytree(dreamer_run / "dreamer", run)
     shutil.copy(dreamer_run / foreign / "checkpoint.pt", run / "checkpoint.pt")
@@ -127,31 +118,10 @@ def test_a_foreign_checkpoint_is_refused_with_the_differences(tmp_path, dreamer_
     assert "Traceback" not in err and tree(run) == before
 
 
-BAD = [
-    ("seed=1.5", "seed must be an integer like its default 0, got 1.5"),
-    ("seed=abc", "seed must be an integer like its default 0, got 'abc'"),
-    ("steps=abc", "steps must be an integer like its default 120, got 'abc'"),
-    ("train.checkpoint_every=abc", "train.checkpoint_every must be an integer"),
-    ("train.checkpoint_every=0", "train.checkpoint_every must be >= 1, got 0"),
-    ("seed=-1", "seed must be >= 0, got -1"),
-    ("replay.sampler=dfz", "unknown replay sampler 'dfz'; choose one of: uniform, dfs"),
-    ("replay.reward_smoothing=gauss", "unknown reward smoothing 'gauss'; choose one of: none, "),
-    ("replay.smoothing_edge=wrap", "unknown reward smoothing edge 'wrap'; choose one of: "),
-    ("replay.capacity=4", "replay capacity 4 holds 4 steps per env (1 env copies), fewer than "
-                          "seq_len=8"),
-    ("replay.dfs.tau=0", "replay.dfs.tau must be > 0, got 0"),
-    ("train.amp=yes", "train.amp must be a boolean (true/false) like its default False, got 'yes'"),
-    ("train.warning_signal=SIGFOO", "train.warning_signal 'SIGFOO' is not a signal this system "
-                                    "can catch; choose one of: "),
-    ("eval.episodes=0", "eval.episodes must be >= 1, got 0"),
-    ("train.foo=1 train.bar=2", "unknown config key 'train.foo'; valid keys under 'train': amp, "),
-]
 
 
 @pytest.mark.parametrize("override, message", BAD)
 def test_bad_input_is_refused_before_the_disk(tmp_path, dreamer_run, capsys, override, message):
-    import shutil
-
     fresh = tmp_path / "fresh"
     argv = ["train", "preset=debug", *QUIET, *override.split()]
     assert main([*argv, f"run_dir={fresh}"]) == 2
@@ -232,8 +202,6 @@ def test_debug_flag_shows_the_traceback(tmp_path):
 
 
 def test_plot_skips_a_partial_last_row_and_names_a_bad_one(tmp_path, dreamer_run, capsys):
-    import shutil
-
     run = tmp_path / "run"
     shutil.copytree(dreamer_run / "dreamer", run)
     episodes = run / "episodes.csv"
@@ -393,8 +361,6 @@ def test_a_real_full_disk_keeps_the_last_checkpoint(tmpfs, capsys):
 
 
 def test_a_real_read_only_file_system_is_one_line(tmpfs, capsys):
-    import shutil
-
     disk = tmpfs("disk", "8m")
     source = disk.parent / "made"
     assert main([*RANDOM, f"run_dir={source}"]) == 0
