@@ -19,10 +19,12 @@ ratio 256 on Atari100k, 1024 on DMC proprio) costs ~8.6 s per size-S update on t
 ~60 h per Atari100k game: out of reach. Size XS (1M parameters on pixels) updates in ~1.0 s
 compiled at 2 threads (``results/train_speed_cpu.md``); at train ratio 64 (one 16 x 64 update
 per 16 env steps) a 50k-step Atari run is ~3.1k updates, about an hour of updates (each run's
-wall-clock is in ``study_log.jsonl`` and the report's curves). DMC proprio keeps its cheap
-vector update at ratio 128 for 100k steps; DMC vision is bounded by rendering (~37 env steps/s),
-100k steps at ratio 64. All dreamer runs use ``train.compile=true`` (the update's graphs; the same
-function as eager, ``tests/test_update_paths.py``).
+wall-clock is in ``study_log.jsonl`` and the report's curves). DMC runs last 100k environment
+frames, the x of DreamerV3's published DMC curves (its logger counts frames, at action repeat 2),
+which is 50k of our agent steps (our step counter counts decisions); DMC proprio keeps its cheap
+vector update at ratio 128 (one 16 x 64 update per 8 agent steps), and DMC vision, bounded by
+rendering (~37 env steps/s), ratio 64. All dreamer runs use ``train.compile=true`` (the
+update's graphs; the same function as eager, ``tests/test_update_paths.py``).
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 ATARI = ["env=atari100k", "size=xs", "steps=50000", "train.train_ratio=64", "eval.every=10000",
          "eval.episodes=10", "train.video_every=10000", "train.compile=true"]
-DMC_PROPRIO = ["env=dmc_proprio", "size=xs", "steps=100000", "train.train_ratio=128",
-               "eval.every=10000", "eval.episodes=10", "train.compile=true"]
-DMC_VISION = ["env=dmc", "size=xs", "steps=100000", "train.train_ratio=64", "eval.every=10000",
+DMC_PROPRIO = ["env=dmc_proprio", "size=xs", "steps=50000", "train.train_ratio=128",
+               "eval.every=5000", "eval.episodes=10", "train.compile=true"]
+DMC_VISION = ["env=dmc", "size=xs", "steps=50000", "train.train_ratio=64", "eval.every=5000",
               "eval.episodes=10", "train.video_every=20000", "train.compile=true"]
 GAMES = ("boxing", "krull", "road_runner", "pong")
 SEEDS = (0, 1)
