@@ -55,6 +55,17 @@ SEEDS = (0, 1)
 class Planned:
     name: str
     overrides: tuple[str, ...]
+    peer: bool = False  # sheeprl's DreamerV3 (benchmarks.peer_learning); overrides are its args
+
+
+def _peer(suite: str, task: str, settings: list[str], seed: int = 0) -> Planned:
+    """sheeprl at a suite's settings: the same steps, train ratio and evaluation schedule."""
+    kv = dict(o.split("=", 1) for o in settings)
+    return Planned(f"sheeprl-{suite}-{task}-s{seed}",
+                   ("--suite", suite, "--task", task, "--seed", str(seed), "--steps", kv["steps"],
+                    "--train-ratio", kv["train.train_ratio"], "--eval-every", kv["eval.every"],
+                    "--episodes", kv["eval.episodes"],
+                    "--max-steps", "27000" if suite == "atari100k" else "1000"), peer=True)
 
 
 def study() -> list[Planned]:
@@ -68,6 +79,8 @@ def study() -> list[Planned]:
         for seed in SEEDS:
             runs.append(Planned(f"dmc_proprio-{task}-dreamer-s{seed}",
                                 (*DMC_PROPRIO, f"env.task={task}", f"seed={seed}")))
+        if task == "cartpole_swingup":  # beside our walker runs, as ours ran beside each other
+            runs.append(_peer("dmc_proprio", task, DMC_PROPRIO))
     for game in GAMES:
         for seed in SEEDS:
             runs.append(Planned(f"atari100k-{game}-dreamer-s{seed}",
@@ -75,6 +88,7 @@ def study() -> list[Planned]:
     for seed in SEEDS:
         runs.append(Planned(f"dmc-cartpole_swingup-dreamer-s{seed}",
                             (*DMC_VISION, "env.task=cartpole_swingup", f"seed={seed}")))
+    runs.append(_peer("atari100k", "boxing", ATARI))  # ~10 s per update at 1 thread: last
     return runs
 
 
@@ -88,12 +102,15 @@ def gpu_run() -> Planned:
 def state(run_dir: Path) -> str:
     if (run_dir / "summary.json").exists():
         return "finished"
-    if (run_dir / "checkpoint.pt").exists():
+    if (run_dir / "checkpoint.pt").exists() or (run_dir / "segments.jsonl").exists():
         return "started"
     return "new"
 
 
 def command(p: Planned, run_dir: Path, threads: int) -> list[str]:
+    if p.peer:
+        return [sys.executable, "-m", "benchmarks.peer_learning", str(run_dir), *p.overrides,
+                *(["--threads", str(threads)] if threads else [])]
     return [sys.executable, "-m", "agents.cli", "train", *p.overrides, f"run_dir={run_dir}",
             "train.progress=false", *([f"train.threads={threads}"] if threads else [])]
 
@@ -141,7 +158,44 @@ def write_report(runs_root: Path, out: Path, plan: list[Planned]) -> None:
         report(dirs, figs)
         lines += ["", (figs / "report.md").read_text().replace("](curve_", f"]({figs.name}/curve_")
                   .replace("](profile_", f"]({figs.name}/profile_")]
+    lines += peer_table(runs_root, plan)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def _last_eval(run_dir: Path) -> dict | None:
+    from agents.report import _read_evals
+
+    rows = _read_evals(run_dir / "eval.csv")
+    return rows[-1] if rows else None
+
+
+def peer_table(runs_root: Path, plan: list[Planned]) -> list[str]:
+    """Ours beside sheeprl at equal settings: per task, each run's last evaluation and the
+    wall-clock that reached it (both 1 thread, each beside another 1-thread run of the study)."""
+    lines = []
+    for peer in (p for p in plan if p.peer):
+        kv = dict(zip(peer.overrides[0::2], peer.overrides[1::2]))
+        suite, task = kv["--suite"], kv["--task"]
+        ours = [p for p in plan if not p.peer and p.name.startswith(f"{suite}-{task}-dreamer-")]
+        rows = []
+        for p in [*ours, peer]:
+            last = _last_eval(runs_root / p.name)
+            if last is None:
+                continue
+            who = "sheeprl 0.8.4 dreamer_v3_5 (XS dims)" if p.peer else "worldrl dreamer rssm xs"
+            wall = last.get("wall_s", float("nan")) / 3600
+            rows.append(f"| {who} | {p.name} | {state(runs_root / p.name)} | {last['step']:.0f} "
+                        f"| {last['return_mean']:.1f} | {wall:.2f} |")
+        if rows:
+            lines += ["", f"### Ours beside sheeprl: {suite} {task}", "",
+                      "Last evaluation (10 episodes, the policy's mode) and the wall-clock that "
+                      "reached it. Both at 1 thread beside another 1-thread run of the study; "
+                      "ours includes its in-loop evaluations, sheeprl's (evaluated afterwards "
+                      "from its checkpoints) does not. How sheeprl is set up: "
+                      "`benchmarks/peer_learning.py`.", "",
+                      "| implementation | run | state | agent steps | eval return "
+                      "| wall-clock (h) |", "|---|---|---|---:|---:|---:|", *rows]
+    return lines
 
 
 def main(argv=None) -> int:
