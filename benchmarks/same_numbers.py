@@ -1,0 +1,159 @@
+"""Same numbers before and after a restructuring: seeded ``preset=debug`` runs, kept and compared.
+
+    python -m benchmarks.same_numbers --record results/behaviour    # before the change
+    python -m benchmarks.same_numbers --compare results/behaviour   # after: exit 1 on a difference
+
+Each run is ``worldrl train preset=debug seed=0 train.threads=1 train.log_every=8`` with one of
+the combinations below (every backbone on gym and atari100k; atari100k_av with DreamSmooth and
+HarmonyDream): 120 env steps, 40 updates, a metric row every 8 steps. What is kept per run
+(``NAME.json``): every metric row without its timings (``*_per_s``), the evaluation, and
+per-tensor statistics of the final checkpoint's weights and optimiser state (float64 sum, sum of
+absolute values, sum of squares, first values: a difference above 1e-9 in any entry shows).
+``--compare`` runs the same commands and prints, per run, the largest absolute difference of any
+metric and of any weight statistic, against ``--tolerance`` (default 1e-6).
+
+Old checkpoints: ``--checkpoints DIR`` writes the runs stopped at 64 steps (their checkpoints)
+into DIR; with ``--resume DIR``, ``--record``/``--compare`` continue copies of those to 120 steps
+(kept as ``NAME-resumed.json``). Made with the code before a change, they show that its
+checkpoints still resume after it, to the same numbers (a resumed run is not the uninterrupted
+one: the episode in flight is lost; it is compared with itself). Without such a directory, the
+code before the change is one ``git worktree add`` away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMON = ("preset=debug", "seed=0", "train.threads=1", "train.log_every=8", "train.progress=false")
+RUNS = {
+    "gym-rssm": ("env=gym", "backbone=rssm"),
+    "gym-s4": ("env=gym", "backbone=s4"),
+    "gym-mamba": ("env=gym", "backbone=mamba"),
+    "atari100k-rssm": ("env=atari100k", "backbone=rssm"),
+    "atari100k-s4": ("env=atari100k", "backbone=s4"),
+    "atari100k-mamba": ("env=atari100k", "backbone=mamba"),
+    "atari100k_av-rssm-smooth-harmony": ("env=atari100k_av", "backbone=rssm",
+                                         "replay.reward_smoothing=gaussian",
+                                         "agent.world_model.loss_balance=harmony"),
+}
+TIMING = ("_per_s", "wall")
+
+
+def _stats(tree, prefix="") -> dict[str, list[float]]:
+    import torch
+
+    out = {}
+    if isinstance(tree, torch.Tensor):
+        t = tree.detach().double().flatten()
+        out[prefix] = [t.sum().item(), t.abs().sum().item(), t.square().sum().item(),
+                       *t[:4].tolist()]
+    elif isinstance(tree, dict):
+        for k, v in tree.items():
+            out.update(_stats(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            out.update(_stats(v, f"{prefix}.{i}"))
+    return out
+
+
+def run_one(name: str, workdir: Path, resume: Path | None = None, steps: int | None = None
+            ) -> dict:
+    from agents.run_dir import load_checkpoint
+
+    run_dir = workdir / name
+    if resume is not None:
+        shutil.copytree(resume / name, run_dir)
+    cmd = [sys.executable, "-m", "agents.cli", "train", *COMMON, *RUNS[name], f"run_dir={run_dir}",
+           *([f"steps={steps}"] if steps else [])]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{name}: exit {r.returncode}\n{r.stderr[-3000:]}")
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
+    rows = [{k: v for k, v in row.items() if not any(t in k for t in TIMING)} for row in rows]
+    ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+    return {"command": " ".join(["worldrl train", *COMMON, *RUNS[name]]), "metrics": rows,
+            "summary": json.loads((run_dir / "summary.json").read_text()),
+            "weights": _stats(ckpt["agent"])}
+
+
+def _diff(a, b) -> tuple[float, list[str]]:
+    """Largest absolute difference between two records, and what does not line up."""
+    worst, problems = 0.0, []
+    if len(a["metrics"]) != len(b["metrics"]):
+        problems.append(f"metric rows {len(a['metrics'])} -> {len(b['metrics'])}")
+    for ra, rb in zip(a["metrics"], b["metrics"]):
+        if set(ra) != set(rb):
+            problems.append(f"step {ra.get('step')}: keys {sorted(set(ra) ^ set(rb))}")
+        for k in set(ra) & set(rb):
+            worst = max(worst, abs(float(ra[k]) - float(rb[k])))
+    wa, wb = a["weights"], b["weights"]
+    if set(wa) != set(wb):  # renamed: line up by order and size
+        problems.append(f"weights renamed: {sorted(set(wa) ^ set(wb))[:6]}")
+        pairs = zip(wa.values(), wb.values())
+    else:
+        pairs = ((wa[k], wb[k]) for k in wa)
+    for sa, sb in pairs:
+        if len(sa) != len(sb):
+            problems.append("weight shapes differ")
+            continue
+        worst = max(worst, *(abs(x - y) / max(1.0, abs(x)) for x, y in zip(sa, sb)))
+    for k in ("eval_return_mean", "updates", "env_steps", "episodes"):
+        if a["summary"].get(k) != b["summary"].get(k):
+            problems.append(f"summary {k}: {a['summary'].get(k)} -> {b['summary'].get(k)}")
+    return worst, problems
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--record", metavar="DIR")
+    g.add_argument("--compare", metavar="DIR")
+    g.add_argument("--checkpoints", metavar="DIR", help="write runs stopped at 64 steps")
+    p.add_argument("--resume", metavar="DIR", help="continue the runs of --checkpoints DIR")
+    p.add_argument("--only", nargs="+", choices=sorted(RUNS), default=sorted(RUNS))
+    p.add_argument("--tolerance", type=float, default=1e-6)
+    args = p.parse_args(argv)
+    from benchmarks.machine import commit
+
+    if args.checkpoints:
+        out = Path(args.checkpoints)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in args.only:
+            run_one(name, out, steps=64)
+            print(f"{name}: checkpoint at 64 steps in {out / name}", flush=True)
+        (out / "COMMIT").write_text(commit() + "\n")
+        return 0
+    base = Path(args.record or args.compare)
+    resume = Path(args.resume) if args.resume else None
+    failed = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.only:
+            rec = run_one(name, Path(tmp), resume)
+            rec["commit"] = commit()
+            if resume is not None:
+                rec["checkpoints_from"] = (resume / "COMMIT").read_text().strip()
+            kept = f"{name}-resumed" if resume is not None else name
+            if args.record:
+                base.mkdir(parents=True, exist_ok=True)
+                (base / f"{kept}.json").write_text(json.dumps(rec, indent=0) + "\n")
+                print(f"{name}: recorded {len(rec['metrics'])} metric rows, "
+                      f"{len(rec['weights'])} tensors", flush=True)
+                continue
+            old = json.loads((base / f"{kept}.json").read_text())
+            worst, problems = _diff(old, rec)
+            ok = worst <= args.tolerance and not problems
+            failed += not ok
+            print(f"{name}: largest difference {worst:.3g} (recorded at {old['commit'][:7]})"
+                  f"{'' if ok else ' FAIL'}" + "".join(f"\n  {x}" for x in problems), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
