@@ -42,23 +42,13 @@ def random_action(act_space: dict, batch: int, generator: torch.Generator | None
     return low + torch.rand(batch, n, generator=generator) * (high - low)
 
 
-def obs_space_of(
-    observation_spec, keys: Sequence[str]
-) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """``{key: (shape, dtype)}`` for the model's observation keys present in the env."""
-    space = {}
-    for key in keys:
-        if key in observation_spec.keys():
-            spec = observation_spec[key]
-            space[key] = (tuple(spec.shape[-_event_dims(key, spec):]), spec.dtype)
-    if not space:
-        raise ValueError(f"the env has none of the observation keys {list(keys)}; "
-                         f"it has {list(observation_spec.keys())}")
-    return space
+def obs_space_of(observation_spec) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """``{key: (shape, dtype)}`` of the keys a model encodes: every observation of the env but
+    bookkeeping and signals, each of a known kind (:mod:`worldrl.obs`; else a ValueError naming
+    the key)."""
+    from worldrl.obs import model_space, space_of
 
-
-def _event_dims(key: str, spec) -> int:
-    return {"pixels": 3, "audio": 2}.get(key, 1)
+    return model_space(space_of(observation_spec))
 
 
 class ActingModule(TensorDictModuleBase):

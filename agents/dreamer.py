@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from worldrl.backbones import BACKBONES
 from worldrl.behavior import ActorCritic
+from worldrl.obs import MODALITIES
 from worldrl.optim import LaProp
 from worldrl.world_model import WorldModel, shift_actions
 
@@ -331,36 +332,23 @@ class DreamerAgent(nn.Module):
     # ----------------------------------------------------------------------------- diagnostics
     @torch.no_grad()
     def diagnostics(self, batch: Mapping[str, Tensor], context: int = 5
-                    ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """One open-loop pass for both diagnostics: ``(video, spectrogram)``.
-
-        ``video``: the first image key, uint8 ``[T, 3H, B'W, C]`` (rows truth / model / error,
-        columns up to 6 batch entries). ``spectrogram``: the first audio key, uint8
-        ``[3M * B', T*F, 3]`` (per batch entry, truth / model / ``|error|`` panels stacked down; see
-        :func:`worldrl.audio.spectrogram_image`). Each is ``None`` without such observations."""
+                    ) -> dict[str, np.ndarray]:
+        """One open-loop pass: ``{key: picture}`` for every decoded key whose kind draws one
+        (:mod:`worldrl.obs`; ``Modality.show``): images as uint8 frames ``[T, 3H, B'W, C]``
+        (rows truth / model / error, columns up to 6 batch entries), audio as one uint8 image
+        ``[3M * B', T*F, 3]`` (per batch entry, truth / model / ``|error|`` panels stacked down;
+        :func:`worldrl.audio.spectrogram_image`). Vectors draw none."""
         was = self.training
         self.eval()
         try:
             batch = self._to_device(batch)
             T = batch["is_first"].shape[1]
-            videos, _ = self.wm.open_loop(batch, context=min(context, T - 1))
+            pictures, _ = self.wm.open_loop(batch, context=min(context, T - 1))
         finally:
             self.train(was)
-        video = spectrogram = None
-        keys = [k for k in sorted(videos) if k in self.wm.image_keys]
-        if keys:
-            frames = videos[keys[0]].permute(1, 3, 0, 4, 2)  # [B,T,C,3H,W] -> [T,3H,B,W,C]
-            T, H3, B, W, C = frames.shape
-            video = frames.reshape(T, H3, B * W, C).cpu().numpy()
-        if self.wm.audio_keys:
-            img = videos[self.wm.audio_keys[0]]  # [B, 3, 3M, T*F]
-            spectrogram = torch.cat(list(img.permute(0, 2, 3, 1)), 0).cpu().numpy()
-        return video, spectrogram
-
-    def video(self, batch: Mapping[str, Tensor], context: int = 5) -> np.ndarray | None:
-        """The open-loop video of :meth:`diagnostics`."""
-        return self.diagnostics(batch, context)[0]
-
-    def spectrogram(self, batch: Mapping[str, Tensor], context: int = 5) -> np.ndarray | None:
-        """The open-loop spectrograms of :meth:`diagnostics`."""
-        return self.diagnostics(batch, context)[1] if self.wm.audio_keys else None
+        shown = {}
+        for key, picture in sorted(pictures.items()):
+            show = MODALITIES[self.wm.decoder.kind(key)].show
+            if show is not None:
+                shown[key] = show(picture).cpu().numpy()
+        return shown

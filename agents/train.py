@@ -50,7 +50,6 @@ from worldrl.optim import check_schedule
 from worldrl.replay import Replay
 from worldrl.smoothing import make_smoother
 
-MODEL_OBS_KEYS = ("pixels", "vector", "audio")
 #: When this process started (the CLI imports this module first): eval rows record the seconds
 #: since then, so "solved within N minutes" can be read off eval.csv.
 PROCESS_START = time.time()
@@ -97,7 +96,7 @@ def build_env(env_cfg: DictConfig, seed: int | None, num_envs: int | None = None
 
 
 def build_agent(cfg: DictConfig, env, device: torch.device):
-    obs_space = obs_space_of(env.observation_spec, MODEL_OBS_KEYS)
+    obs_space = obs_space_of(env.observation_spec)
     act_space = act_space_of(env.action_spec)
     agent = make_agent(cfg.agent.name, obs_space, act_space, agent_config(cfg))
     return agent.to(device), list(obs_space)
@@ -438,16 +437,18 @@ def _eval(agent, obs_keys, eval_env, cfg, logger, step, wall_s: float) -> list[f
 
 
 def _video(agent, replay, run_dir: Path, step: int, device) -> None:
-    """Open-loop diagnostics: a GIF of predicted frames and a PNG of predicted spectrograms."""
+    """Open-loop diagnostics, one file per key that draws a picture: frames as a GIF
+    (``videos/openloop-STEP-pixels.gif``), a single image as a PNG (``...-audio.png``)."""
     import imageio
 
     if not hasattr(agent, "diagnostics"):
         return
-    frames, spectrogram = agent.diagnostics(replay.sample(record=False).to(device))
+    pictures = agent.diagnostics(replay.sample(record=False).to(device))
     out = run_dir / "videos"
-    if frames is not None:
+    for key, picture in pictures.items():
         out.mkdir(exist_ok=True)
-        imageio.mimsave(out / f"openloop-{step:08d}.gif", list(np.asarray(frames)), duration=0.1)
-    if spectrogram is not None:
-        out.mkdir(exist_ok=True)
-        imageio.imwrite(out / f"openloop-{step:08d}-audio.png", np.asarray(spectrogram))
+        path = out / f"openloop-{step:08d}-{key}"
+        if picture.ndim == 4:
+            imageio.mimsave(path.with_suffix(".gif"), list(picture), duration=0.1)
+        else:
+            imageio.imwrite(path.with_suffix(".png"), picture)

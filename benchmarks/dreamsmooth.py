@@ -169,7 +169,7 @@ def run(mode: str, seed: int, args, heldout) -> dict:
     np.random.seed(seed)
     env = envs.wrap(SparseCorridor, seed=seed)
     eval_env = envs.wrap(SparseCorridor, seed=seed + 10_000)
-    agent = DreamerAgent(obs_space_of(env.observation_spec, ["vector"]),
+    agent = DreamerAgent(obs_space_of(env.observation_spec),
                          act_space_of(env.action_spec), agent_cfg(args.lr))
     env.append_transform(carry_primer(agent))
     eval_env.append_transform(carry_primer(agent))

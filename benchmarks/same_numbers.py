@@ -83,9 +83,12 @@ def run_one(name: str, workdir: Path, resume: Path | None = None, steps: int | N
             "weights": _stats(ckpt["agent"])}
 
 
-def _diff(a, b) -> tuple[float, list[str]]:
-    """Largest absolute difference between two records, and what does not line up."""
+def _diff(a, b, notes: list[str] | None = None) -> tuple[float, list[str]]:
+    """Largest absolute difference between two records, and what does not line up. Renamed
+    weights are lined up by order (a rename is not a difference; a reordering shows as one) and
+    reported in ``notes``."""
     worst, problems = 0.0, []
+    notes = [] if notes is None else notes
     if len(a["metrics"]) != len(b["metrics"]):
         problems.append(f"metric rows {len(a['metrics'])} -> {len(b['metrics'])}")
     for ra, rb in zip(a["metrics"], b["metrics"]):
@@ -94,8 +97,11 @@ def _diff(a, b) -> tuple[float, list[str]]:
         for k in set(ra) & set(rb):
             worst = max(worst, abs(float(ra[k]) - float(rb[k])))
     wa, wb = a["weights"], b["weights"]
-    if set(wa) != set(wb):  # renamed: line up by order and size
-        problems.append(f"weights renamed: {sorted(set(wa) ^ set(wb))[:6]}")
+    if set(wa) != set(wb):  # renamed: line up by order
+        if len(wa) != len(wb):
+            problems.append(f"{len(wa)} weight tensors -> {len(wb)}")
+        renamed = [(x, y) for x, y in zip(wa, wb) if x != y]
+        notes.append(f"{len(renamed)} tensors renamed, e.g. {renamed[0][0]} -> {renamed[0][1]}")
         pairs = zip(wa.values(), wb.values())
     else:
         pairs = ((wa[k], wb[k]) for k in wa)
@@ -147,11 +153,13 @@ def main(argv=None) -> int:
                       f"{len(rec['weights'])} tensors", flush=True)
                 continue
             old = json.loads((base / f"{kept}.json").read_text())
-            worst, problems = _diff(old, rec)
+            notes: list[str] = []
+            worst, problems = _diff(old, rec, notes)
             ok = worst <= args.tolerance and not problems
             failed += not ok
-            print(f"{name}: largest difference {worst:.3g} (recorded at {old['commit'][:7]})"
-                  f"{'' if ok else ' FAIL'}" + "".join(f"\n  {x}" for x in problems), flush=True)
+            print(f"{kept}: largest difference {worst:.3g} (recorded at {old['commit'][:7]})"
+                  f"{'' if ok else ' FAIL'}" + "".join(f"\n  {x}" for x in [*problems, *notes]),
+                  flush=True)
     return 1 if failed else 0
 
 

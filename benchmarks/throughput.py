@@ -38,7 +38,7 @@ CASES = [
 
 def measure(suite: str, task: str, num_envs: int, steps: int) -> dict:
     env = envs.make_env(suite, task, num_envs=num_envs, parallel=num_envs > 1, seed=0)
-    obs_space = obs_space_of(env.observation_spec, ("pixels", "vector"))
+    obs_space = obs_space_of(env.observation_spec)
     agent = RandomAgent(obs_space, act_space_of(env.action_spec))
     env.append_transform(carry_primer(agent))
     policy = ActingModule(agent, list(obs_space), env.action_spec, mode="random")

@@ -21,8 +21,6 @@ from envs.classic import GYM_TASKS, make_classic
 from envs.dmc import DMC_TASKS
 from envs.memory import MEMORY_TASKS, make_memory
 
-OBS_KEYS = ("pixels", "vector", "audio")
-
 
 def _make_dmc(task: str, obs: str = "pixels", **kwargs: Any) -> gym.Env:
     from envs.dmc import DMCEnv
@@ -135,6 +133,6 @@ def make(name: str, **kwargs: Any):
 
 
 __all__ = [
-    "ATARI100K_GAMES", "DMC_TASKS", "GYM_TASKS", "OBS_KEYS", "SUITES", "check_task", "make",
+    "ATARI100K_GAMES", "DMC_TASKS", "GYM_TASKS", "SUITES", "check_task", "make",
     "make_env", "make_gym", "parse_name", "wrap",
 ]  # fmt: skip

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from envs.atari_av import LogMel, LogMelTransform, mel_filterbank, wrap_av
 from worldrl.audio import logmel_to_waveform, read_wav, spectrogram_image, write_wav
 from worldrl.backbones import BACKBONES
-from worldrl.nets import MultiEncoder, split_audio_space, split_obs_space
+from worldrl.obs import MultiEncoder, split
 from worldrl.world_model import WorldModel
 
 torch.set_num_threads(1)
@@ -152,21 +152,21 @@ def batch_of(B=2, T=6, seed=0, pixels=True):
 
 
 def test_codecs_take_audio_keys():
-    assert split_audio_space(SPACE) == {"audio": (7, 40)}
-    assert split_obs_space(SPACE, ["audio"]) == ({}, {})  # explicit audio keys are accepted
+    assert split(SPACE)["audio"] == {"audio": (7, 40)}
+    assert split(SPACE, ["audio"]) == {"audio": {"audio": (7, 40)}}  # explicit audio keys
     enc = MultiEncoder(SPACE, **CODEC)
-    assert enc.audio_keys == ["audio"]
+    assert enc.keys_of("audio") == ["audio"]
     out = enc({"pixels": torch.zeros(2, 5, 3, 64, 64, dtype=torch.uint8),
                "audio": torch.zeros(2, 5, 7, 40)})
-    assert out.shape == (2, 5, enc.out_features) == (2, 5, enc.cnn.out_features + 32)
+    assert out.shape == (2, 5, enc.out_features) == (2, 5, enc.parts.image.out_features + 32)
     wm = make_wm()
     assert wm.obs_keys == ["audio", "pixels"] and wm.audio_keys == ["audio"]
     total, terms, _, metrics = wm.loss(batch_of())
     assert set(terms) == {"audio", "pixels", "rew", "con", "dyn", "rep"}
     assert terms["audio"].shape == (2, 6) and "loss/audio" in metrics
     total.backward()
-    assert all(p.grad is not None for p in wm.encoder.audio.parameters())
-    assert all(p.grad is not None for p in wm.decoder.audio.parameters())
+    assert all(p.grad is not None for p in wm.encoder.parts.audio.parameters())
+    assert all(p.grad is not None for p in wm.decoder.parts.audio.parameters())
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))

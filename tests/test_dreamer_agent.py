@@ -140,12 +140,13 @@ def test_train_step_continuous_vector_only_and_video():
     batch = make_batch(space, discrete=False)
     metrics = agent.train_step(batch)
     assert np.isfinite(metrics["loss/policy"]) and "loss/pixels" not in metrics
-    assert agent.video(batch) is None
+    assert agent.diagnostics(batch) == {}  # vectors draw no picture
 
 
 def test_video_grid():
     agent = make_agent()
-    video = agent.video(make_batch(B=2, T=7))
+    pictures = agent.diagnostics(make_batch(B=2, T=7))
+    video = pictures["pixels"]
     assert isinstance(video, np.ndarray) and video.dtype == np.uint8
     assert video.shape == (7, 3 * 64, 2 * 64, 3)
 

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from worldrl.heads import ContinueHead, CriticHead, RewardHead
-from worldrl.nets import BlockLinear, ConvDecoder, ConvEncoder, MultiEncoder, Norm
+from worldrl.nets import BlockLinear, ConvDecoder, ConvEncoder, Norm
+from worldrl.obs import MultiEncoder
 from worldrl.world_model import WorldModel, shift_actions
 
 torch.set_num_threads(1)

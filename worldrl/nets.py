@@ -1,4 +1,4 @@
-"""Network building blocks: linear layers, norms, MLP, CNN encoder / decoder, multi-key codecs.
+"""Network building blocks: linear layers, norms, MLP, CNN encoder / decoder.
 
 Modelled on ``dreamerv3/rssm.py`` (``Encoder``/``Decoder``) and ``embodied/jax/nets.py`` of
 danijar/dreamerv3 (2024+), written for PyTorch (channels-first images ``[..., C, H, W]``).
@@ -12,11 +12,8 @@ danijar/dreamerv3 (2024+), written for PyTorch (channels-first images ``[..., C,
   over pixels), exactly as DreamerV3.
 * Vectors enter the encoder through ``symlog`` and are decoded with a symlog-MSE (summed over
   dimensions).
-* Audio (float ``[F, M]``: ``F`` spectrogram frames per agent step x ``M`` mel bands, e.g. the
-  log-mel ``audio`` of ``atari100k_av``) is flattened, ``symlog``-ed and encoded by an MLP of its
-  own (:class:`AudioEncoder`); its embedding is concatenated with the image and vector ones. The
-  :class:`AudioDecoder` predicts the ``[F, M]`` frame directly with an MSE summed over it (the
-  spectrogram is already log-compressed).
+* Which observation keys are coded by what, and the per-kind codecs (images, vectors, audio),
+  are in :mod:`worldrl.obs`.
 * ``strided=False`` (DreamerV3 default): stride-1 convolutions followed by 2x2 max-pooling in the
   encoder and nearest-neighbour upsampling + convolution in the decoder. ``strided=True``: stride-2
   convolutions / transposed convolutions (4x cheaper; our CPU preset uses it).
@@ -28,13 +25,11 @@ danijar/dreamerv3 (2024+), written for PyTorch (channels-first images ``[..., C,
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import einops
 import torch
 from torch import Tensor, nn
-
-from worldrl.dists import MSE, symlog
 
 __all__ = [
     "ACTIVATIONS",
@@ -48,12 +43,6 @@ __all__ = [
     "MLP",
     "ConvEncoder",
     "ConvDecoder",
-    "MultiEncoder",
-    "MultiDecoder",
-    "AudioEncoder",
-    "AudioDecoder",
-    "split_obs_space",
-    "split_audio_space",
 ]
 
 ACTIVATIONS = {
@@ -406,252 +395,3 @@ class ConvDecoder(nn.Module):
         x = torch.sigmoid(self.net(x))
         assert x.shape[1:] == (self.out_channels, *self.resolution), x.shape
         return x
-
-
-_RESERVED = ("is_first", "is_last", "is_terminal", "is_init", "terminated", "truncated", "done",
-             "reward", "action", "prev_action")
-
-ObsSpace = Mapping[str, tuple[tuple[int, ...], torch.dtype]]
-
-
-def split_obs_space(obs_space: ObsSpace, keys: Sequence[str] | None = None
-                    ) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
-    """Split an observation space into image keys (uint8 ``[C, H, W]``) and vector keys (``[D]``).
-
-    Bookkeeping keys (``is_first``, ``reward``, ...) are skipped. With ``keys=None`` keys of other
-    shapes (scalars) are skipped too; an explicit ``keys`` list must name existing, supported
-    keys, else a ValueError names the offending key. Audio keys (float ``[F, M]``) are accepted and
-    left to :func:`split_audio_space`.
-    """
-    explicit = keys is not None
-    if explicit:
-        missing = [k for k in keys if k not in obs_space]
-        if missing:
-            raise ValueError(f"obs keys {missing} not in the observation space {list(obs_space)}")
-        names = list(keys)
-    else:
-        names = [k for k in obs_space if k not in _RESERVED]
-    images, vectors = {}, {}
-    for k in names:
-        shape, dtype = obs_space[k]
-        shape = tuple(int(s) for s in shape)
-        if len(shape) == 3 and dtype == torch.uint8:
-            images[k] = shape
-        elif len(shape) == 1 and dtype != torch.uint8:
-            vectors[k] = shape
-        elif _is_audio(shape, dtype):
-            continue  # split_audio_space
-        elif not explicit:
-            continue  # e.g. scalar flags: not decoded unless asked for
-        else:
-            raise ValueError(
-                f"observation {k!r} has shape {shape} and dtype {dtype}; supported: uint8 "
-                f"images [C, H, W], float vectors [D] and float audio spectrograms [F, M] (pass "
-                f"world_model.obs_keys to select)")
-    if not images and not vectors and not split_audio_space(obs_space, keys):
-        raise ValueError(f"no usable observation keys in {list(obs_space)}")
-    return images, vectors
-
-
-def _is_audio(shape: tuple[int, ...], dtype: torch.dtype) -> bool:
-    return len(shape) == 2 and dtype.is_floating_point
-
-
-def split_audio_space(obs_space: ObsSpace, keys: Sequence[str] | None = None
-                      ) -> dict[str, tuple[int, ...]]:
-    """The audio keys (float ``[F, M]`` spectrograms) among ``keys`` (``None``: all keys)."""
-    names = list(keys) if keys is not None else [k for k in obs_space if k not in _RESERVED]
-    out = {}
-    for k in names:
-        if k in obs_space:
-            shape, dtype = obs_space[k]
-            shape = tuple(int(s) for s in shape)
-            if _is_audio(shape, dtype):
-                out[k] = shape
-    return out
-
-
-class AudioEncoder(nn.Module):
-    """``[..., F, M]`` spectrogram -> flatten -> symlog (optional) -> MLP -> ``[..., units]``."""
-
-    def __init__(self, shape: Sequence[int], layers: int = 3, units: int = 1024,
-                 act: str = "silu", norm: str = "rms", symlog: bool = True):
-        super().__init__()
-        self.shape = tuple(int(s) for s in shape)
-        self.use_symlog = symlog
-        self.mlp = MLP(math.prod(self.shape), max(layers, 1), units, act, norm)
-        self.out_features = self.mlp.out_features
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x.float().flatten(-2)
-        if self.use_symlog:
-            x = symlog(x)
-        return self.mlp(x)
-
-
-class AudioDecoder(nn.Module):
-    """``feat [..., deter + stoch]`` -> MLP -> ``[..., F, M]``, an :class:`~worldrl.dists.MSE`
-    summed over the spectrogram."""
-
-    def __init__(self, in_features: int, shape: Sequence[int], layers: int = 3,
-                 units: int = 1024, act: str = "silu", norm: str = "rms", outscale: float = 1.0):
-        super().__init__()
-        self.shape = tuple(int(s) for s in shape)
-        self.mlp = MLP(in_features, layers, units, act, norm)
-        self.out = Linear(self.mlp.out_features, math.prod(self.shape), outscale=outscale)
-
-    def forward(self, feat: Tensor) -> MSE:
-        x = self.out(self.mlp(feat))
-        return MSE(x.reshape(*x.shape[:-1], *self.shape), event_dims=2)
-
-
-def _batch_shape(x: Tensor, event: tuple[int, ...], key: str) -> tuple[int, ...]:
-    n = len(event)
-    if tuple(x.shape[x.ndim - n:]) != event:
-        raise ValueError(
-            f"observation {key!r} has shape {tuple(x.shape)}; expected [..., *{event}]")
-    return tuple(x.shape[: x.ndim - n])
-
-
-class MultiEncoder(nn.Module):
-    """Encodes a dict of observations ``{key: [*batch, *shape]}`` into ``[*batch, embed]``.
-
-    Image keys (uint8 ``[C, H, W]``, same resolution) are concatenated on channels and go through
-    :class:`ConvEncoder`; vector keys are symlog-ed, concatenated and go through an :class:`MLP`;
-    each audio key (float ``[F, M]``) goes through an :class:`AudioEncoder`. The embedding is the
-    concatenation ``[image, vector, audio keys in sorted order]``.
-    """
-
-    def __init__(self, obs_space: ObsSpace, keys: Sequence[str] | None = None, *,
-                 units: int = 1024, depth: int = 64, mults: Sequence[int] = (2, 3, 4, 4),
-                 layers: int = 3, kernel: int = 5, act: str = "silu", norm: str = "rms",
-                 symlog: bool = True, strided: bool = False):
-        super().__init__()
-        self.images, self.vectors = split_obs_space(obs_space, keys)
-        self.audios = split_audio_space(obs_space, keys)
-        self.image_keys = sorted(self.images)
-        self.vector_keys = sorted(self.vectors)
-        self.audio_keys = sorted(self.audios)
-        self.use_symlog = symlog
-        self.out_features = 0
-        if self.images:
-            res = {s[1:] for s in self.images.values()}
-            if len(res) != 1:
-                raise ValueError(f"all image keys need one resolution, got {self.images}")
-            channels = sum(self.images[k][0] for k in self.image_keys)
-            self.cnn = ConvEncoder(channels, res.pop(), depth, mults, kernel, act, norm, strided)
-            self.out_features += self.cnn.out_features
-        if self.vectors:
-            dim = sum(self.vectors[k][0] for k in self.vector_keys)
-            self.mlp = MLP(dim, layers, units, act, norm)
-            self.out_features += self.mlp.out_features
-        self.audio = nn.ModuleDict({
-            k: AudioEncoder(self.audios[k], layers, units, act, norm, symlog)
-            for k in self.audio_keys})
-        self.out_features += sum(m.out_features for m in self.audio.values())
-
-    def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
-        outs, bshape = [], None
-        if self.images:
-            imgs = [obs[k] for k in self.image_keys]
-            for k, x in zip(self.image_keys, imgs):
-                if x.dtype != torch.uint8:
-                    raise TypeError(f"image {k!r} must be uint8, got {x.dtype}")
-            bshape = _batch_shape(imgs[0], self.images[self.image_keys[0]], self.image_keys[0])
-            x = torch.cat(imgs, -3).float() / 255.0 - 0.5
-            x = self.cnn(x.reshape(-1, *x.shape[-3:]))
-            outs.append(x)
-        if self.vectors:
-            vecs = [obs[k].float() for k in self.vector_keys]
-            vshape = _batch_shape(vecs[0], self.vectors[self.vector_keys[0]], self.vector_keys[0])
-            assert bshape is None or vshape == bshape, (bshape, vshape)
-            bshape = vshape
-            x = torch.cat(vecs, -1)
-            if self.use_symlog:
-                x = symlog(x)
-            outs.append(self.mlp(x.reshape(-1, x.shape[-1])))
-        for k in self.audio_keys:
-            ashape = _batch_shape(obs[k], self.audios[k], k)
-            assert bshape is None or ashape == bshape, (bshape, ashape)
-            bshape = ashape
-            outs.append(self.audio[k](obs[k].reshape(-1, *self.audios[k])))
-        x = torch.cat(outs, -1)
-        return x.reshape(*bshape, self.out_features)
-
-
-class MultiDecoder(nn.Module):
-    """Decodes ``feat [*batch, deter + stoch]`` into ``{key: distribution}``.
-
-    Image keys give :class:`~worldrl.dists.MSE` over ``[C, H, W]`` in ``[0, 1]`` (``loss`` takes
-    the uint8 target and divides by 255); vector keys give a symlog-MSE over ``[D]``; audio keys
-    an MSE over ``[F, M]`` (:class:`AudioDecoder`, one per key). Losses are summed over the event
-    axes and have the batch shape.
-    """
-
-    def __init__(self, obs_space: ObsSpace, deter: int, stoch: int,
-                 keys: Sequence[str] | None = None, *, units: int = 1024, depth: int = 64,
-                 mults: Sequence[int] = (2, 3, 4, 4), layers: int = 3, kernel: int = 5,
-                 act: str = "silu", norm: str = "rms", outscale: float = 1.0, bspace: int = 8,
-                 symlog: bool = True, strided: bool = False):
-        super().__init__()
-        self.images, self.vectors = split_obs_space(obs_space, keys)
-        self.audios = split_audio_space(obs_space, keys)
-        self.image_keys = sorted(self.images)
-        self.vector_keys = sorted(self.vectors)
-        self.audio_keys = sorted(self.audios)
-        self.deter, self.stoch = deter, stoch
-        self.squash = "symlog" if symlog else None
-        if self.images:
-            res = {s[1:] for s in self.images.values()}
-            if len(res) != 1:
-                raise ValueError(f"all image keys need one resolution, got {self.images}")
-            channels = sum(self.images[k][0] for k in self.image_keys)
-            self.cnn = ConvDecoder(deter, stoch, channels, res.pop(), depth, mults, kernel, units,
-                                   act, norm, outscale, bspace, strided)
-        if self.vectors:
-            dim = sum(self.vectors[k][0] for k in self.vector_keys)
-            self.mlp = MLP(deter + stoch, layers, units, act, norm)
-            self.vec_out = Linear(units if layers else deter + stoch, dim, outscale=outscale)
-        self.audio = nn.ModuleDict({
-            k: AudioDecoder(deter + stoch, self.audios[k], layers, units, act, norm, outscale)
-            for k in self.audio_keys})
-
-    def forward(self, feat: Tensor) -> dict[str, _ImageMSE | MSE]:
-        bshape = feat.shape[:-1]
-        flat = feat.reshape(-1, feat.shape[-1])
-        out: dict[str, _ImageMSE | MSE] = {}
-        if self.images:
-            x = self.cnn(flat)
-            x = x.reshape(*bshape, *x.shape[1:])
-            start = 0
-            for k in self.image_keys:
-                c = self.images[k][0]
-                out[k] = _ImageMSE(x[..., start:start + c, :, :])
-                start += c
-        if self.vectors:
-            x = self.vec_out(self.mlp(flat)).reshape(*bshape, -1)
-            start = 0
-            for k in self.vector_keys:
-                d = self.vectors[k][0]
-                out[k] = MSE(x[..., start:start + d], event_dims=1, squash=self.squash)
-                start += d
-        for k in self.audio_keys:
-            dist = self.audio[k](flat)
-            out[k] = MSE(dist.mean_.reshape(*bshape, *self.audios[k]), event_dims=2)
-        return out
-
-
-class _ImageMSE(MSE):
-    """MSE over ``[C, H, W]`` in ``[0, 1]``; a uint8 target is divided by 255."""
-
-    def __init__(self, mean: Tensor):
-        super().__init__(mean, event_dims=3)
-
-    def loss(self, target: Tensor) -> Tensor:
-        if target.dtype == torch.uint8:
-            target = target.float() / 255.0
-        return super().loss(target)
-
-    def image(self) -> Tensor:
-        """Prediction as uint8 ``[..., C, H, W]``."""
-        return (self.pred().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)

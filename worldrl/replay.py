@@ -50,10 +50,9 @@ from torchrl.data import LazyMemmapStorage, ReplayBuffer
 from torchrl.data.replay_buffers.samplers import Sampler
 from torchrl.data.replay_buffers.writers import RoundRobinWriter
 
+from worldrl.obs import RESERVED
 from worldrl.smoothing import RewardSmoother, make_smoother
 
-#: Observation keys copied from the collector into replay when present.
-OBS_KEYS = ("pixels", "vector", "audio", "life_loss")
 SAMPLERS = ("uniform", "dfs")
 
 
@@ -260,7 +259,7 @@ def _transitions_to_rows(
     """
     n_envs, steps = batch.shape
     nxt = batch["next"]
-    keys = [k for k in OBS_KEYS if k in batch.keys()]
+    keys = [k for k in batch.keys() if k not in RESERVED]  # the observations (worldrl.obs)
     done = nxt["done"].reshape(n_envs, steps)
     is_first = batch["is_first"].reshape(n_envs, steps)
     reward_next = nxt["reward"].reshape(n_envs, steps).float()

@@ -2,8 +2,9 @@
 
 Batch layout (from replay, ``[B, T, ...]``):
 
-* observations: ``pixels`` uint8 ``[B, T, 3, H, W]``, ``vector`` float ``[B, T, D]`` and/or
-  ``audio`` float ``[B, T, F, M]`` (any keys of the observation space the codecs accept);
+* observations: every key of the observation space that has a kind (:mod:`worldrl.obs`), e.g.
+  ``pixels`` uint8 ``[B, T, 3, H, W]``, ``vector`` float ``[B, T, D]``, ``audio`` float
+  ``[B, T, F, M]``;
 * ``action`` float ``[B, T, A]``: the action taken *at* obs ``t`` (one-hot for discrete);
   the backbone gets ``prev_action[:, t] = action[:, t-1]`` (zero at ``t = 0`` and wherever
   ``is_first``);
@@ -38,11 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from worldrl.audio import spectrogram_image
 from worldrl.backbones import make_backbone
 from worldrl.backbones.base import State
 from worldrl.heads import ContinueHead, RewardHead
-from worldrl.nets import MultiDecoder, MultiEncoder
+from worldrl.obs import MODALITIES, MultiDecoder, MultiEncoder
 
 __all__ = ["WorldModel", "shift_actions", "DEFAULT_LOSS_SCALES", "LOSS_BALANCES"]
 
@@ -66,7 +66,7 @@ class WorldModel(nn.Module):
         backbone_cfg: keyword config of the backbone.
         obs_keys: observation keys to encode and decode (``None``: all usable keys).
         encoder, decoder, reward_head, cont_head: keyword configs of
-            :class:`~worldrl.nets.MultiEncoder`, :class:`~worldrl.nets.MultiDecoder`,
+            :class:`~worldrl.obs.MultiEncoder`, :class:`~worldrl.obs.MultiDecoder`,
             :class:`~worldrl.heads.RewardHead`, :class:`~worldrl.heads.ContinueHead`.
         loss_scales: ``rec, rew, con, dyn, rep`` (and optionally per-observation-key) scales.
         free_nats: KL clip.
@@ -92,10 +92,9 @@ class WorldModel(nn.Module):
                                     **(decoder or {}))
         self.reward_head = RewardHead(bb.feat_size, **(reward_head or {}))
         self.cont_head = ContinueHead(bb.feat_size, **(cont_head or {}))
-        self.obs_keys = sorted([*self.encoder.image_keys, *self.encoder.vector_keys,
-                                *self.encoder.audio_keys])
-        self.image_keys = list(self.decoder.image_keys)
-        self.audio_keys = list(self.decoder.audio_keys)
+        self.obs_keys = list(self.encoder.keys)
+        self.image_keys = self.decoder.keys_of("image")
+        self.audio_keys = self.decoder.keys_of("audio")
         self.action_size = action_size
         scales = {**DEFAULT_LOSS_SCALES, **dict(loss_scales or {})}
         unknown = set(scales) - set(DEFAULT_LOSS_SCALES) - set(self.obs_keys)
@@ -115,8 +114,7 @@ class WorldModel(nn.Module):
             self.harmony = nn.ParameterDict({t: nn.Parameter(torch.zeros(())) for t in tasks})
 
     def decoder_keys(self) -> list[str]:
-        return sorted([*self.decoder.image_keys, *self.decoder.vector_keys,
-                       *self.decoder.audio_keys])
+        return list(self.decoder.keys)
 
     def balance(self, terms: Mapping[str, Tensor]) -> Tensor:
         """The total world-model loss from its ``[B, T]`` terms (fixed scales or HarmonyDream)."""
@@ -237,28 +235,20 @@ class WorldModel(nn.Module):
                   ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Open-loop prediction: observe ``context`` steps, then imagine with the replayed actions.
 
-        Returns ``(videos, metrics)``: ``videos[key]`` uint8 ``[B', T, C, 3H, W]`` with truth,
-        model and error ``(model - truth + 255) / 2`` stacked along the height, for each image key;
-        for each audio key ``videos[key]`` is one RGB spectrogram image per sequence, uint8
-        ``[B', 3, 3M, T*F]`` (truth / model / ``|error|``, see
-        :func:`worldrl.audio.spectrogram_image`); ``metrics['openloop/<key>_mse']`` for every
-        decoded key (mean squared error of the open-loop part per element; vectors and audio in
-        their own units). Vector-only models return no videos.
+        Returns ``(videos, metrics)``: ``videos[key]`` the picture of each key whose kind draws
+        one (its :class:`~worldrl.obs.Modality` ``picture``: images as truth / model / error
+        stacked along the height, uint8 ``[B', T, C, 3H, W]``; audio as one RGB spectrogram image
+        per sequence, uint8 ``[B', 3, 3M, T*F]``; vectors none) and
+        ``metrics['openloop/<key>_mse']`` for every decoded key (mean squared error of the
+        open-loop part per element, in the kind's units).
         """
         recons = self.predict_open_loop(batch, context, max_batch)
         videos: dict[str, Tensor] = {}
         metrics: dict[str, Tensor] = {}
         for key, dist in recons.items():
             truth = batch[key][: dist.pred().shape[0]]
-            if key in self.image_keys:
-                model = dist.image()
-                err = ((model.int() - truth.int() + 255) // 2).to(torch.uint8)
-                videos[key] = torch.cat([truth, model, err], -2)
-                diff = model[:, context:].float() / 255 - truth[:, context:].float() / 255
-            else:
-                model = dist.pred()
-                diff = model[:, context:] - truth[:, context:].float()
-                if key in self.audio_keys:
-                    videos[key] = spectrogram_image(truth.float(), model, context)
+            picture, diff = MODALITIES[self.decoder.kind(key)].picture(truth, dist, context)
+            if picture is not None:
+                videos[key] = picture
             metrics[f"openloop/{key}_mse"] = diff.square().mean()
         return videos, metrics
