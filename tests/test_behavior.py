@@ -10,7 +10,7 @@ from worldrl.backbones.base import Backbone
 from worldrl.behavior import ActorCritic, Normalize, SlowCopy, lambda_return
 from worldrl.dists import BoundedNormal, OneHot
 from worldrl.heads import ContinueHead, RewardHead
-from worldrl.imagination import annotate, flatten_states, imagine
+from worldrl.imagination import annotate, imagine
 
 torch.set_num_threads(1)
 
@@ -147,7 +147,7 @@ def _parts(discrete=True, **ac_kw):
     action = F.one_hot(torch.randint(0, A, (2, 5)), A).float()
     is_first = torch.zeros(2, 5, dtype=torch.bool)
     post, _, _ = bb.observe(embed, action, is_first)
-    start = flatten_states(post, bb.state_keys())
+    start = {k: post[k].reshape(10, *post[k].shape[2:]).detach() for k in bb.state_keys()}
     return bb, rew, con, ac, start
 
 

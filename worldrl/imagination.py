@@ -20,9 +20,9 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from worldrl.backbones.base import Backbone, State
+from worldrl.backbones.base import Backbone
 
-__all__ = ["Trajectory", "flatten_states", "imagine", "annotate"]
+__all__ = ["Trajectory", "imagine", "annotate"]
 
 PolicyFn = Callable[[Tensor], Tensor]
 
@@ -45,18 +45,6 @@ class Trajectory:
     @property
     def batch_size(self) -> int:
         return self.feat.shape[1]
-
-
-def flatten_states(states: Mapping[str, Tensor], keys: tuple[str, ...] | None = None,
-                   detach: bool = True) -> State:
-    """``{k: [B, T, ...]}`` -> ``{k: [B*T, ...]}`` (detached by default), for imagination starts."""
-    keys = tuple(states) if keys is None else keys
-    out = {}
-    for k in keys:
-        x = states[k]
-        x = x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
-        out[k] = x.detach() if detach else x
-    return out
 
 
 def imagine(backbone: Backbone, policy_fn: PolicyFn, start: Mapping[str, Tensor], horizon: int,
