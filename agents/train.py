@@ -24,7 +24,9 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -192,8 +194,216 @@ def _check(cfg: DictConfig) -> None:
             raise ValueError(f"agent.optim: {err}") from None
 
 
+@dataclass
+class RunState:
+    """The loop's counters, checkpointed as they are (the checkpoint's ``counters``)."""
+
+    env_steps: int = 0
+    updates: int = 0
+    episodes: int = 0
+    last_eval: int = 0
+    last_log: int = 0
+    last_checkpoint: int = 0
+    last_video: int = 0
+    resumes: int = 0
+    wall_s: float = 0.0  # training wall-clock of the run's earlier processes, at the checkpoint
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunState:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Every:
+    """Due when ``every`` env steps have passed since ``state.<last>`` (0: never); marks it."""
+
+    def __init__(self, every: int, state: RunState, last: str):
+        self.every, self.state, self.last = int(every), state, last
+
+    def __call__(self, step: int) -> bool:
+        if self.every <= 0 or step - getattr(self.state, self.last) < self.every:
+            return False
+        setattr(self.state, self.last, step)
+        return True
+
+
+class Ratio:
+    """DreamerV3's train ratio: after ``step`` env steps, ``train_ratio`` replayed steps per env
+    step past ``prefill`` are owed, ``batch_size * seq_len`` per update (:func:`updates_due`)."""
+
+    def __init__(self, t: DictConfig):
+        self.t = t
+
+    def __call__(self, step: int) -> int:
+        return updates_due(step, self.t)
+
+
+@dataclass
+class Run:
+    """Everything a run's loop touches, built by :func:`setup`; its methods are the loop's
+    steps (collect, update, log, video, evaluate, checkpoint)."""
+
+    cfg: DictConfig
+    run_dir: Path
+    device: torch.device
+    state: RunState
+    env: Any
+    eval_env: Any
+    agent: Any
+    obs_keys: list[str]
+    replay: Replay
+    policy: ActingModule
+    collector: Any = None
+    logger: Logger | None = None
+    pbar: Any = None
+    stop: StopRequest | None = None
+    train_metrics: dict = field(default_factory=lambda: defaultdict(list))
+    recent_returns: list = field(default_factory=list)
+    start_time: float = field(default_factory=time.time)
+    start_steps: int = 0
+    wall_before: float = 0.0  # what the run's earlier processes spent, up to their checkpoint
+
+    def wall(self) -> float:
+        """Training wall-clock over every process of the run (``eval.csv``'s ``wall_s``)."""
+        return self.wall_before + time.time() - PROCESS_START
+
+    def collect(self, batch) -> int:
+        """Add the collector's batch to replay, log finished episodes; the new env step."""
+        s = self.state
+        s.env_steps += batch.numel()
+        self.replay.add(batch)
+        done = batch["next", "done"].reshape(-1)
+        if done.any():
+            rets = batch["next", "episode_reward"].reshape(-1)[done].tolist()
+            lens = batch["next", "step_count"].reshape(-1)[done].tolist()
+            for r, n in zip(rets, lens):
+                s.episodes += 1
+                self.recent_returns.append(r)
+                self.logger.row("episodes", {"step": s.env_steps, "episode": s.episodes,
+                                             "return": r, "length": n})
+        return s.env_steps
+
+    def update(self, due: int) -> None:
+        """Updates until ``due`` are done (or a stop is asked for)."""
+        while self.state.updates < due and not self.stop.signal:
+            data = self.replay.sample()
+            if self.device.type == "cuda":  # pinned: the copy runs beside the queued update
+                data = data.pin_memory().to(self.device, non_blocking=True)
+            else:
+                data = data.to(self.device)
+            for k, v in self.agent.train_step(data).items():
+                self.train_metrics[k].append(v)  # tensors: read once per log interval
+            self.state.updates += 1
+
+    def steps_per_s(self) -> float:
+        return (self.state.env_steps - self.start_steps) / max(time.time() - self.start_time,
+                                                               1e-9)
+
+    def log(self, step: int) -> None:
+        row = {k: torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in v]).mean().item()
+               for k, v in self.train_metrics.items()}
+        row.update({"env_steps_per_s": self.steps_per_s(), "updates": self.state.updates,
+                    "replay_rows": len(self.replay), "episodes": self.state.episodes})
+        if self.recent_returns:
+            row["episode/return"] = float(np.mean(self.recent_returns))
+        self.logger.scalars(step, row)
+        self.train_metrics.clear()
+
+    def video(self, step: int) -> None:
+        _video(self.agent, self.replay, self.run_dir, step, self.device)
+
+    def evaluate(self, step: int) -> list[float]:
+        return _eval(self.agent, self.obs_keys, self.eval_env, self.cfg, self.logger, step,
+                     self.wall())
+
+    def checkpoint(self, **extra) -> None:
+        self.logger.flush()  # the logs hold every row up to the checkpoint's step
+        # saved with it: a resumed run's next checkpoint is one interval on, not at once
+        self.state.last_checkpoint = self.state.env_steps
+        self.state.wall_s = self.wall()
+        save_checkpoint(self.run_dir / CHECKPOINT_FILE, {
+            "agent": agent_state(self.agent), "counters": self.state.as_dict(),
+            "replay": self.replay.state_dict(), "rng": rng_state(),
+            "config": OmegaConf.to_container(self.cfg, resolve=True), **extra})
+
+    def progress(self, batch) -> None:
+        if self.pbar is not None:
+            self.pbar.update(batch.numel())
+            post = {"sps": f"{self.steps_per_s():.0f}", "upd": self.state.updates}
+            if self.recent_returns:
+                post["ret"] = f"{self.recent_returns[-1]:.1f}"
+            self.pbar.set_postfix(post, refresh=False)
+        self.recent_returns[:] = self.recent_returns[-100:]
+
+    def close(self) -> None:
+        if self.collector is not None:
+            self.collector.shutdown()
+        self.eval_env.close()
+        if self.pbar is not None:
+            self.pbar.close()
+        if self.logger is not None:
+            self.logger.close()
+
+
 def train(cfg: DictConfig) -> dict:
     """Train (or resume) the run described by ``cfg``; returns the final summary."""
+    run = setup(cfg)
+    if isinstance(run, dict):
+        return run  # already trained
+    s, t = run.state, cfg.train
+    ratio = Ratio(t)
+    log, video = Every(t.log_every, s, "last_log"), Every(t.video_every, s, "last_video")
+    evaluate = Every(cfg.eval.every, s, "last_eval")
+    save = Every(t.checkpoint_every, s, "last_checkpoint")
+    stopped = None
+    try:
+        run.stop.install()
+        for batch in run.collector:
+            step = run.collect(batch)
+            if step >= t.prefill and run.replay.ready():
+                run.policy.mode = "train"
+                run.update(ratio(step))
+            if log(step):
+                run.log(step)
+            if run.stop.signal and step < cfg.steps:  # checkpoint now: no video, no evaluation
+                run.checkpoint()
+                stopped = run.stop.signal
+                break
+            if run.replay.ready() and video(step):
+                run.video(step)
+            if evaluate(step):
+                run.evaluate(step)
+            if step < cfg.steps and save(step):  # the last checkpoint is the final one
+                run.checkpoint()
+            run.progress(batch)
+            if step >= cfg.steps:
+                break
+        if not stopped:
+            final = run.evaluate(s.env_steps)
+            s.last_eval = s.env_steps
+            run.checkpoint(final_eval=[float(x) for x in final], replay_rows=len(run.replay))
+    finally:
+        if not stopped:
+            run.stop.restore()
+        run.close()
+    if stopped:
+        print(f"stopped by {stopped} at env step {s.env_steps} ({s.updates} updates); "
+              f"checkpoint written to {run.run_dir / CHECKPOINT_FILE}. Run the same command to "
+              "resume.", flush=True)
+        run.stop.restore()  # only now: a second SIGTERM during the shutdown above changes nothing
+        return {"stopped": stopped, "env_steps": s.env_steps, "updates": s.updates,
+                "run_dir": str(run.run_dir)}
+    summary = _summary(s.as_dict(), final, len(run.replay))
+    _write_summary(run.run_dir, summary)
+    return summary
+
+
+def setup(cfg: DictConfig) -> Run | dict:
+    """Check ``cfg``, prepare the run directory, build the envs, agent and replay and restore a
+    checkpoint: the :class:`Run` the loop drives, or the summary of a run already trained."""
     _check(cfg)
     device = resolve_device(cfg.device)
     env = build_env(cfg.env, seed=None)  # fails on a missing optional dependency before any I/O
@@ -202,7 +412,6 @@ def train(cfg: DictConfig) -> dict:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-
     try:
         ckpt = load_checkpoint(run_dir / CHECKPOINT_FILE) if resuming else None
         if ckpt:
@@ -210,33 +419,20 @@ def train(cfg: DictConfig) -> dict:
     except CheckpointError:
         env.close()
         raise
-    counters = dict(ckpt["counters"]) if ckpt else {
-        "env_steps": 0, "updates": 0, "episodes": 0, "last_eval": 0, "last_log": 0,
-        "last_checkpoint": 0, "last_video": 0, "resumes": 0,
-    }
-    if ckpt and counters["env_steps"] >= cfg.steps:
+    state = RunState.from_dict(ckpt["counters"]) if ckpt else RunState()
+    if ckpt and state.env_steps >= cfg.steps:
         env.close()
-        print(f"{run_dir} already trained for {counters['env_steps']} steps (steps={cfg.steps}); "
-              "raise steps=... to train further")
-        summary_file = run_dir / "summary.json"
-        if summary_file.exists():
-            return json.loads(summary_file.read_text())
-        if "final_eval" not in ckpt:  # a checkpoint from before the summary was kept in it
-            return counters
-        summary = _summary(counters, ckpt["final_eval"], ckpt.get("replay_rows", 0))
-        _write_summary(run_dir, summary)  # killed after the final checkpoint: write it now
-        return summary
+        return _already_trained(cfg, run_dir, ckpt)
     if ckpt:
-        counters["resumes"] += 1
+        state.resumes += 1
     # a resumed run reseeds its envs: the episodes in flight at the kill are gone
-    env.set_seed(cfg.seed + 1000 * counters["resumes"])
+    env.set_seed(cfg.seed + 1000 * state.resumes)
     agent, obs_keys = build_agent(cfg, env, device)
     agent.setup_update(amp=cfg.train.amp, compile=cfg.train.compile)
     env.append_transform(carry_primer(agent))
-    eval_env = build_env(cfg.env, cfg.seed + 10_000 + counters["resumes"],
+    eval_env = build_env(cfg.env, cfg.seed + 10_000 + state.resumes,
                          num_envs=eval_copies(cfg.eval.episodes, cfg.eval.envs))
     eval_env.append_transform(carry_primer(agent))
-
     t = cfg.train
     num_envs = cfg.env.num_envs
     replay = Replay(run_dir / "replay", cfg.replay.capacity, num_envs, t.batch_size, t.seq_len,
@@ -255,122 +451,33 @@ def train(cfg: DictConfig) -> dict:
                                   f"run's agent ({first}); the file was left as it is") from None
         replay.load_state_dict(ckpt["replay"])
         set_rng_state(ckpt["rng"])
-        print(f"resumed {run_dir} at env step {counters['env_steps']} "
-              f"({counters['updates']} updates, {len(replay)} replay rows)")
-
+        print(f"resumed {run_dir} at env step {state.env_steps} "
+              f"({state.updates} updates, {len(replay)} replay rows)")
     policy = ActingModule(agent, obs_keys, env.action_spec, mode="random")
     from torchrl.collectors import Collector
 
-    collector = Collector(env, policy, frames_per_batch=num_envs * t.steps_per_batch,
-                          total_frames=-1, auto_register_policy_transforms=False)
-    logger = Logger(run_dir, start_step=counters["env_steps"])
-    pbar = _progress(cfg, counters["env_steps"])
-    stop = StopRequest(stop_signal_names(cfg))
-    train_metrics: dict[str, list] = defaultdict(list)
-    recent_returns: list[float] = []
-    start_time, start_steps = time.time(), counters["env_steps"]
-    # training wall-clock over every process of the run (eval.csv's wall_s): what earlier
-    # processes had spent up to their last checkpoint, plus this process's time
-    wall_before = float(counters.get("wall_s", 0.0))
+    run = Run(cfg, run_dir, device, state, env, eval_env, agent, obs_keys, replay, policy,
+              start_steps=state.env_steps, wall_before=state.wall_s)
+    run.collector = Collector(env, policy, frames_per_batch=num_envs * t.steps_per_batch,
+                              total_frames=-1, auto_register_policy_transforms=False)
+    run.logger = Logger(run_dir, start_step=state.env_steps)
+    run.pbar = _progress(cfg, state.env_steps)
+    run.stop = StopRequest(stop_signal_names(cfg))
+    run.start_time = time.time()
+    return run
 
-    def wall() -> float:
-        return wall_before + time.time() - PROCESS_START
 
-    def checkpoint(**extra):
-        logger.flush()  # the logs hold every row up to the checkpoint's step
-        # saved with it: a resumed run's next checkpoint is one interval on, not at once
-        counters["last_checkpoint"] = counters["env_steps"]
-        counters["wall_s"] = wall()
-        save_checkpoint(run_dir / CHECKPOINT_FILE, {
-            "agent": agent_state(agent), "counters": counters, "replay": replay.state_dict(),
-            "rng": rng_state(), "config": OmegaConf.to_container(cfg, resolve=True), **extra,
-        })
-
-    stopped = None
-    try:
-        stop.install()
-        for batch in collector:
-            counters["env_steps"] += batch.numel()
-            step = counters["env_steps"]
-            replay.add(batch)
-            done = batch["next", "done"].reshape(-1)
-            if done.any():
-                rets = batch["next", "episode_reward"].reshape(-1)[done].tolist()
-                lens = batch["next", "step_count"].reshape(-1)[done].tolist()
-                for r, n in zip(rets, lens):
-                    counters["episodes"] += 1
-                    recent_returns.append(r)
-                    logger.row("episodes", {"step": step, "episode": counters["episodes"],
-                                            "return": r, "length": n})
-
-            if step >= t.prefill and replay.ready():
-                policy.mode = "train"
-                due = updates_due(step, t)
-                while counters["updates"] < due and not stop.signal:
-                    data = replay.sample()
-                    if device.type == "cuda":  # pinned: the copy runs beside the queued update
-                        data = data.pin_memory().to(device, non_blocking=True)
-                    else:
-                        data = data.to(device)
-                    for k, v in agent.train_step(data).items():
-                        train_metrics[k].append(v)  # tensors: read once per log interval
-                    counters["updates"] += 1
-
-            if step - counters["last_log"] >= t.log_every:
-                sps = (step - start_steps) / max(time.time() - start_time, 1e-9)
-                row = {k: torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in v])
-                           .mean().item() for k, v in train_metrics.items()}
-                row.update({"env_steps_per_s": sps, "updates": counters["updates"],
-                            "replay_rows": len(replay), "episodes": counters["episodes"]})
-                if recent_returns:
-                    row["episode/return"] = float(np.mean(recent_returns))
-                logger.scalars(step, row)
-                train_metrics.clear()
-                counters["last_log"] = step
-            if stop.signal and step < cfg.steps:  # checkpoint now: no video, no evaluation
-                checkpoint()
-                stopped = stop.signal
-                break
-            if t.video_every and step - counters["last_video"] >= t.video_every and replay.ready():
-                _video(agent, replay, run_dir, step, device)
-                counters["last_video"] = step
-            if cfg.eval.every and step - counters["last_eval"] >= cfg.eval.every:
-                _eval(agent, obs_keys, eval_env, cfg, logger, step, wall())
-                counters["last_eval"] = step
-            # the last checkpoint is the final one, after the final evaluation
-            if step - counters["last_checkpoint"] >= t.checkpoint_every and step < cfg.steps:
-                checkpoint()
-            if pbar is not None:
-                pbar.update(batch.numel())
-                post = {"sps": f"{(step - start_steps) / max(time.time() - start_time, 1e-9):.0f}",
-                        "upd": counters["updates"]}
-                if recent_returns:
-                    post["ret"] = f"{recent_returns[-1]:.1f}"
-                pbar.set_postfix(post, refresh=False)
-            recent_returns = recent_returns[-100:]
-            if step >= cfg.steps:
-                break
-        if not stopped:
-            final = _eval(agent, obs_keys, eval_env, cfg, logger, counters["env_steps"], wall())
-            counters["last_eval"] = counters["env_steps"]
-            checkpoint(final_eval=[float(x) for x in final], replay_rows=len(replay))
-    finally:
-        if not stopped:
-            stop.restore()
-        collector.shutdown()
-        eval_env.close()
-        if pbar is not None:
-            pbar.close()
-        logger.close()
-    if stopped:
-        print(f"stopped by {stopped} at env step {counters['env_steps']} "
-              f"({counters['updates']} updates); checkpoint written to {run_dir / CHECKPOINT_FILE}."
-              " Run the same command to resume.", flush=True)
-        stop.restore()  # only now: a second SIGTERM during the shutdown above changes nothing
-        return {"stopped": stopped, "env_steps": counters["env_steps"],
-                "updates": counters["updates"], "run_dir": str(run_dir)}
-    summary = _summary(counters, final, len(replay))
-    _write_summary(run_dir, summary)
+def _already_trained(cfg: DictConfig, run_dir: Path, ckpt: dict) -> dict:
+    counters = ckpt["counters"]
+    print(f"{run_dir} already trained for {counters['env_steps']} steps (steps={cfg.steps}); "
+          "raise steps=... to train further")
+    summary_file = run_dir / "summary.json"
+    if summary_file.exists():
+        return json.loads(summary_file.read_text())
+    if "final_eval" not in ckpt:  # a checkpoint from before the summary was kept in it
+        return counters
+    summary = _summary(counters, ckpt["final_eval"], ckpt.get("replay_rows", 0))
+    _write_summary(run_dir, summary)  # killed after the final checkpoint: write it now
     return summary
 
 

@@ -343,3 +343,23 @@ def test_lr_schedule_anneals_over_the_run():
     assert (group["schedule"], group["anneal"]) == ("cosine", 101)
     assert agent.opt.current_lr(group, 100) == pytest.approx(3e-4)
     assert agent.opt.current_lr(group, 102) == pytest.approx(0.1 * 3e-4)
+
+
+def test_schedules_and_run_state():
+    from omegaconf import OmegaConf
+
+    from agents.train import Every, Ratio, RunState, updates_due
+
+    s = RunState()
+    every = Every(10, s, "last_eval")
+    assert [step for step in range(0, 35, 5) if every(step)] == [10, 20, 30]
+    assert s.last_eval == 30
+    assert not any(Every(0, s, "last_video")(step) for step in range(100))  # 0: never
+    t = OmegaConf.create(dict(prefill=100, train_ratio=64, batch_size=16, seq_len=64))
+    ratio = Ratio(t)
+    assert [ratio(x) for x in (0, 100, 115, 116, 1124)] == [0, 0, 0, 1, 64]
+    assert ratio(5000) == updates_due(5000, t)
+    old = {"env_steps": 7, "updates": 3, "episodes": 1, "last_eval": 0, "last_log": 5,
+           "last_checkpoint": 5, "last_video": 0, "resumes": 2}  # a checkpoint without wall_s
+    state = RunState.from_dict(old)
+    assert state.as_dict() == {**old, "wall_s": 0.0}
