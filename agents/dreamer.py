@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from agents.base import Agent
 from worldrl.backbones import BACKBONES
 from worldrl.behavior import ActorCritic
 from worldrl.obs import MODALITIES
@@ -130,7 +131,7 @@ def compile_mode(value: bool | str, name: str = "compile mode") -> str | None:
     return mode
 
 
-class DreamerAgent(nn.Module):
+class DreamerAgent(Agent):
     """DreamerV3 learner (see the module docstring for the config).
 
     Args:

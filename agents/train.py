@@ -106,14 +106,15 @@ def build_agent(cfg: DictConfig, env, device: torch.device):
 
 def agent_state(agent) -> dict:
     state = {"model": agent.state_dict()}
-    if hasattr(agent, "optim_state_dict"):
-        state["optim"] = agent.optim_state_dict()
+    optim = agent.optim_state_dict()
+    if optim is not None:
+        state["optim"] = optim
     return state
 
 
 def load_agent_state(agent, state: dict) -> None:
     agent.load_state_dict(state["model"])
-    if "optim" in state and hasattr(agent, "load_optim_state_dict"):
+    if "optim" in state:
         agent.load_optim_state_dict(state["optim"])
 
 
@@ -548,8 +549,6 @@ def _video(agent, replay, run_dir: Path, step: int, device) -> None:
     (``videos/openloop-STEP-pixels.gif``), a single image as a PNG (``...-audio.png``)."""
     import imageio
 
-    if not hasattr(agent, "diagnostics"):
-        return
     pictures = agent.diagnostics(replay.sample(record=False).to(device))
     out = run_dir / "videos"
     for key, picture in pictures.items():
