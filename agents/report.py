@@ -217,14 +217,25 @@ def reference_curve(suite: str, task: str, reference: dict | None) -> tuple[list
     return list(x), list(entry["mean_return"])
 
 
+def _on_schedule(run: Run) -> dict[float, float]:
+    """A run's evaluations keyed by the point of its schedule they belong to. An evaluation runs
+    at the first collector batch at or past each ``eval.every`` interval (counted from the last
+    one, also across a resume), so seeds evaluate a few steps apart; each is keyed by the nearest
+    multiple of ``eval.every`` (by its own step without one)."""
+    every = float(run.config.get("eval.every") or 0)
+    return {(round(r["step"] / every) * every if every > 0 else r["step"]): r["return_mean"]
+            for r in run.evals}
+
+
 def curves(runs: list[Run], x: str = "step") -> dict:
     """Mean and 95% CI band over runs at every x where all of them were evaluated (steps: the
-    shared evaluation schedule; wall-clock: each run interpolated onto a common grid)."""
+    shared evaluation schedule, :func:`_on_schedule`; wall-clock: each run interpolated onto a
+    common grid)."""
     if x == "step":
-        common = sorted(set.intersection(*[{r["step"] for r in run.evals} for run in runs]))
+        scheduled = [_on_schedule(run) for run in runs]
+        common = sorted(set.intersection(*[set(s) for s in scheduled]))
         grid = np.array(common, dtype=float)
-        ys = np.array([[next(r["return_mean"] for r in run.evals if r["step"] == s)
-                        for s in common] for run in runs])
+        ys = np.array([[s[c] for c in common] for s in scheduled])
     else:
         ends = [run.evals[-1].get("wall_s", 0.0) for run in runs]
         grid = np.linspace(0.0, min(ends), 20) if min(ends) > 0 else np.zeros(0)

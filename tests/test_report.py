@@ -1,6 +1,7 @@
 """``worldrl report``: synthetic run directories with known returns."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,3 +135,17 @@ def test_the_95_percent_ci_over_seeds_covers_the_true_mean():
         assert lo <= mean <= hi and mean == pytest.approx(sample.mean())
         hits.append(lo <= 100.0 <= hi)
     assert 0.7 <= np.mean(hits) <= 1.0
+
+
+def test_curves_line_up_seeds_that_evaluated_a_few_steps_apart():
+    from agents.report import Run, curves
+
+    def run(steps, returns):
+        evals = [{"step": s, "return_mean": r} for s, r in zip(steps, returns)]
+        return Run(Path("x"), {"eval.every": 5000}, evals, None)
+
+    a = run([9520, 14528, 19536, 50000], [50.0, 0.0, 210.0, 150.0])  # resumed off the grid
+    b = run([9568, 14576, 19584, 50000], [30.0, 30.0, 200.0, 152.0])
+    c = curves([a, b])
+    assert c["x"] == [10000.0, 15000.0, 20000.0, 50000.0]
+    assert c["mean"] == pytest.approx([40.0, 15.0, 205.0, 151.0])
