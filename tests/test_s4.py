@@ -31,24 +31,3 @@ def test_hippo_n_init_and_stable_discretisation():
     m = checks.make("s4")
     lam_bar, _, _ = m.blocks[0].ssm.discretise()
     assert (lam_bar.abs() < 1).all()
-
-
-def test_parallel_observe_equals_recurrence():
-    checks.check_parallel_equals_recurrent("s4")
-
-
-def test_reset_mid_sequence_equals_two_separate_sequences():
-    checks.check_reset_equals_two_sequences("s4")
-
-
-def test_gradients_reach_every_parameter():
-    checks.check_gradients_reach_every_parameter("s4")
-
-
-def test_imagination_starts():
-    checks.check_imagination_starts("s4")
-
-
-@pytest.mark.parametrize("env", ["gym", "atari100k"])
-def test_cli_smoke(tmp_path, env):
-    checks.cli_smoke(tmp_path, "s4", env)
