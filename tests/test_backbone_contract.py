@@ -63,3 +63,82 @@ def test_the_agent_trains_and_acts_on_every_backbone(name):
     action, carry = agent.act(obs, torch.ones(2, dtype=torch.bool), carry, mode="train")
     action, carry = agent.act(obs, torch.zeros(2, dtype=torch.bool), carry, mode="eval")
     assert action.shape == (2, 3) and set(carry) == set(agent.carry_spec())
+
+
+def _toy_class():
+    """A backbone of a dozen lines, defined inside the tests: an Elman RNN core with categorical
+    latents (no gates, no blocks). Registered in BACKBONES by the test below, it must pass the
+    same contract as the shipped backbones."""
+    import torch
+    from torch import nn
+
+    from worldrl.backbones.base import Backbone
+    from worldrl.dists import OneHot
+
+    class Toy(Backbone):
+        def __init__(self, embed_size, action_size, *, deter=64, hidden=16, stoch=4, classes=5):
+            super().__init__()
+            self.embed_size, self.action_size = embed_size, action_size
+            self.deter, self.stoch, self.classes = deter, stoch, classes
+            self.deter_size, self.stoch_size = deter, stoch * classes
+            self.feat_size = deter + stoch * classes
+            self.core = nn.Linear(deter + stoch * classes + action_size, deter)
+            self.prior = nn.Linear(deter, stoch * classes)
+            self.post = nn.Linear(deter + embed_size, stoch * classes)
+
+        def state_spec(self):
+            return {"deter": (self.deter,), "stoch": (self.stoch_size,)}
+
+        def initial(self, batch_size):
+            return {k: torch.zeros(batch_size, *s) for k, s in self.state_spec().items()}
+
+        def _latent(self, logits, sample):
+            logits = logits.reshape(*logits.shape[:-1], self.stoch, self.classes)
+            d = OneHot(logits, 0.01, event_dims=1)
+            x = d.sample() if sample else d.mode()
+            return x.reshape(*x.shape[:-2], self.stoch_size), logits
+
+        def _step(self, deter, stoch, action):
+            return torch.tanh(self.core(torch.cat([deter, stoch, action], -1)))
+
+        def observe(self, embed, action, is_first, state=None, sample=True):
+            B, T = self._check_sequence(embed, action, is_first)
+            state = state or self.initial(B)
+            deter, stoch = state["deter"], state["stoch"]
+            keep = (~is_first)[..., None].float()
+            post = {"deter": [], "stoch": [], "logits": []}
+            for t in range(T):
+                k_t = keep[:, t]
+                deter = self._step(deter * k_t, stoch * k_t, action[:, t] * k_t)
+                stoch, logits = self._latent(self.post(torch.cat([deter, embed[:, t]], -1)), sample)
+                for k, v in (("deter", deter), ("stoch", stoch), ("logits", logits)):
+                    post[k].append(v)
+            post = {k: torch.stack(v, 1) for k, v in post.items()}
+            pstoch, plogits = self._latent(self.prior(post["deter"]), sample)
+            prior = {"deter": post["deter"], "stoch": pstoch, "logits": plogits}
+            return post, prior, {"deter": deter, "stoch": stoch}
+
+        def imagine_step(self, state, action, sample=True):
+            deter = self._step(state["deter"], state["stoch"], action)
+            return {"deter": deter, "stoch": self._latent(self.prior(deter), sample)[0]}
+
+        def kl_losses(self, post, prior, free_nats=1.0):
+            def dist(x):
+                return OneHot(x, 0.01, event_dims=1)
+
+            dyn = dist(post["logits"].detach()).kl(dist(prior["logits"]))
+            rep = dist(post["logits"]).kl(dist(prior["logits"].detach()))
+            return dyn.clamp_min(free_nats), rep.clamp_min(free_nats)
+
+    return Toy
+
+
+def test_a_backbone_defined_in_a_test_passes_the_contract(monkeypatch):
+    from worldrl import backbones
+
+    monkeypatch.setitem(backbones.BACKBONES, "toy", _toy_class())
+    checks.check_parallel_equals_recurrent("toy")
+    checks.check_reset_equals_two_sequences("toy")
+    checks.check_gradients_reach_every_parameter("toy")
+    checks.check_imagination_starts("toy")
+    test_the_agent_trains_and_acts_on_every_backbone("toy")
