@@ -83,7 +83,8 @@ def run_one(name: str, workdir: Path, resume: Path | None = None, steps: int | N
             "weights": _stats(ckpt["agent"])}
 
 
-def _diff(a, b, notes: list[str] | None = None) -> tuple[float, list[str]]:
+def _diff(a, b, notes: list[str] | None = None, dropped: tuple[str, ...] = ()
+          ) -> tuple[float, list[str]]:
     """Largest absolute difference between two records, and what does not line up. Renamed
     weights are lined up by order (a rename is not a difference; a reordering shows as one) and
     reported in ``notes``."""
@@ -92,6 +93,7 @@ def _diff(a, b, notes: list[str] | None = None) -> tuple[float, list[str]]:
     if len(a["metrics"]) != len(b["metrics"]):
         problems.append(f"metric rows {len(a['metrics'])} -> {len(b['metrics'])}")
     for ra, rb in zip(a["metrics"], b["metrics"]):
+        ra = {k: v for k, v in ra.items() if k not in dropped}  # metrics removed on purpose
         if set(ra) != set(rb):
             problems.append(f"step {ra.get('step')}: keys {sorted(set(ra) ^ set(rb))}")
         for k in set(ra) & set(rb):
@@ -125,6 +127,9 @@ def main(argv=None) -> int:
     p.add_argument("--resume", metavar="DIR", help="continue the runs of --checkpoints DIR")
     p.add_argument("--only", nargs="+", choices=sorted(RUNS), default=sorted(RUNS))
     p.add_argument("--tolerance", type=float, default=1e-6)
+    p.add_argument("--dropped", nargs="*", default=["kl/rep"],
+                   help="metric keys removed on purpose since the record (kl/rep: it logged "
+                        "kl/dyn's value again)")
     args = p.parse_args(argv)
     from benchmarks.machine import commit
 
@@ -154,7 +159,7 @@ def main(argv=None) -> int:
                 continue
             old = json.loads((base / f"{kept}.json").read_text())
             notes: list[str] = []
-            worst, problems = _diff(old, rec, notes)
+            worst, problems = _diff(old, rec, notes, tuple(args.dropped))
             ok = worst <= args.tolerance and not problems
             failed += not ok
             print(f"{kept}: largest difference {worst:.3g} (recorded at {old['commit'][:7]})"

@@ -44,3 +44,12 @@ def test_a_changed_loss_weight_or_row_shows(record):
     worst, problems = _diff(record, d, notes)
     assert any("metric rows" in p for p in problems) and any("episodes" in p for p in problems)
     assert any("renamed" in n for n in notes) and worst > 1e-3  # lined up by order: moved
+
+
+def test_a_metric_removed_on_purpose_is_not_a_difference(record):
+    b = copy.deepcopy(record)
+    for row in b["metrics"]:
+        row.pop("kl/rep", None)
+    assert any("kl/rep" in row for row in record["metrics"])
+    assert _diff(record, b)[1]  # a missing key shows
+    assert _diff(record, b, dropped=("kl/rep",)) == (0.0, [])
