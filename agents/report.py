@@ -219,10 +219,16 @@ def reference_curve(suite: str, task: str, reference: dict | None) -> tuple[list
 
 def _on_schedule(run: Run) -> dict[float, float]:
     """A run's evaluations keyed by the point of its schedule they belong to. An evaluation runs
-    at the first collector batch at or past each ``eval.every`` interval (counted from the last
-    one, also across a resume), so seeds evaluate a few steps apart; each is keyed by the nearest
-    multiple of ``eval.every`` (by its own step without one)."""
-    every = float(run.config.get("eval.every") or 0)
+    at the first collector batch at or past each interval (counted from the last one, also across
+    a resume), so seeds evaluate a few steps apart; each is keyed by the nearest multiple of the
+    interval: with three evaluations or more, the median gap between them to two significant
+    digits (its ``config.yaml`` keeps the first process's ``eval.every``, which a resume may
+    change), else ``eval.every``. A later evaluation keyed like an earlier one (the final one)
+    replaces it."""
+    steps = [r["step"] for r in run.evals]
+    gaps = np.diff(steps)
+    every = float(f"{np.median(gaps):.2g}") if len(gaps) >= 2 else 0.0
+    every = every or float(run.config.get("eval.every") or 0)
     return {(round(r["step"] / every) * every if every > 0 else r["step"]): r["return_mean"]
             for r in run.evals}
 

@@ -142,10 +142,11 @@ def test_curves_line_up_seeds_that_evaluated_a_few_steps_apart():
 
     def run(steps, returns):
         evals = [{"step": s, "return_mean": r} for s, r in zip(steps, returns)]
-        return Run(Path("x"), {"eval.every": 5000}, evals, None)
+        return Run(Path("x"), {"eval.every": 10000}, evals, None)  # the first process's
 
-    a = run([9520, 14528, 19536, 50000], [50.0, 0.0, 210.0, 150.0])  # resumed off the grid
-    b = run([9568, 14576, 19584, 50000], [30.0, 30.0, 200.0, 152.0])
+    # resumed off the grid with eval.every 5000; the final evaluation a few hundred steps on
+    a = run([9520, 14528, 19536, 24544, 49584, 50000], [50.0, 0.0, 210.0, 9.0, 1.0, 150.0])
+    b = run([9568, 14576, 19584, 24592, 49632, 50000], [30.0, 30.0, 200.0, 9.0, 1.0, 152.0])
     c = curves([a, b])
-    assert c["x"] == [10000.0, 15000.0, 20000.0, 50000.0]
-    assert c["mean"] == pytest.approx([40.0, 15.0, 205.0, 151.0])
+    assert c["x"] == [10000.0, 15000.0, 20000.0, 25000.0, 50000.0]
+    assert c["mean"] == pytest.approx([40.0, 15.0, 205.0, 9.0, 151.0])
