@@ -14,24 +14,14 @@ from worldrl.backbones import BACKBONES
 NAMES = sorted(BACKBONES)
 
 
+CHECKS = [checks.check_parallel_equals_recurrent, checks.check_reset_equals_two_sequences,
+          checks.check_gradients_reach_every_parameter, checks.check_imagination_starts]
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=[c.__name__[len("check_"):] for c in CHECKS])
 @pytest.mark.parametrize("name", NAMES)
-def test_parallel_equals_recurrent(name):
-    checks.check_parallel_equals_recurrent(name)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_reset_equals_two_sequences(name):
-    checks.check_reset_equals_two_sequences(name)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_gradients_reach_every_parameter(name):
-    checks.check_gradients_reach_every_parameter(name)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_imagination_starts(name):
-    checks.check_imagination_starts(name)
+def test_backbone_checks(name, check):
+    check(name)
 
 
 @pytest.mark.parametrize("env", ["gym", "atari100k"])
@@ -137,8 +127,6 @@ def test_a_backbone_defined_in_a_test_passes_the_contract(monkeypatch):
     from worldrl import backbones
 
     monkeypatch.setitem(backbones.BACKBONES, "toy", _toy_class())
-    checks.check_parallel_equals_recurrent("toy")
-    checks.check_reset_equals_two_sequences("toy")
-    checks.check_gradients_reach_every_parameter("toy")
-    checks.check_imagination_starts("toy")
+    for check in CHECKS:
+        check("toy")
     test_the_agent_trains_and_acts_on_every_backbone("toy")
