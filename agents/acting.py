@@ -43,9 +43,8 @@ def random_action(act_space: dict, batch: int, generator: torch.Generator | None
 
 
 def obs_space_of(observation_spec) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """``{key: (shape, dtype)}`` of the keys a model encodes: every observation of the env but
-    bookkeeping and signals, each of a known kind (:mod:`worldrl.obs`; else a ValueError naming
-    the key)."""
+    """``{key: (shape, dtype)}`` of the keys a model may encode: every observation of the env but
+    bookkeeping and signals (:mod:`worldrl.obs`; the model checks that each has a kind)."""
     from worldrl.obs import model_space, space_of
 
     return model_space(space_of(observation_spec))

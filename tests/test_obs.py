@@ -74,9 +74,11 @@ def test_a_new_key_of_a_known_kind_needs_no_code():
 
 
 def test_a_key_of_no_kind_is_an_error_that_names_it():
-    s = spec(pixels=((3, 64, 64), torch.uint8), depth=((16, 16), torch.uint8))
-    with pytest.raises(ValueError, match=r"'depth' has shape \(16, 16\).*image: uint8"):
-        obs_space_of(s)
+    space = obs_space_of(spec(pixels=((3, 64, 64), torch.uint8), depth=((64, 64), torch.uint8)))
+    with pytest.raises(ValueError, match=r"'depth' has shape \(64, 64\).*image: uint8"):
+        WorldModel(space, 3, **WM)
+    wm = WorldModel(space, 3, obs_keys=["pixels"], **WM)  # or leave it out
+    assert wm.obs_keys == ["pixels"]
 
 
 class _BoardMSE(MSE):

@@ -348,9 +348,10 @@ def space_of(observation_spec) -> dict[str, tuple[tuple[int, ...], torch.dtype]]
 
 
 def model_space(space: ObsSpace) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """The keys a model encodes (every key but signals), checked: each has a kind."""
-    keys = {k for kind in split(space).values() for k in kind}
-    return {k: v for k, v in space.items() if k in keys}
+    """The keys a model may encode: every key but signals. Each must have a kind, which the
+    model checks when it is built (:func:`split`), after ``world_model.obs_keys`` has had its
+    chance to leave a key out."""
+    return {k: v for k, v in space.items() if not is_signal(v[1])}
 
 
 def _batch_shape(x: Tensor, event: tuple[int, ...], key: str) -> tuple[int, ...]:
