@@ -128,9 +128,10 @@ def ensure_env_packages(python: Path, log=print) -> None:
 
 
 def _write_csv_rows(path: Path, header: str, rows: list[str]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join([header, *rows]) + "\n")
-    os.replace(tmp, path)
+    from agents.run_dir import write_atomic
+
+    text = "\n".join([header, *rows]) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def _cut_episodes(path: Path, step: int) -> None:
