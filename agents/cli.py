@@ -2,6 +2,8 @@
 
     worldrl train [OVERRIDE ...]          train (or resume) a run; Hydra overrides, e.g.
                                           env=atari100k env.task=pong backbone=rssm size=s seed=1
+    worldrl train -m OVERRIDE ...         a sweep: the product of comma-separated values, one
+                                          run each, through a Hydra launcher (agents/sweep.py)
     worldrl eval CHECKPOINT [--episodes N] [--max-steps N] [--sample]
                                           evaluate a checkpoint (file or run directory)
     worldrl plot RUN_DIR [--out FILE]     learning-curve PNG from a run's CSVs
@@ -35,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train or resume a run")
     t.add_argument("overrides", nargs="*", help="Hydra overrides: group=name, key=value")
+    t.add_argument("-m", "--multirun", action="store_true",
+                   help="sweep: train the product of comma-separated values (seed=0,1 "
+                   "env.task=pong,boxing) through hydra/launcher=basic|joblib|submitit_slurm|"
+                   "submitit_local|ray, one run directory per job under hydra.sweep.dir")
     e = sub.add_parser("eval", help="evaluate a checkpoint")
     e.add_argument("checkpoint", help="checkpoint file or run directory")
     e.add_argument("--episodes", type=int, default=None)
@@ -168,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_thread_disk_errors(args.command, storage_error)
 
     try:
+        if args.command == "train" and args.multirun:
+            from agents.sweep import sweep
+
+            outcomes = sweep(args.overrides)
+            return 2 if any(o["status"] in ("failed", "not started") for o in outcomes) else 0
         if args.command == "train":
             from agents.train import train
             from worldrl.config import load_config

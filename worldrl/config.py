@@ -54,6 +54,10 @@ def load_config(overrides: Sequence[str] = ()) -> DictConfig:
     from omegaconf.errors import ConfigKeyError
 
     overrides = list(overrides)
+    for item in overrides:
+        if re.match(r"^[+~]?hydra[./]", item):
+            raise ConfigError(f"{item!r} is a setting of Hydra's launchers and sweeps; it applies "
+                              "to sweeps only: worldrl train -m ...")
     _check_groups(overrides)
     GlobalHydra.instance().clear()
     try:
