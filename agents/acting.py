@@ -62,17 +62,19 @@ class ActingModule(TensorDictModuleBase):
         self.carry_keys = list(agent.carry_spec())
         self.in_keys = [*self.obs_keys, "is_first", *[("carry", k) for k in self.carry_keys]]
         self.out_keys = ["action", *[("next", "carry", k) for k in self.carry_keys]]
+        # a buffer, not an attribute: collector workers' copies follow it with the weights
+        self.register_buffer("mode_index", torch.zeros((), dtype=torch.long), persistent=False)
         self.mode = mode
 
     @property
     def mode(self) -> str:
-        return self._mode
+        return MODES[int(self.mode_index)]
 
     @mode.setter
     def mode(self, value: str) -> None:
         if value not in MODES:
             raise ValueError(f"unknown acting mode {value!r}; choose one of: {', '.join(MODES)}")
-        self._mode = value
+        self.mode_index.fill_(MODES.index(value))
 
     @torch.no_grad()
     def forward(self, td: TensorDictBase) -> TensorDictBase:
@@ -80,12 +82,13 @@ class ActingModule(TensorDictModuleBase):
         flat = td.reshape(-1) if len(batch_shape) != 1 else td
         is_first = flat["is_first"].reshape(-1)
         carry = {k: flat["carry", k] for k in self.carry_keys}
-        if self.mode == "random":
+        mode = self.mode
+        if mode == "random":
             action = random_action(self.act_space, flat.shape[0])
             new_carry = carry
         else:
             obs = {k: flat[k] for k in self.obs_keys}
-            action, new_carry = self.agent.act(obs, is_first, carry, mode=self.mode)
+            action, new_carry = self.agent.act(obs, is_first, carry, mode=mode)
         dev = flat.device if flat.device is not None else is_first.device  # the envs' device:
         flat.set("action", action.to(dev, self.action_dtype))  # a GPU agent acts for CPU envs
         for k in self.carry_keys:

@@ -33,7 +33,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import envs
-from agents import make_agent
+from agents import collect, make_agent
 from agents.acting import ActingModule, act_space_of, carry_primer, obs_space_of
 from agents.dreamer import compile_mode
 from agents.logger import Logger
@@ -173,6 +173,7 @@ def stop_signal_names(cfg: DictConfig) -> list[str]:
 def _check(cfg: DictConfig) -> None:
     """Validate every value before anything touches the disk."""
     envs.check_task(cfg.env.suite, cfg.env.task)
+    collect.check(cfg.env)
     resolve_device(cfg.device)
     t = cfg.train
     compile_mode(t.compile, "train.compile")
@@ -275,7 +276,7 @@ class Run:
         """Add the collector's batch to replay, log finished episodes; the new env step."""
         s = self.state
         s.env_steps += batch.numel()
-        self.replay.add(batch)
+        self.replay.add(batch, streams=collect.streams_of(batch))
         done = batch["next", "done"].reshape(-1)
         if done.any():
             rets = batch["next", "episode_reward"].reshape(-1)[done].tolist()
@@ -289,6 +290,7 @@ class Run:
 
     def update(self, due: int) -> None:
         """Updates until ``due`` are done (or a stop is asked for)."""
+        before = self.state.updates
         while self.state.updates < due and not self.stop.signal:
             data = self.replay.sample()
             if self.device.type == "cuda":  # pinned: the copy runs beside the queued update
@@ -298,6 +300,8 @@ class Run:
             for k, v in self.agent.train_step(data).items():
                 self.train_metrics[k].append(v)  # tensors: read once per log interval
             self.state.updates += 1
+        if self.cfg.env.collectors > 1 and self.state.updates > before:
+            self.collector.update_policy_weights_()  # the workers act with the new weights
 
     def steps_per_s(self) -> float:
         return (self.state.env_steps - self.start_steps) / max(time.time() - self.start_time,
@@ -435,7 +439,7 @@ def setup(cfg: DictConfig) -> Run | dict:
                          num_envs=eval_copies(cfg.eval.episodes, cfg.eval.envs))
     eval_env.append_transform(carry_primer(agent))
     t = cfg.train
-    num_envs = cfg.env.num_envs
+    num_envs = cfg.env.num_envs * cfg.env.collectors  # replay streams: every worker's copies
     replay = Replay(run_dir / "replay", cfg.replay.capacity, num_envs, t.batch_size, t.seq_len,
                     sampler=cfg.replay.sampler, seed=cfg.seed, reward_smoothing=cfg.replay,
                     dfs=OmegaConf.to_container(cfg.replay.dfs, resolve=True),
@@ -455,12 +459,10 @@ def setup(cfg: DictConfig) -> Run | dict:
         print(f"resumed {run_dir} at env step {state.env_steps} "
               f"({state.updates} updates, {len(replay)} replay rows)")
     policy = ActingModule(agent, obs_keys, env.action_spec, mode="random")
-    from torchrl.collectors import Collector
-
     run = Run(cfg, run_dir, device, state, env, eval_env, agent, obs_keys, replay, policy,
               start_steps=state.env_steps, wall_before=state.wall_s)
-    run.collector = Collector(env, policy, frames_per_batch=num_envs * t.steps_per_batch,
-                              total_frames=-1, auto_register_policy_transforms=False)
+    run.collector = collect.make_collector(env, policy, cfg, cfg.seed + 1000 * state.resumes,
+                                           carry_primer(agent))
     run.logger = Logger(run_dir, start_step=state.env_steps)
     run.pbar = _progress(cfg, state.env_steps)
     run.stop = StopRequest(stop_signal_names(cfg))

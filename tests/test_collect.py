@@ -104,3 +104,62 @@ def test_env_name_errors():
         envs.make("mujoco_ant")
     with pytest.raises(ValueError, match="unknown env suite 'procgen'.*atari100k"):
         envs.make_env("procgen", "coinrun")
+
+
+class PreferringAgent(CountingAgent):
+    """CountingAgent whose action is the argmax of a parameter: the weights show in the actions."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.prefer = nn.Parameter(torch.zeros(n))
+
+    def act(self, obs, is_first, carry, mode="train"):
+        _, new = super().act(obs, is_first, carry, mode)
+        index = self.prefer.argmax().expand(is_first.shape[0])
+        return nn.functional.one_hot(index, self.prefer.shape[0]).float(), new
+
+
+def test_collector_workers_keep_their_carry_and_follow_the_learners_weights():
+    """env.collectors=2: two worker processes, one env stream each; the acting mode and the
+    weights set in the learner reach the workers' copies after update_policy_weights_()."""
+    from agents.collect import make_collector, streams_of
+    from agents.train import build_env
+    from worldrl.config import load_config
+
+    cfg = load_config(["preset=debug", "env.collectors=2", "env.task=CartPole-v1"])
+    env = build_env(cfg.env, seed=None)
+    agent = PreferringAgent(int(env.action_spec.shape[-1]))
+    env.append_transform(carry_primer(agent))
+    policy = ActingModule(agent, ["vector"], env.action_spec, mode="random")
+    col = make_collector(env, policy, cfg, seed=0, primer=carry_primer(agent))
+    batches = iter(col)
+    try:
+        def take(n):
+            return [next(batches) for _ in range(n)]
+
+        first = take(4)
+        assert {s for b in first for s in streams_of(b)} == {0, 1}  # both workers deliver
+        assert all(b["carry", "count"].abs().sum() == 0 for b in first)  # random mode: untouched
+        for preferred in (1, 0):
+            with torch.no_grad():
+                agent.prefer.zero_()
+                agent.prefer[preferred] = 1.0
+            policy.mode = "train"
+            col.update_policy_weights_()
+            take(2)  # each worker may finish one batch with the weights it had
+            last = {}
+            for b in take(6):
+                actions = b["action"].argmax(-1).reshape(-1)
+                assert (actions == preferred).all(), (preferred, actions)
+                first_step = b["is_first"].reshape(-1)
+                count = b["carry", "count"].reshape(-1)
+                nxt = b["next", "carry", "count"].reshape(-1)
+                assert (nxt == torch.where(first_step, torch.ones_like(count), count + 1)).all()
+                assert (count[first_step] == 0).all()  # the primer's reset at episode starts
+                (stream,) = streams_of(b)
+                if stream in last and not first_step[0]:  # the carry goes on across batches
+                    assert count[0] == last[stream]
+                last[stream] = nxt[-1]
+            assert len(last) == 2
+    finally:
+        col.shutdown()

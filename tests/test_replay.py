@@ -215,3 +215,27 @@ def test_disk_blocks_are_reserved_a_chunk_ahead_not_for_the_whole_capacity(tmp_p
     row_bytes = vector[0].numel() * vector.element_size()
     allocated = os.stat(vector.filename).st_blocks * 512
     assert 256 * row_bytes <= allocated < 100_000 * row_bytes
+
+
+@pytest.mark.parametrize("smoothing", ["none", "gaussian"])
+def test_batches_of_single_streams_write_the_rows_of_whole_batches(tmp_path, smoothing):
+    """Collector workers deliver one worker's streams at a time, in any order: the rows on disk
+    are those of the same transitions added as whole batches."""
+    cfg = {"reward_smoothing": smoothing, "smoothing_sigma": 1.0}
+    whole = Replay(tmp_path / "a", 500, 3, 2, 8, reward_smoothing=cfg, generation=1)
+    parts = Replay(tmp_path / "b", 500, 3, 2, 8, reward_smoothing=cfg, generation=1)
+    batches = collect(3, 5, seed=4)
+    for b in batches:
+        whole.add(b)
+    order = [(0,), (2, 1), (2, 1), (0,), (0,), (1, 2), (2, 1), (0,), (1, 2), (0,)]  # skewed
+    queue = {0: [b[0:1] for b in batches], (1, 2): [b[1:3] for b in batches]}
+    for streams in order:
+        key = 0 if streams == (0,) else (1, 2)
+        part = queue[key].pop(0)
+        parts.add(part if streams != (2, 1) else part.flip(0), streams=list(streams))
+    assert len(parts) == len(whole) > 0
+    a, b = whole.storage[: len(whole)], parts.storage[: len(parts)]
+    for key in ("vector", "reward", "reward_raw", "is_first", "episode", "action"):
+        assert torch.equal(a[key], b[key]), key
+    with pytest.raises(ValueError, match="streams of 0..2"):
+        parts.add(batches[0][0:1], streams=[3])

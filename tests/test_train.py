@@ -136,6 +136,10 @@ def test_different_config_is_refused_and_overwrite_moves_aside(tmp_path, capsys)
     ("agent.optim.anneal=50", "anneal must be > warmup, got anneal=50"),
     ("train.compile=fast", "unknown train.compile 'fast'; choices: [False, True, 'default', "
                            "'reduce-overhead'"),
+    ("env.collectors=0", "env.collectors must be an integer >= 1, got 0"),
+    ("env.collector_backend=mpi", "unknown env.collector_backend 'mpi'; choose one of: process, "
+                                  "ray"),
+    ("hydra/launcher=joblib", "applies to sweeps only: worldrl train -m"),
 ])
 def test_bad_names_fail_at_start_and_write_nothing(tmp_path, capsys, override, message):
     run = tmp_path / "run"
@@ -363,3 +367,20 @@ def test_schedules_and_run_state():
            "last_checkpoint": 5, "last_video": 0, "resumes": 2}  # a checkpoint without wall_s
     state = RunState.from_dict(old)
     assert state.as_dict() == {**old, "wall_s": 0.0}
+
+
+def test_collector_workers_train_and_resume(tmp_path):
+    """env.collectors=2: two worker processes step the envs; replay keeps one stream per worker
+    and a second command with a larger budget resumes the run."""
+    run = tmp_path / "run"
+    out = worldrl("train", "preset=debug", "env.collectors=2", f"run_dir={run}", *QUIET)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["env_steps"] >= 120 and summary["updates"] > 0
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    assert ckpt["replay"]["carry_reward"].shape == (2,)  # one replay stream per worker
+    out = worldrl("train", "preset=debug", "env.collectors=2", f"run_dir={run}", "steps=200",
+                  *QUIET)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["env_steps"] >= 200 and summary["resumes"] == 1

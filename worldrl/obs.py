@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +41,7 @@ from worldrl.nets import MLP, ConvDecoder, ConvEncoder, Linear
 RESERVED = frozenset({
     "is_first", "is_last", "is_terminal", "is_init", "terminated", "truncated", "done", "reward",
     "action", "prev_action", "episode_reward", "step_count", "carry", "next", "collector",
+    "stream",
 })
 
 ObsSpace = Mapping[str, tuple[tuple[int, ...], torch.dtype]]
@@ -363,19 +365,20 @@ def _batch_shape(x: Tensor, event: tuple[int, ...], key: str) -> tuple[int, ...]
 
 
 # -------------------------------------------------------------------------------- multi-codecs
+def _rename(renames: dict[str, str], state_dict, prefix, *args) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        rest = key[len(prefix):]
+        for old, new in renames.items():
+            if rest.startswith(old):
+                state_dict[prefix + new + rest[len(old):]] = state_dict.pop(key)
+                break
+
+
 def _upgrade(renames: dict[str, str]):
     """A load-state-dict pre-hook: checkpoints from before the registry named the codecs by
-    attribute (``encoder.cnn``, ``decoder.vec_out``, ...); renames their keys in place."""
-
-    def hook(state_dict, prefix, *args) -> None:
-        for key in [k for k in state_dict if k.startswith(prefix)]:
-            rest = key[len(prefix):]
-            for old, new in renames.items():
-                if rest.startswith(old):
-                    state_dict[prefix + new + rest[len(old):]] = state_dict.pop(key)
-                    break
-
-    return hook
+    attribute (``encoder.cnn``, ``decoder.vec_out``, ...); renames their keys in place. (A
+    partial, not a closure: modules pickle, for collector worker processes.)"""
+    return partial(_rename, renames)
 
 
 _ENCODER_RENAMES = {"cnn.": "parts.image.cnn.", "mlp.": "parts.vector.mlp.",

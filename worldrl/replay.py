@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -250,12 +250,14 @@ class DFSSampler(SequenceSampler):
 
 
 def _transitions_to_rows(
-    batch: TensorDictBase, carry_reward: torch.Tensor, episode: torch.Tensor, num_envs: int
+    batch: TensorDictBase, carry_reward: torch.Tensor, episode: torch.Tensor, num_envs: int,
+    streams: list[int] | None = None,
 ) -> list[TensorDict]:
     """Collector transitions ``[N, T]`` -> one TensorDict of rows per env (see module docstring).
 
-    ``carry_reward[n]`` is the reward that arrived with env n's first observation of this batch;
-    ``episode[n]`` its current episode count. Both are updated in place.
+    Row ``i`` of the batch is env stream ``streams[i]`` (default: ``i``). ``carry_reward[n]`` is
+    the reward that arrived with stream n's first observation of this batch; ``episode[n]`` its
+    current episode count. Both are updated in place.
     """
     n_envs, steps = batch.shape
     nxt = batch["next"]
@@ -265,18 +267,18 @@ def _transitions_to_rows(
     reward_next = nxt["reward"].reshape(n_envs, steps).float()
     action = batch["action"].float()
     out = []
-    for n in range(n_envs):
-        arrived = torch.cat([carry_reward[n : n + 1], reward_next[n, :-1]])
-        arrived = torch.where(is_first[n], torch.zeros_like(arrived), arrived)
-        ends_before = torch.cumsum(done[n].long(), 0) - done[n].long()
+    for i, n in enumerate(range(n_envs) if streams is None else streams):
+        arrived = torch.cat([carry_reward[n : n + 1], reward_next[i, :-1]])
+        arrived = torch.where(is_first[i], torch.zeros_like(arrived), arrived)
+        ends_before = torch.cumsum(done[i].long(), 0) - done[i].long()
         ep = (episode[n] + ends_before) * num_envs + n
         zeros = torch.zeros(steps, dtype=torch.bool)
         first = TensorDict(
             {
-                **{k: batch[n][k] for k in keys},
-                "action": action[n],
+                **{k: batch[i][k] for k in keys},
+                "action": action[i],
                 "reward": arrived,
-                "is_first": is_first[n],
+                "is_first": is_first[i],
                 "is_last": zeros,
                 "terminated": zeros,
                 "truncated": zeros,
@@ -286,23 +288,23 @@ def _transitions_to_rows(
         )
         last = TensorDict(
             {
-                **{k: nxt[n][k] for k in keys},
-                "action": torch.zeros_like(action[n]),
-                "reward": reward_next[n],
+                **{k: nxt[i][k] for k in keys},
+                "action": torch.zeros_like(action[i]),
+                "reward": reward_next[i],
                 "is_first": zeros,
                 "is_last": torch.ones(steps, dtype=torch.bool),
-                "terminated": nxt["terminated"][n].reshape(steps),
-                "truncated": nxt["truncated"][n].reshape(steps) & ~nxt["terminated"][n].reshape(
+                "terminated": nxt["terminated"][i].reshape(steps),
+                "truncated": nxt["truncated"][i].reshape(steps) & ~nxt["terminated"][i].reshape(
                     steps),
                 "episode": ep,
             },
             batch_size=[steps],
         )
-        keep = torch.stack([torch.ones(steps, dtype=torch.bool), done[n]], dim=1)
+        keep = torch.stack([torch.ones(steps, dtype=torch.bool), done[i]], dim=1)
         rows = torch.stack([first, last], dim=1)[keep]
         out.append(rows)
-        carry_reward[n] = 0.0 if done[n, -1] else reward_next[n, -1]
-        episode[n] += done[n].sum()
+        carry_reward[n] = 0.0 if done[i, -1] else reward_next[i, -1]
+        episode[n] += done[i].sum()
     return out
 
 
@@ -391,23 +393,28 @@ class Replay:
         """The next time row's serial: time rows written to disk so far, over all processes."""
         return self.rows_added // self.num_envs
 
-    def add(self, batch: TensorDictBase) -> int:
-        """Add a collector batch (``[T]`` or ``[num_envs, T]``); returns rows written to disk."""
+    def add(self, batch: TensorDictBase, streams: Sequence[int] | None = None) -> int:
+        """Add a collector batch (``[T]`` or ``[num_envs, T]``); returns rows written to disk.
+
+        ``streams``: which env streams the batch's rows are (default: all, in order), for
+        collector workers whose batches arrive one worker at a time. Rows are written once every
+        stream has them (each stream's rows wait in memory until then)."""
         if batch.ndim == 1:
             batch = batch.unsqueeze(0)
-        if batch.shape[0] != self.num_envs:
-            raise ValueError(f"batch has {batch.shape[0]} env streams, replay expects "
-                             f"{self.num_envs}")
-        rows = _transitions_to_rows(batch, self._carry_reward, self._episode, self.num_envs)
-        ready = []
-        for n, r in enumerate(rows):
+        streams = list(range(self.num_envs)) if streams is None else [int(n) for n in streams]
+        if batch.shape[0] != len(streams) or not set(streams) <= set(range(self.num_envs)):
+            raise ValueError(f"batch has {batch.shape[0]} env streams {streams}, replay expects "
+                             f"streams of 0..{self.num_envs - 1}")
+        rows = _transitions_to_rows(batch, self._carry_reward, self._episode, self.num_envs,
+                                    streams)
+        for n, r in zip(streams, rows):
             r["reward_raw"] = r["reward"].clone()
             smoothed = self.smoother.push(n, r["reward"], r["is_first"], r["is_last"])
             self._pending[n] = r if self._pending[n] is None else torch.cat([self._pending[n], r])
             final = len(self._pending[n]) - self.smoother.pending(n)  # rows with a final reward
             self._pending[n]["reward"][final - len(smoothed):final] = smoothed
-            ready.append(final)
-        k = min(ready)
+        k = min(len(p) - self.smoother.pending(n) if p is not None else 0
+                for n, p in enumerate(self._pending))
         if k == 0:
             return 0
         block = torch.stack([p[:k] for p in self._pending], dim=1)  # [k, num_envs]
