@@ -310,7 +310,8 @@ class Run:
     def log(self, step: int) -> None:
         row = {k: torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in v]).mean().item()
                for k, v in self.train_metrics.items()}
-        row.update({"env_steps_per_s": self.steps_per_s(), "updates": self.state.updates,
+        row.update({"env_steps_per_s": self.steps_per_s(), "wall_s": self.wall(),
+                    "updates": self.state.updates,
                     "replay_rows": len(self.replay), "episodes": self.state.episodes})
         if self.recent_returns:
             row["episode/return"] = float(np.mean(self.recent_returns))
