@@ -96,9 +96,17 @@ def make_collector(env, policy, cfg: DictConfig, seed: int, primer):
     env_cfg = OmegaConf.to_container(cfg.env, resolve=True)
     makers = [partial(worker_env, env_cfg, seed + k * cfg.env.num_envs, k * cfg.env.num_envs,
                       primer) for k in range(workers)]
-    return Collector(makers, policy, num_collectors=workers, backend=cfg.env.collector_backend,
-                     sync=False, frames_per_batch=per_batch, total_frames=-1,
-                     auto_register_policy_transforms=False)
+    backend = cfg.env.collector_backend
+    if backend == "process":
+        return Collector(makers, policy, num_collectors=workers, backend=backend, sync=False,
+                         frames_per_batch=per_batch, total_frames=-1,
+                         auto_register_policy_transforms=False)
+    # TorchRL's Ray collector has no endless mode (-1 collects nothing) and wants the weights
+    # sent once before it starts
+    collector = Collector(makers, policy, num_collectors=workers, backend=backend, sync=False,
+                          frames_per_batch=per_batch, total_frames=2**62)
+    collector.update_policy_weights_(policy)
+    return collector
 
 
 def streams_of(batch) -> list[int] | None:
