@@ -305,9 +305,11 @@ def report(paths: list[str | Path], out: str | Path, baselines_file: Path = BASE
                            **atari_aggregates(hns)})
         if plots:
             _profile(hns, method, out / f"profile_{method}.png")
-    for method in sorted({r["method"] for r in rows if r["suite"].startswith("dmc")}):
-        tasks = [r for r in rows if r["suite"].startswith("dmc") and r["method"] == method]
-        aggregates.append({"suite": "dmc", "method": method, "tasks": len(tasks),
+    for suite, method in sorted({(r["suite"], r["method"]) for r in rows
+                                 if r["suite"].startswith("dmc")}):
+        tasks = [r for r in rows if (r["suite"], r["method"]) == (suite, method)]
+        aggregates.append({"suite": suite, "method": method, "tasks": len(tasks),
+                           "unfinished_runs": sum(len(t["unfinished"]) for t in tasks),
                            "mean_return": float(np.mean([t["final_mean"] for t in tasks]))})
     result = {"paths": [str(p) for p in paths], "rows": rows, "aggregates": aggregates}
     if plots:
@@ -363,10 +365,14 @@ def render(result: dict) -> str:
                          + " | ".join(_ci(a[k]["value"], a[k]["ci"])
                                       for k in ("mean", "median", "iqm", "optimality_gap"))
                          + " |")
-    dmc = [a for a in result["aggregates"] if a["suite"] == "dmc"]
+    dmc = [a for a in result["aggregates"] if a["suite"].startswith("dmc")]
     if dmc:
-        lines += ["", "| DMC method | tasks | mean final return |", "|---|---:|---:|"]
-        lines += [f"| {a['method']} | {a['tasks']} | {a['mean_return']:.1f} |" for a in dmc]
+        lines += ["", "| DMC suite | method | tasks | mean final return |", "|---|---|---:|---:|"]
+        for a in dmc:
+            late = (f" ({a['unfinished_runs']} unfinished runs counted at their last evaluation)"
+                    if a["unfinished_runs"] else "")
+            lines.append(f"| {a['suite']} | {a['method']} | {a['tasks']}{late} | "
+                         f"{a['mean_return']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

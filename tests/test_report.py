@@ -93,6 +93,10 @@ def test_unfinished_runs_are_marked_and_configs_never_share_a_cell(tmp_path):
     assert mixed["differs"] == {"train.train_ratio": 64}
     md = (tmp_path / "out" / "report.md").read_text()
     assert "2 (1 unfinished)" in md and "train.train_ratio" in md
+    dmc = {a["method"]: a for a in result["aggregates"] if a["suite"] == "dmc_proprio"}
+    assert dmc[mixed["method"]]["unfinished_runs"] == 1
+    assert dmc[mixed["method"]]["mean_return"] == pytest.approx(390.0)  # (500 + 280) / 2
+    assert f"| dmc_proprio | {mixed['method']} | 1 (1 unfinished runs counted at" in md
     # DreamerV3's published curve, read at our steps
     ref = json.loads(REFERENCE.read_text())["dmc_proprio"]
     curve = ref["tasks" if "tasks" in ref else "games"]["dmc_cartpole_swingup"]["mean_return"]
