@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -169,9 +170,26 @@ def _last_eval(run_dir: Path) -> dict | None:
     return rows[-1] if rows else None
 
 
+def _threads(runs_root: Path, name: str) -> str:
+    """The thread count of each process that worked on run ``name`` (``study_log.jsonl``), in
+    order, repeats merged: ``1``, ``1, all`` ..."""
+    log = runs_root / "study_log.jsonl"
+    seen: list[str] = []
+    for line in log.read_text().splitlines() if log.exists() else []:
+        entry = json.loads(line)
+        if entry.get("run") != name or "command" not in entry:
+            continue
+        m = re.search(r"(?:--threads |train\.threads=)(\d+)", entry["command"])
+        threads = m.group(1) if m else "all"
+        if not seen or seen[-1] != threads:
+            seen.append(threads)
+    return ", ".join(seen) or "?"
+
+
 def peer_table(runs_root: Path, plan: list[Planned]) -> list[str]:
-    """Ours beside sheeprl at equal settings: per task, each run's last evaluation and the
-    wall-clock that reached it (both 1 thread, each beside another 1-thread run of the study)."""
+    """Ours beside sheeprl at equal settings: per task, each run's last evaluation, the
+    wall-clock that reached it and the torch threads each part of the run had (from the study
+    log: runs side by side get 1 thread each, a run alone gets all cores)."""
     lines = []
     for peer in (p for p in plan if p.peer):
         kv = dict(zip(peer.overrides[0::2], peer.overrides[1::2]))
@@ -185,16 +203,21 @@ def peer_table(runs_root: Path, plan: list[Planned]) -> list[str]:
             who = "sheeprl 0.8.4 dreamer_v3_5 (XS dims)" if p.peer else "worldrl dreamer rssm xs"
             wall = last.get("wall_s", float("nan")) / 3600
             rows.append(f"| {who} | {p.name} | {state(runs_root / p.name)} | {last['step']:.0f} "
-                        f"| {last['return_mean']:.1f} | {wall:.2f} |")
+                        f"| {last['return_mean']:.1f} | {wall:.2f} | "
+                        f"{_threads(runs_root, p.name)} |")
         if rows:
             lines += ["", f"### Ours beside sheeprl: {suite} {task}", "",
                       "Last evaluation (10 episodes, the policy's mode) and the wall-clock that "
-                      "reached it. Both at 1 thread beside another 1-thread run of the study; "
-                      "ours includes its in-loop evaluations, sheeprl's (evaluated afterwards "
-                      "from its checkpoints) does not. How sheeprl is set up: "
-                      "`benchmarks/peer_learning.py`.", "",
+                      "reached it, with the torch threads of each process of the run (1: "
+                      "beside another 1-thread run of the study; all: alone, on every core; "
+                      "other work of ours on the machine is not recorded, so read the "
+                      "wall-clocks as rough). Ours includes its in-loop evaluations, sheeprl's "
+                      "(evaluated afterwards from its checkpoints) does not. How sheeprl is set "
+                      "up: `benchmarks/peer_learning.py`; the update's speed beside sheeprl's, "
+                      "measured side by side: `results/peer_speed_cpu.md`.", "",
                       "| implementation | run | state | agent steps | eval return "
-                      "| wall-clock (h) |", "|---|---|---|---:|---:|---:|", *rows]
+                      "| wall-clock (h) | threads per process |",
+                      "|---|---|---|---:|---:|---:|---|", *rows]
     return lines
 
 
