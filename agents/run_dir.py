@@ -59,6 +59,8 @@ ADDED_KEYS = {
     "agent.optim.anneal": None,
     **{f"agent.optim.group_lr.{k}": None for k in ("world_model", "actor", "critic")},
     **{f"replay.dfs.{k}": v for k, v in DFSSampler.defaults().items()},
+    "env.collectors": 1,
+    "env.collector_backend": "process",
 }
 
 

@@ -235,8 +235,13 @@ def test_runs_made_before_a_key_existed_still_resume():
     del old.train["amp"]
     del old.replay["dfs"]
     del old.agent.optim["group_lr"]
-    assert set(ADDED_KEYS) >= {"train.amp", "replay.dfs.tau", "agent.optim.group_lr.actor"}
+    del old.env["collectors"]
+    del old.env["collector_backend"]
+    assert set(ADDED_KEYS) >= {"train.amp", "replay.dfs.tau", "agent.optim.group_lr.actor",
+                               "env.collectors"}
     assert config_diff(old, new) == []
+    assert config_diff(old, load_config(["preset=debug", "env.collectors=2"])) == [
+        "env.collectors: '<unset>' -> 2"]
     assert config_diff(old, load_config(["preset=debug", "agent.optim.group_lr.actor=1e-4"])) == [
         "agent.optim.group_lr.actor: '<unset>' -> 0.0001"]
     assert config_diff(old, load_config(["preset=debug", "train.amp=true"])) == [
