@@ -9,7 +9,8 @@ An agent is a ``torch.nn.Module`` with
 * ``setup_update(amp, compile)`` and ``train_step(batch)`` -> metrics (the update);
 * ``optim_state_dict()`` / ``load_optim_state_dict(state)``: optimiser state for checkpoints
   (``None``: none);
-* ``diagnostics(batch)`` -> ``{key: picture}`` (open-loop predictions; ``{}``: none).
+* ``diagnostics(batch)`` -> ``{key: picture}`` (open-loop predictions; ``{}``: none);
+* ``setup_distributed(world)``: train data-parallel (:mod:`agents.ddp`); by default refused.
 
 :class:`Agent` gives the defaults of the optional parts; register a new agent in
 :data:`agents.AGENTS`.
@@ -43,6 +44,10 @@ class Agent(nn.Module):
 
     def train_step(self, batch: Mapping[str, Tensor]) -> dict[str, Any]:
         raise NotImplementedError
+
+    def setup_distributed(self, world: Any) -> None:
+        """Average gradients (and batch statistics) over ``world``'s ranks in each update."""
+        raise ValueError(f"{type(self).__name__} cannot train data-parallel (train.ddp=true)")
 
     def optim_state_dict(self) -> dict[str, Any] | None:
         return None

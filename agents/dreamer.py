@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from agents.base import Agent
+from agents.ddp import all_reduce_grads
 from worldrl.backbones import BACKBONES
 from worldrl.behavior import ActorCritic
 from worldrl.obs import MODALITIES
@@ -191,6 +192,16 @@ class DreamerAgent(Agent):
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
         self.amp = False
         self.compiled: str | None = None
+        self.world = None  # agents.ddp.World when training data-parallel
+
+    def setup_distributed(self, world: Any) -> None:
+        """Average the gradients over ``world``'s ranks before each optimiser step, and take the
+        actor-critic's normaliser statistics over all ranks' returns (:mod:`agents.ddp`)."""
+        if self.compiled:
+            raise ValueError("call setup_distributed before setup_update compiles the update")
+        self.world = world
+        for norm in (self.ac.retnorm, self.ac.valnorm, self.ac.advnorm):
+            norm.group = world.group
 
     def setup_update(self, amp: bool = False, compile: bool | str = False) -> None:
         """How :meth:`train_step` computes.
@@ -321,6 +332,8 @@ class DreamerAgent(Agent):
             total, _, metrics = self.losses(batch)
         self.opt.zero_grad(set_to_none=True)
         total.backward()
+        if self.world is not None:
+            all_reduce_grads([p for g in self.opt.param_groups for p in g["params"]], self.world)
         self.opt.step()
         self.ac.update_slow()
         self.updates += 1

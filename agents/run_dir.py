@@ -61,6 +61,7 @@ ADDED_KEYS = {
     **{f"replay.dfs.{k}": v for k, v in DFSSampler.defaults().items()},
     "env.collectors": 1,
     "env.collector_backend": "process",
+    "train.ddp": False,
 }
 
 

@@ -33,7 +33,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import envs
-from agents import collect, make_agent
+from agents import collect, ddp, make_agent
 from agents.acting import ActingModule, act_space_of, carry_primer, obs_space_of
 from agents.dreamer import compile_mode
 from agents.logger import Logger
@@ -65,18 +65,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def updates_due(step: int, t: DictConfig) -> int:
-    """Updates owed after ``step`` env steps: ``train_ratio`` replayed steps (``B*T`` per update)
-    per env step after ``prefill``, as DreamerV3 defines the train ratio."""
-    return max(0, math.floor((step - t.prefill) * t.train_ratio / (t.batch_size * t.seq_len)))
+def updates_due(step: int, t: DictConfig, ranks: int = 1) -> int:
+    """Updates owed after ``step`` env steps: ``train_ratio`` replayed steps (``B*T`` per update
+    and rank) per env step after ``prefill``, as DreamerV3 defines the train ratio."""
+    return max(0, math.floor((step - t.prefill) * t.train_ratio
+                             / (t.batch_size * ranks * t.seq_len)))
 
 
-def planned_updates(cfg: DictConfig) -> int:
-    """The number of updates a run of ``cfg.steps`` env steps makes."""
-    return updates_due(cfg.steps, cfg.train)
+def planned_updates(cfg: DictConfig, ranks: int = 1) -> int:
+    """The number of updates a run of ``cfg.steps`` env steps makes (on ``ranks`` ranks)."""
+    return updates_due(cfg.steps, cfg.train, ranks)
 
 
-def agent_config(cfg: DictConfig) -> DictConfig:
+def agent_config(cfg: DictConfig, ranks: int = 1) -> DictConfig:
     """The agent's own sub-config with its backbone sub-config merged in; ``agent.optim.anneal:
     null`` becomes the run's :func:`planned_updates` (what a ``linear`` or ``cosine`` learning-rate
     schedule anneals over)."""
@@ -86,7 +87,7 @@ def agent_config(cfg: DictConfig) -> DictConfig:
     if optim is not None and "anneal" in optim and optim.anneal is None:
         # a run no longer than its warm-up never reaches the decay
         warmup = int(optim.get("warmup", 0))
-        optim.anneal = max(planned_updates(cfg), warmup + 1)
+        optim.anneal = max(planned_updates(cfg, ranks), warmup + 1)
     return agent
 
 
@@ -97,10 +98,10 @@ def build_env(env_cfg: DictConfig, seed: int | None, num_envs: int | None = None
     )
 
 
-def build_agent(cfg: DictConfig, env, device: torch.device):
+def build_agent(cfg: DictConfig, env, device: torch.device, ranks: int = 1):
     obs_space = obs_space_of(env.observation_spec)
     act_space = act_space_of(env.action_spec)
-    agent = make_agent(cfg.agent.name, obs_space, act_space, agent_config(cfg))
+    agent = make_agent(cfg.agent.name, obs_space, act_space, agent_config(cfg, ranks))
     return agent.to(device), list(obs_space)
 
 
@@ -175,6 +176,7 @@ def _check(cfg: DictConfig) -> None:
     envs.check_task(cfg.env.suite, cfg.env.task)
     collect.check(cfg.env)
     resolve_device(cfg.device)
+    ddp.check(cfg)
     t = cfg.train
     compile_mode(t.compile, "train.compile")
     for key, least in MINIMUM.items():
@@ -234,13 +236,30 @@ class Every:
 
 class Ratio:
     """DreamerV3's train ratio: after ``step`` env steps, ``train_ratio`` replayed steps per env
-    step past ``prefill`` are owed, ``batch_size * seq_len`` per update (:func:`updates_due`)."""
+    step past ``prefill`` are owed, ``batch_size * seq_len`` per update and rank
+    (:func:`updates_due`)."""
 
-    def __init__(self, t: DictConfig):
-        self.t = t
+    def __init__(self, t: DictConfig, ranks: int = 1):
+        self.t, self.ranks = t, ranks
 
     def __call__(self, step: int) -> int:
-        return updates_due(step, self.t)
+        return updates_due(step, self.t, self.ranks)
+
+
+class NullLogger:
+    """The logger of a data-parallel rank other than 0: rank 0 writes every log."""
+
+    def row(self, name: str, row: dict) -> None:
+        pass
+
+    def scalars(self, step: int, row: dict) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass
@@ -258,6 +277,7 @@ class Run:
     obs_keys: list[str]
     replay: Replay
     policy: ActingModule
+    world: ddp.World = field(default_factory=ddp.World)
     collector: Any = None
     logger: Logger | None = None
     pbar: Any = None
@@ -267,31 +287,48 @@ class Run:
     start_time: float = field(default_factory=time.time)
     start_steps: int = 0
     wall_before: float = 0.0  # what the run's earlier processes spent, up to their checkpoint
+    agreed: dict = field(default_factory=dict)  # data-parallel: what the ranks agreed on
 
     def wall(self) -> float:
         """Training wall-clock over every process of the run (``eval.csv``'s ``wall_s``)."""
         return self.wall_before + time.time() - PROCESS_START
 
     def collect(self, batch) -> int:
-        """Add the collector's batch to replay, log finished episodes; the new env step."""
+        """Add the collector's batch to replay, log finished episodes; the new env step (over
+        all ranks: they move in lockstep, one batch each). Data-parallel ranks agree here on
+        the episodes, a stop request and whether replay is ready."""
         s = self.state
-        s.env_steps += batch.numel()
+        s.env_steps += batch.numel() * self.world.size
         self.replay.add(batch, streams=collect.streams_of(batch))
         done = batch["next", "done"].reshape(-1)
+        finished = []
         if done.any():
-            rets = batch["next", "episode_reward"].reshape(-1)[done].tolist()
-            lens = batch["next", "step_count"].reshape(-1)[done].tolist()
-            for r, n in zip(rets, lens):
-                s.episodes += 1
-                self.recent_returns.append(r)
-                self.logger.row("episodes", {"step": s.env_steps, "episode": s.episodes,
-                                             "return": r, "length": n})
+            finished = list(zip(batch["next", "episode_reward"].reshape(-1)[done].tolist(),
+                                batch["next", "step_count"].reshape(-1)[done].tolist()))
+        if self.world.parallel:
+            shared = self.world.gather((finished, self.stop.signal, self.replay.ready()))
+            finished = [e for f, _, _ in shared for e in f]
+            self.agreed = {"stop": next((sig for _, sig, _ in shared if sig), None),
+                           "ready": all(ready for _, _, ready in shared)}
+        for r, n in finished:
+            s.episodes += 1
+            self.recent_returns.append(r)
+            self.logger.row("episodes", {"step": s.env_steps, "episode": s.episodes,
+                                         "return": r, "length": n})
         return s.env_steps
+
+    def stopping(self) -> str | None:
+        """The stop signal asked for (data-parallel: by any rank, as of the last batch)."""
+        return self.agreed.get("stop") if self.world.parallel else self.stop.signal
+
+    def ready(self) -> bool:
+        """Replay can give a batch (data-parallel: on every rank)."""
+        return self.agreed.get("ready", False) if self.world.parallel else self.replay.ready()
 
     def update(self, due: int) -> None:
         """Updates until ``due`` are done (or a stop is asked for)."""
         before = self.state.updates
-        while self.state.updates < due and not self.stop.signal:
+        while self.state.updates < due and not self.stopping():
             data = self.replay.sample()
             if self.device.type == "cuda":  # pinned: the copy runs beside the queued update
                 data = data.pin_memory().to(self.device, non_blocking=True)
@@ -310,6 +347,7 @@ class Run:
     def log(self, step: int) -> None:
         row = {k: torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in v]).mean().item()
                for k, v in self.train_metrics.items()}
+        row = self.world.mean(row)  # data-parallel: the mean over the ranks
         row.update({"env_steps_per_s": self.steps_per_s(), "wall_s": self.wall(),
                     "updates": self.state.updates,
                     "replay_rows": len(self.replay), "episodes": self.state.episodes})
@@ -319,9 +357,13 @@ class Run:
         self.train_metrics.clear()
 
     def video(self, step: int) -> None:
-        _video(self.agent, self.replay, self.run_dir, step, self.device)
+        if self.world.main:
+            _video(self.agent, self.replay, self.run_dir, step, self.device)
 
     def evaluate(self, step: int) -> list[float]:
+        """Rank 0 evaluates (the others return ``[]``)."""
+        if not self.world.main:
+            return []
         return _eval(self.agent, self.obs_keys, self.eval_env, self.cfg, self.logger, step,
                      self.wall())
 
@@ -330,14 +372,18 @@ class Run:
         # saved with it: a resumed run's next checkpoint is one interval on, not at once
         self.state.last_checkpoint = self.state.env_steps
         self.state.wall_s = self.wall()
+        shards = self.world.gather({"replay": self.replay.state_dict(), "rng": rng_state()})
+        if not self.world.main:
+            return  # rank 0 writes every rank's replay position and RNG state
+        ranks = {"world_size": self.world.size, "ranks": shards[1:]} if self.world.parallel else {}
         save_checkpoint(self.run_dir / CHECKPOINT_FILE, {
             "agent": agent_state(self.agent), "counters": self.state.as_dict(),
-            "replay": self.replay.state_dict(), "rng": rng_state(),
-            "config": OmegaConf.to_container(self.cfg, resolve=True), **extra})
+            **shards[0], "config": OmegaConf.to_container(self.cfg, resolve=True), **ranks,
+            **extra})
 
     def progress(self, batch) -> None:
         if self.pbar is not None:
-            self.pbar.update(batch.numel())
+            self.pbar.update(batch.numel() * self.world.size)
             post = {"sps": f"{self.steps_per_s():.0f}", "upd": self.state.updates}
             if self.recent_returns:
                 post["ret"] = f"{self.recent_returns[-1]:.1f}"
@@ -347,11 +393,13 @@ class Run:
     def close(self) -> None:
         if self.collector is not None:
             self.collector.shutdown()
-        self.eval_env.close()
+        if self.eval_env is not None:
+            self.eval_env.close()
         if self.pbar is not None:
             self.pbar.close()
         if self.logger is not None:
             self.logger.close()
+        self.world.close()
 
 
 def train(cfg: DictConfig) -> dict:
@@ -360,7 +408,7 @@ def train(cfg: DictConfig) -> dict:
     if isinstance(run, dict):
         return run  # already trained
     s, t = run.state, cfg.train
-    ratio = Ratio(t)
+    ratio = Ratio(t, run.world.size)
     log, video = Every(t.log_every, s, "last_log"), Every(t.video_every, s, "last_video")
     evaluate = Every(cfg.eval.every, s, "last_eval")
     save = Every(t.checkpoint_every, s, "last_checkpoint")
@@ -369,16 +417,16 @@ def train(cfg: DictConfig) -> dict:
         run.stop.install()
         for batch in run.collector:
             step = run.collect(batch)
-            if step >= t.prefill and run.replay.ready():
+            if step >= t.prefill and run.ready():
                 run.policy.mode = "train"
                 run.update(ratio(step))
             if log(step):
                 run.log(step)
-            if run.stop.signal and step < cfg.steps:  # checkpoint now: no video, no evaluation
+            if run.stopping() and step < cfg.steps:  # checkpoint now: no video, no evaluation
                 run.checkpoint()
-                stopped = run.stop.signal
+                stopped = run.stopping()
                 break
-            if run.replay.ready() and video(step):
+            if run.ready() and video(step):
                 run.video(step)
             if evaluate(step):
                 run.evaluate(step)
@@ -396,12 +444,15 @@ def train(cfg: DictConfig) -> dict:
             run.stop.restore()
         run.close()
     if stopped:
-        print(f"stopped by {stopped} at env step {s.env_steps} ({s.updates} updates); "
-              f"checkpoint written to {run.run_dir / CHECKPOINT_FILE}. Run the same command to "
-              "resume.", flush=True)
+        if run.world.main:
+            print(f"stopped by {stopped} at env step {s.env_steps} ({s.updates} updates); "
+                  f"checkpoint written to {run.run_dir / CHECKPOINT_FILE}. Run the same command "
+                  "to resume.", flush=True)
         run.stop.restore()  # only now: a second SIGTERM during the shutdown above changes nothing
         return {"stopped": stopped, "env_steps": s.env_steps, "updates": s.updates,
                 "run_dir": str(run.run_dir)}
+    if not run.world.main:
+        return {"rank": run.world.rank, "env_steps": s.env_steps, "updates": s.updates}
     summary = _summary(s.as_dict(), final, len(run.replay))
     _write_summary(run.run_dir, summary)
     return summary
@@ -409,40 +460,64 @@ def train(cfg: DictConfig) -> dict:
 
 def setup(cfg: DictConfig) -> Run | dict:
     """Check ``cfg``, prepare the run directory, build the envs, agent and replay and restore a
-    checkpoint: the :class:`Run` the loop drives, or the summary of a run already trained."""
+    checkpoint: the :class:`Run` the loop drives, or the summary of a run already trained.
+    Data-parallel (``train.ddp``, :mod:`agents.ddp`): every rank builds its own; rank 0 alone
+    prepares the run directory and writes."""
     _check(cfg)
-    device = resolve_device(cfg.device)
+    world, device = ddp.init(cfg, resolve_device(cfg.device))
+    rank = world.rank
     env = build_env(cfg.env, seed=None)  # fails on a missing optional dependency before any I/O
-    run_dir, resuming = prepare(cfg)
+    try:
+        run_dir, resuming = world.from_main(lambda: prepare(cfg))
+    except Exception:
+        env.close()
+        world.close()
+        raise
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same on every rank: the same initial weights
     np.random.seed(cfg.seed)
     try:
         ckpt = load_checkpoint(run_dir / CHECKPOINT_FILE) if resuming else None
         if ckpt:
             check_checkpoint_config(ckpt, cfg, run_dir / CHECKPOINT_FILE)
+            if ckpt.get("world_size", 1) != world.size:
+                raise CheckpointError(
+                    f"{run_dir / CHECKPOINT_FILE} was trained by {ckpt.get('world_size', 1)} "
+                    f"data-parallel process(es), not {world.size}: resume it with torchrun "
+                    f"--nproc_per_node={ckpt.get('world_size', 1)} (the file was left as it is)")
     except CheckpointError:
         env.close()
+        world.close()
         raise
+    # this rank's replay position and RNG state (rank 0's are the checkpoint's own)
+    shard = (ckpt if rank == 0 else ckpt["ranks"][rank - 1]) if ckpt else None
     state = RunState.from_dict(ckpt["counters"]) if ckpt else RunState()
     if ckpt and state.env_steps >= cfg.steps:
         env.close()
-        return _already_trained(cfg, run_dir, ckpt)
+        world.close()
+        return _already_trained(cfg, run_dir, ckpt, write=world.main)
     if ckpt:
         state.resumes += 1
     # a resumed run reseeds its envs: the episodes in flight at the kill are gone
-    env.set_seed(cfg.seed + 1000 * state.resumes)
-    agent, obs_keys = build_agent(cfg, env, device)
+    env_seed = cfg.seed + 1000 * state.resumes + ddp.RANK_SEED * rank
+    env.set_seed(env_seed)
+    agent, obs_keys = build_agent(cfg, env, device, world.size)
+    if world.parallel:
+        agent.setup_distributed(world)
     agent.setup_update(amp=cfg.train.amp, compile=cfg.train.compile)
     env.append_transform(carry_primer(agent))
-    eval_env = build_env(cfg.env, cfg.seed + 10_000 + state.resumes,
-                         num_envs=eval_copies(cfg.eval.episodes, cfg.eval.envs))
-    eval_env.append_transform(carry_primer(agent))
+    eval_env = None
+    if world.main:
+        eval_env = build_env(cfg.env, cfg.seed + 10_000 + state.resumes,
+                             num_envs=eval_copies(cfg.eval.episodes, cfg.eval.envs))
+        eval_env.append_transform(carry_primer(agent))
     t = cfg.train
     num_envs = cfg.env.num_envs * cfg.env.collectors  # replay streams: every worker's copies
-    replay = Replay(run_dir / "replay", cfg.replay.capacity, num_envs, t.batch_size, t.seq_len,
-                    sampler=cfg.replay.sampler, seed=cfg.seed, reward_smoothing=cfg.replay,
+    replay = Replay(run_dir / ("replay" if rank == 0 else f"replay-rank{rank}"),
+                    cfg.replay.capacity, num_envs, t.batch_size, t.seq_len,
+                    sampler=cfg.replay.sampler, seed=cfg.seed + ddp.RANK_SEED * rank,
+                    reward_smoothing=cfg.replay,
                     dfs=OmegaConf.to_container(cfg.replay.dfs, resolve=True),
                     # this process's rows (not from the seeded RNGs: nothing else changes)
                     generation=int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF)
@@ -451,28 +526,36 @@ def setup(cfg: DictConfig) -> Run | dict:
             load_agent_state(agent, ckpt["agent"])
         except (RuntimeError, KeyError, ValueError) as err:
             env.close()
-            eval_env.close()
+            if eval_env is not None:
+                eval_env.close()
+            world.close()
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(f"{run_dir / CHECKPOINT_FILE}: its weights do not fit this "
                                   f"run's agent ({first}); the file was left as it is") from None
-        replay.load_state_dict(ckpt["replay"])
-        set_rng_state(ckpt["rng"])
-        print(f"resumed {run_dir} at env step {state.env_steps} "
-              f"({state.updates} updates, {len(replay)} replay rows)")
+        replay.load_state_dict(shard["replay"])
+        set_rng_state(shard["rng"])
+        if world.main:
+            print(f"resumed {run_dir} at env step {state.env_steps} "
+                  f"({state.updates} updates, {len(replay)} replay rows)")
+    elif rank:
+        torch.manual_seed(cfg.seed + ddp.RANK_SEED * rank)  # the ranks' own sampling noise
+        np.random.seed(cfg.seed + ddp.RANK_SEED * rank)
+    world.broadcast_module(agent)  # rank 0's weights everywhere, whatever happened above
     policy = ActingModule(agent, obs_keys, env.action_spec, mode="random")
     run = Run(cfg, run_dir, device, state, env, eval_env, agent, obs_keys, replay, policy,
-              start_steps=state.env_steps, wall_before=state.wall_s)
-    run.collector = collect.make_collector(env, policy, cfg, cfg.seed + 1000 * state.resumes,
-                                           carry_primer(agent))
-    run.logger = Logger(run_dir, start_step=state.env_steps)
-    run.pbar = _progress(cfg, state.env_steps)
+              world=world, start_steps=state.env_steps, wall_before=state.wall_s)
+    run.collector = collect.make_collector(env, policy, cfg, env_seed, carry_primer(agent))
+    run.logger = Logger(run_dir, start_step=state.env_steps) if world.main else NullLogger()
+    run.pbar = _progress(cfg, state.env_steps) if world.main else None
     run.stop = StopRequest(stop_signal_names(cfg))
     run.start_time = time.time()
     return run
 
 
-def _already_trained(cfg: DictConfig, run_dir: Path, ckpt: dict) -> dict:
+def _already_trained(cfg: DictConfig, run_dir: Path, ckpt: dict, write: bool = True) -> dict:
     counters = ckpt["counters"]
+    if not write:  # a data-parallel rank other than 0
+        return counters
     print(f"{run_dir} already trained for {counters['env_steps']} steps (steps={cfg.steps}); "
           "raise steps=... to train further")
     summary_file = run_dir / "summary.json"

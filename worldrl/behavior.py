@@ -34,6 +34,7 @@ import copy
 from collections.abc import Iterator
 
 import torch
+import torch.distributed._functional_collectives as funcol
 from torch import Tensor, nn
 
 from worldrl.backbones.base import Backbone, State
@@ -91,6 +92,8 @@ class Normalize(nn.Module):
     (update fraction; decay ``1 - rate``), returns ``(lo, max(limit, hi - lo))``.
     ``impl='meanstd'``: ``(mean, max(limit, std))``. ``impl='none'``: ``(0, 1)``. With ``debias``
     the EMAs are divided by the EMA of 1 (DreamerV3 default config: off for the return normaliser).
+    With ``group`` set (a ``torch.distributed`` process group: the data-parallel learner) the
+    statistics are taken over every rank's ``x``, as one process would over the whole batch.
     """
 
     IMPLS = ("perc", "meanstd", "none")
@@ -109,12 +112,15 @@ class Normalize(nn.Module):
         self.register_buffer("corr", torch.zeros(()))
         self.register_buffer("quantiles", torch.tensor([perclo / 100, perchi / 100]),
                              persistent=False)  # on the device already: no copy per update
+        self.group = None
 
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
         x = x.detach().float().flatten()
         if self.impl == "none":
             return
+        if self.group is not None:  # traceable by torch.compile, unlike dist.all_gather
+            x = funcol.all_gather_single(x, 0, self.group)
         if self.impl == "perc":
             q = torch.quantile(x, self.quantiles.to(x.dtype))
             a, b = q[0], q[1]
