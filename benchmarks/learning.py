@@ -236,6 +236,7 @@ def main(argv=None) -> int:
     p.add_argument("--extra", nargs="*", default=[], help="overrides added to every run")
     args = p.parse_args(argv)
     plan = [gpu_run()] if args.gpu else study()
+    whole = plan  # the report always covers the whole study, whichever runs --only starts
     names = {q.name for q in plan}
     if args.only:
         unknown = sorted(set(args.only) - names)
@@ -251,7 +252,7 @@ def main(argv=None) -> int:
         return 0
     out = Path(args.out)
     if args.report_only:
-        write_report(runs_root, out, plan)
+        write_report(runs_root, out, whole)
         return 0
     runs_root.mkdir(parents=True, exist_ok=True)
     log = runs_root / "study_log.jsonl"
@@ -293,8 +294,8 @@ def main(argv=None) -> int:
             log_line(log, entry)
             print(f"{q.name}: exit {proc.returncode} after {entry['wall_s'] / 60:.1f} min",
                   flush=True)
-            write_report(runs_root, out, plan)
-    write_report(runs_root, out, plan)
+            write_report(runs_root, out, whole)
+    write_report(runs_root, out, whole)
     return 0
 
 

@@ -16,6 +16,7 @@ def test_a_finished_run_is_reported_and_never_trained_again(tmp_path):
     md = (tmp_path / "learning.md").read_text()
     assert "| atari100k-pong-random-s0 | finished |" in md
     assert "| atari100k | pong | random | 1 |" in md  # worldrl report's table
+    assert "| atari100k-boxing-dreamer-s0 | new |" in md  # the whole study, not --only's runs
     assert main(args) == 0
     log = [json.loads(x) for x in (tmp_path / "runs" / "study_log.jsonl").read_text().splitlines()]
     assert [e["event"] for e in log] == ["start", "exit"] and log[1]["rc"] == 0
