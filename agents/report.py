@@ -119,12 +119,13 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
 
 
 def _name_methods(runs: list[Run]) -> None:
-    from agents.run_dir import RESUMABLE_KEYS
+    from agents.run_dir import ADDED_KEYS, RESUMABLE_KEYS
 
     skip = set(RESUMABLE_KEYS) | set(PER_RUN)
     by_key: dict[str, dict] = {}
     for run in runs:
-        ident = {k: v for k, v in run.config.items() if k not in skip}
+        # a run made before a key existed did what the key's ADDED_KEYS value does
+        ident = {k: v for k, v in {**ADDED_KEYS, **run.config}.items() if k not in skip}
         run.method_key = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str)
                                       .encode()).hexdigest()[:8]
         by_key.setdefault(run.method_key, ident)

@@ -154,3 +154,17 @@ def test_curves_line_up_seeds_that_evaluated_a_few_steps_apart():
     c = curves([a, b])
     assert c["x"] == [10000.0, 15000.0, 20000.0, 25000.0, 50000.0]
     assert c["mean"] == pytest.approx([40.0, 15.0, 205.0, 9.0, 151.0])
+
+
+def test_a_run_made_before_a_key_existed_shares_the_cell_of_its_default(tmp_path):
+    """A config.yaml without a key added later (run_dir.ADDED_KEYS) is the same method as one
+    holding the key's default, and a different method from one holding another value."""
+    paths = [make_run(tmp_path, "dmc_proprio", "walker_walk", s, [10, 20, 30]) for s in (0, 1, 2)]
+    for path, collectors in zip(paths[1:], (1, 2)):
+        cfg = yaml.safe_load((path / "config.yaml").read_text())
+        cfg["env"]["collectors"] = collectors
+        (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rows = {r["method"]: r for r in report([tmp_path], tmp_path / "out")["rows"]}
+    assert sorted(r["runs"] for r in rows.values()) == [1, 2]
+    two = next(r for r in rows.values() if r["runs"] == 2)
+    assert sorted(two["seeds"]) == [0, 1]
