@@ -69,9 +69,9 @@ def worker_env(env_cfg: dict, seed: int, first: int, primer):
 
 
 def check(env_cfg: DictConfig) -> None:
+    """The backend (and Ray when it is asked for); the config loader checks the type and
+    ``train.MINIMUM`` the range of ``env.collectors``."""
     n, backend = env_cfg.collectors, env_cfg.collector_backend
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"env.collectors must be an integer >= 1, got {n!r}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown env.collector_backend {backend!r}; choose one of: "
                          f"{', '.join(BACKENDS)}")

@@ -174,6 +174,31 @@ def config_diff(old: DictConfig, new: DictConfig) -> list[str]:
     return lines
 
 
+def inspect(cfg: DictConfig) -> list[str] | None:
+    """What ``cfg.run_dir`` holds, read only: ``None`` (nothing: a new run), ``[]`` (this run) or
+    the config lines that differ (another run).
+
+    Raises :class:`RunDirError` for a ``config.yaml`` that cannot be read and for a non-empty
+    directory without one."""
+    path = Path(cfg.run_dir)
+    config_file = path / CONFIG_FILE
+    if not config_file.exists():
+        if path.exists() and any(path.iterdir()):
+            raise RunDirError(f"run directory {path} is not empty and holds no {CONFIG_FILE}; "
+                              "pick another run_dir (nothing was changed)")
+        return None
+    try:
+        old = OmegaConf.load(config_file)
+        if not isinstance(old, DictConfig):
+            raise ValueError(f"a YAML {type(old).__name__}, not a mapping")
+    except Exception as err:  # a truncated or hand-edited file: yaml raises many types
+        raise RunDirError(
+            f"{config_file} cannot be read ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); nothing was changed. Fix or "
+            "remove it, or pick another run_dir.") from None
+    return config_diff(old, cfg)
+
+
 def prepare(cfg: DictConfig) -> tuple[Path, bool]:
     """Make or reopen ``cfg.run_dir``; returns ``(path, resuming)``.
 
@@ -181,21 +206,12 @@ def prepare(cfg: DictConfig) -> tuple[Path, bool]:
     """
     path = Path(cfg.run_dir)
     config_file = path / CONFIG_FILE
-    if config_file.exists():
-        try:
-            old = OmegaConf.load(config_file)
-            if not isinstance(old, DictConfig):
-                raise ValueError(f"a YAML {type(old).__name__}, not a mapping")
-        except Exception as err:  # a truncated or hand-edited file: yaml raises many types
-            raise RunDirError(
-                f"{config_file} cannot be read ({type(err).__name__}: "
-                f"{str(err).splitlines()[0] if str(err) else ''}); nothing was changed. Fix or "
-                "remove it, or pick another run_dir.") from None
-        diff = config_diff(old, cfg)
-        if not diff:
-            for stale in (CHECKPOINT_FILE, CONFIG_FILE):  # left by a process killed mid-write
-                (path / f"{stale}.tmp").unlink(missing_ok=True)
-            return path, (path / CHECKPOINT_FILE).exists()
+    diff = inspect(cfg)
+    if diff == []:
+        for stale in (CHECKPOINT_FILE, CONFIG_FILE):  # left by a process killed mid-write
+            (path / f"{stale}.tmp").unlink(missing_ok=True)
+        return path, (path / CHECKPOINT_FILE).exists()
+    if diff:
         if not cfg.overwrite:
             raise RunDirError(
                 f"run directory {path} holds a run with a different config:\n  "
@@ -209,11 +225,6 @@ def prepare(cfg: DictConfig) -> tuple[Path, bool]:
         except OSError as err:
             raise storage_error(aside, err) from None
         print(f"moved the previous run in {path} to {aside}")
-    elif path.exists() and any(path.iterdir()):
-        raise RunDirError(
-            f"run directory {path} is not empty and holds no {CONFIG_FILE}; "
-            "pick another run_dir (nothing was changed)"
-        )
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:

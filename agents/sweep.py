@@ -28,7 +28,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from agents.run_dir import CONFIG_FILE, RESUMABLE_KEYS, RunDirError, config_diff
+from agents.run_dir import RESUMABLE_KEYS, RunDirError, inspect
 from worldrl.config import CONFIG_DIR, ConfigError, load_config
 
 DEFAULT_SWEEP_DIR = "runs/sweep"
@@ -149,23 +149,16 @@ def plan(overrides: list[str]) -> tuple[list[Job], list[str], str, Path]:
 
 
 def _state(cfg: DictConfig, run_dir: Path, where: str) -> str:
-    config_file = run_dir / CONFIG_FILE
-    if not config_file.exists():
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise RunDirError(f"{where}: run directory {run_dir} is not empty and holds no "
-                              f"{CONFIG_FILE}; nothing was changed")
-        return "new"
     try:
-        diff = config_diff(OmegaConf.load(config_file), cfg)
-    except Exception as err:  # a truncated or hand-edited file: yaml raises many types
-        raise RunDirError(f"{where}: {config_file} cannot be read ({type(err).__name__}); "
-                          "nothing was changed") from None
+        diff = inspect(cfg)  # cfg.run_dir is run_dir
+    except RunDirError as err:
+        raise RunDirError(f"{where}: {err}") from None
     if diff and not cfg.overwrite:
         raise RunDirError(f"{where}: run directory {run_dir} holds a run with a different "
                           "config:\n  " + "\n  ".join(diff) + "\nNothing was started. Pick "
                           "another hydra.sweep.dir, or add overwrite=true to start those runs "
                           "over (old runs are moved aside, not deleted).")
-    if diff:
+    if diff is None or diff:
         return "new"
     summary = run_dir / "summary.json"
     try:

@@ -151,7 +151,7 @@ MINIMUM = {
     "train.seq_len": 1, "train.steps_per_batch": 1, "train.log_every": 1,
     "train.video_every": 0, "train.checkpoint_every": 1, "train.threads": 0, "eval.every": 0,
     "eval.episodes": 1, "eval.envs": 0, "eval.max_steps": 1, "replay.capacity": 1,
-    "env.num_envs": 1,
+    "env.num_envs": 1, "env.collectors": 1,
 }  # fmt: skip
 
 

@@ -136,7 +136,8 @@ def test_different_config_is_refused_and_overwrite_moves_aside(tmp_path, capsys)
     ("agent.optim.anneal=50", "anneal must be > warmup, got anneal=50"),
     ("train.compile=fast", "unknown train.compile 'fast'; choices: [False, True, 'default', "
                            "'reduce-overhead'"),
-    ("env.collectors=0", "env.collectors must be an integer >= 1, got 0"),
+    ("env.collectors=0", "env.collectors must be >= 1, got 0"),
+    ("env.collectors=1.5", "env.collectors must be an integer like its default 1, got 1.5"),
     ("env.collector_backend=mpi", "unknown env.collector_backend 'mpi'; choose one of: process, "
                                   "ray"),
     ("hydra/launcher=joblib", "applies to sweeps only: worldrl train -m"),
