@@ -102,9 +102,14 @@ def make_collector(env, policy, cfg: DictConfig, seed: int, primer):
                          frames_per_batch=per_batch, total_frames=-1,
                          auto_register_policy_transforms=False)
     # TorchRL's Ray collector has no endless mode (-1 collects nothing) and wants the weights
-    # sent once before it starts
+    # sent once before it starts. Ray joins the cluster at RAY_ADDRESS, or starts a local one;
+    # the workers' output stays in Ray's logs (their log prefix is the collector's long repr)
+    from torchrl.collectors.distributed.ray import DEFAULT_RAY_INIT_CONFIG
+
+    init = {**DEFAULT_RAY_INIT_CONFIG, "log_to_driver": False}
     collector = Collector(makers, policy, num_collectors=workers, backend=backend, sync=False,
-                          frames_per_batch=per_batch, total_frames=2**62)
+                          frames_per_batch=per_batch, total_frames=2**62,
+                          backend_options={"ray_init_config": init})
     collector.update_policy_weights_(policy)
     return collector
 

@@ -119,14 +119,23 @@ class PreferringAgent(CountingAgent):
         return nn.functional.one_hot(index, self.prefer.shape[0]).float(), new
 
 
-def test_collector_workers_keep_their_carry_and_follow_the_learners_weights():
-    """env.collectors=2: two worker processes, one env stream each; the acting mode and the
-    weights set in the learner reach the workers' copies after update_policy_weights_()."""
+@pytest.mark.parametrize("backend", ["process", pytest.param("ray", marks=pytest.mark.slow)])
+def test_collector_workers_keep_their_carry_and_follow_the_learners_weights(backend, monkeypatch):
+    """env.collectors=2: two worker processes (or Ray actors), one env stream each; the acting
+    mode and the weights set in the learner reach the workers' copies after
+    update_policy_weights_()."""
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    # Ray's workers unpickle the policy, whose agent class lives in this test module
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root / "tests"), str(root)]))
     from agents.collect import make_collector, streams_of
     from agents.train import build_env
     from worldrl.config import load_config
 
-    cfg = load_config(["preset=debug", "env.collectors=2", "env.task=CartPole-v1"])
+    cfg = load_config(["preset=debug", "env.collectors=2", "env.task=CartPole-v1",
+                       f"env.collector_backend={backend}"])
     env = build_env(cfg.env, seed=None)
     agent = PreferringAgent(int(env.action_spec.shape[-1]))
     env.append_transform(carry_primer(agent))

@@ -375,18 +375,19 @@ def test_schedules_and_run_state():
     assert state.as_dict() == {**old, "wall_s": 0.0}
 
 
-def test_collector_workers_train_and_resume(tmp_path):
-    """env.collectors=2: two worker processes step the envs; replay keeps one stream per worker
-    and a second command with a larger budget resumes the run."""
+@pytest.mark.parametrize("backend", ["process", pytest.param("ray", marks=pytest.mark.slow)])
+def test_collector_workers_train_and_resume(tmp_path, backend):
+    """env.collectors=2: two worker processes (or Ray actors) step the envs; replay keeps one
+    stream per worker and a second command with a larger budget resumes the run."""
     run = tmp_path / "run"
-    out = worldrl("train", "preset=debug", "env.collectors=2", f"run_dir={run}", *QUIET)
+    workers = ["env.collectors=2", f"env.collector_backend={backend}"]
+    out = worldrl("train", "preset=debug", *workers, f"run_dir={run}", *QUIET)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["env_steps"] >= 120 and summary["updates"] > 0
     ckpt = load_checkpoint(run / "checkpoint.pt")
     assert ckpt["replay"]["carry_reward"].shape == (2,)  # one replay stream per worker
-    out = worldrl("train", "preset=debug", "env.collectors=2", f"run_dir={run}", "steps=200",
-                  *QUIET)
+    out = worldrl("train", "preset=debug", *workers, f"run_dir={run}", "steps=200", *QUIET)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["env_steps"] >= 200 and summary["resumes"] == 1
