@@ -194,6 +194,10 @@ class DreamerAgent(Agent):
         self.compiled: str | None = None
         self.world = None  # agents.ddp.World when training data-parallel
 
+    def __getstate__(self) -> dict:
+        # a copy sent to a collector worker only acts: it needs no process group
+        return {**self.__dict__, "world": None}
+
     def setup_distributed(self, world: Any) -> None:
         """Average the gradients over ``world``'s ranks before each optimiser step, and take the
         actor-critic's normaliser statistics over all ranks' returns (:mod:`agents.ddp`)."""

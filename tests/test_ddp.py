@@ -119,3 +119,23 @@ def test_updates_due_counts_every_ranks_batch():
     assert updates_due(100 + 1024, t) == 64
     assert updates_due(100 + 1024, t, ranks=2) == 32
     assert updates_due(100 + 1024, t, ranks=4) == 16
+
+
+def test_a_data_parallel_agent_pickles_for_collector_workers_without_its_group():
+    """env.collectors > 1 sends the acting agent to worker processes; the process group (which
+    cannot be pickled) stays behind, everything else goes."""
+    import pickle
+    import threading
+
+    from agents.ddp import World
+    from tests.test_dreamer_agent import TINY, make_agent
+
+    agent = make_agent(space={"vector": ((5,), torch.float32)}, cfg=TINY)
+    group = threading.Lock()  # stands in for a ProcessGroup: not picklable either
+    agent.setup_distributed(World(0, 2, group))
+    assert agent.world.group is group and agent.ac.retnorm.group is group
+    copy = pickle.loads(pickle.dumps(agent))
+    assert copy.world is None and copy.ac.retnorm.group is None
+    assert agent.world.group is group and agent.ac.retnorm.group is group  # the original keeps it
+    for (name, a), (_, b) in zip(agent.state_dict().items(), copy.state_dict().items()):
+        assert torch.equal(a, b), name

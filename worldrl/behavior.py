@@ -114,6 +114,11 @@ class Normalize(nn.Module):
                              persistent=False)  # on the device already: no copy per update
         self.group = None
 
+    def __getstate__(self) -> dict:
+        # a copy sent to a collector worker acts, it never updates: it needs no process group
+        # (which cannot be pickled)
+        return {**self.__dict__, "group": None}
+
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
         x = x.detach().float().flatten()
