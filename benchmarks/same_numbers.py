@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +94,10 @@ def _diff(a, b, notes: list[str] | None = None, dropped: tuple[str, ...] = ()
     if len(a["metrics"]) != len(b["metrics"]):
         problems.append(f"metric rows {len(a['metrics'])} -> {len(b['metrics'])}")
     for ra, rb in zip(a["metrics"], b["metrics"]):
-        ra = {k: v for k, v in ra.items() if k not in dropped}  # metrics removed on purpose
+        # metrics removed on purpose (a resumed run's rows before its checkpoint were written by
+        # the old code, so they may still hold them)
+        ra = {k: v for k, v in ra.items() if k not in dropped}
+        rb = {k: v for k, v in rb.items() if k not in dropped}
         if set(ra) != set(rb):
             problems.append(f"step {ra.get('step')}: keys {sorted(set(ra) ^ set(rb))}")
         for k in set(ra) & set(rb):
@@ -131,7 +135,7 @@ def main(argv=None) -> int:
                    help="metric keys removed on purpose since the record (kl/rep: it logged "
                         "kl/dyn's value again)")
     args = p.parse_args(argv)
-    from benchmarks.machine import commit
+    from benchmarks.machine import commit, machine
 
     if args.checkpoints:
         out = Path(args.checkpoints)
@@ -148,6 +152,8 @@ def main(argv=None) -> int:
         for name in args.only:
             rec = run_one(name, Path(tmp), resume)
             rec["commit"] = commit()
+            rec["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            rec["machine"] = machine()
             if resume is not None:
                 rec["checkpoints_from"] = (resume / "COMMIT").read_text().strip()
             kept = f"{name}-resumed" if resume is not None else name
@@ -162,7 +168,9 @@ def main(argv=None) -> int:
             worst, problems = _diff(old, rec, notes, tuple(args.dropped))
             ok = worst <= args.tolerance and not problems
             failed += not ok
-            print(f"{kept}: largest difference {worst:.3g} (recorded at {old['commit'][:7]})"
+            made = ", ".join(x for x in (old["commit"][:7], old.get("date"),
+                                         old.get("machine", {}).get("cpu")) if x)
+            print(f"{kept}: largest difference {worst:.3g} (recorded at {made})"
                   f"{'' if ok else ' FAIL'}" + "".join(f"\n  {x}" for x in [*problems, *notes]),
                   flush=True)
     return 1 if failed else 0

@@ -33,7 +33,7 @@ def drama_weights(wm, imag, mode, tau=10.0, imag_tau=10.0, alpha=1.0, beta=1.0, 
 
 
 def test_registered_and_uniform_stays_default(tmp_path):
-    assert SAMPLERS == ("uniform", "dfs")
+    assert tuple(SAMPLERS) == ("uniform", "dfs")
     assert load_config([]).replay.sampler == "uniform"
     assert load_config(["replay.sampler=dfs"]).replay.sampler == "dfs"
     assert isinstance(Replay(tmp_path, 50, 1, 2, 4, sampler="dfs").sampler, DFSSampler)

@@ -39,9 +39,9 @@ def make_batch(B=2, T=6, seed=0):
 
 def test_rectified_loss_formula():
     wm = make_wm(loss_balance="harmony", loss_scales={"dyn": 0.5, "rep": 0.1, "con": 2.0})
-    assert set(wm.harmony) == {"rew", "pixels", "vector", "dyn"}  # one s per task, con excluded
+    assert set(wm.balancer) == {"rew", "pixels", "vector", "dyn"}  # one s per task, con excluded
     with torch.no_grad():
-        for i, s in enumerate(wm.harmony.values()):
+        for i, s in enumerate(wm.balancer.values()):
             s.fill_(0.3 * i - 0.4)
     torch.manual_seed(1)
     total, terms, _, metrics = wm.loss(make_batch())
@@ -49,7 +49,7 @@ def test_rectified_loss_formula():
     dyn = (0.5 * terms["dyn"].mean() + 0.1 * terms["rep"].mean()) / 0.6
     for task, loss in [("rew", terms["rew"].mean()), ("pixels", terms["pixels"].mean()),
                        ("vector", terms["vector"].mean()), ("dyn", dyn)]:
-        sigma = math.exp(wm.harmony[task].item())
+        sigma = math.exp(wm.balancer[task].item())
         expect = expect + loss / sigma + math.log(1 + sigma)
         assert float(metrics[f"harmony/{task}"]) == pytest.approx(1 / sigma, rel=1e-6)
     torch.testing.assert_close(total, expect)
@@ -83,9 +83,9 @@ def test_harmony_scales_move_with_training(backbone):
         total, terms, _, _ = wm.loss(batch)
         opt.zero_grad()
         total.backward()
-        assert all(p.grad is not None and p.grad != 0 for p in wm.harmony.values())
+        assert all(p.grad is not None and p.grad != 0 for p in wm.balancer.values())
         opt.step()
-    s = {k: v.item() for k, v in wm.harmony.items()}
+    s = {k: v.item() for k, v in wm.balancer.items()}
     assert all(abs(v) > 0.05 for v in s.values()), s
     # the pixel loss (summed over 12288 pixels) is the largest: it is weighted down the most
     assert terms["pixels"].mean() > terms["rew"].mean()
@@ -106,8 +106,21 @@ def test_agent_config_turns_harmony_on():
     }
     agent = DreamerAgent(SPACE, {"discrete": True, "n": 3}, cfg)
     wm_params = {id(p) for p in agent.opt.param_groups[0]["params"]}
-    assert all(id(p) in wm_params for p in agent.wm.harmony.values())
-    before = {k: v.item() for k, v in agent.wm.harmony.items()}
+    assert all(id(p) in wm_params for p in agent.wm.balancer.values())
+    before = {k: v.item() for k, v in agent.wm.balancer.items()}
     metrics = agent.train_step(make_batch())
     assert {"harmony/rew", "harmony/pixels", "harmony/vector", "harmony/dyn"} <= set(metrics)
-    assert all(agent.wm.harmony[k].item() != v for k, v in before.items())
+    assert all(agent.wm.balancer[k].item() != v for k, v in before.items())
+
+
+def test_checkpoints_from_before_the_balancer_registry_load():
+    """Older checkpoints keep HarmonyDream's s under ``harmony.``; they load into the balancer."""
+    wm = make_wm(loss_balance="harmony")
+    state = wm.state_dict()
+    old = {(k.replace("balancer.", "harmony.", 1) if k.startswith("balancer.") else k): v + 0.5
+           if k.startswith("balancer.") else v for k, v in state.items()}
+    assert any(k.startswith("harmony.") for k in old) and not any("balancer" in k for k in old)
+    fresh = make_wm(loss_balance="harmony")
+    fresh.load_state_dict(old)  # strict: every key found
+    for k, s in fresh.balancer.items():
+        assert s.item() == pytest.approx(wm.balancer[k].item() + 0.5)

@@ -53,14 +53,18 @@ from torchrl.data.replay_buffers.writers import RoundRobinWriter
 from worldrl.obs import RESERVED
 from worldrl.smoothing import RewardSmoother, make_smoother
 
-SAMPLERS = ("uniform", "dfs")
-
 
 class SequenceSampler(Sampler):
     """Uniform ``[B, T]`` windows over a time-major ``[steps, streams]`` FIFO storage.
 
     Returns ``(time_index, stream_index)``, each ``[B * T]``. Windows never cross the write cursor.
     """
+
+    @classmethod
+    def build(cls, seq_len: int, steps: int, streams: int, generator: torch.Generator,
+              knobs: Mapping[str, float]) -> SequenceSampler:
+        """The sampler of a replay of ``steps`` rows per stream (``knobs``: ``replay.dfs``)."""
+        return cls(seq_len, generator)
 
     def __init__(self, seq_len: int, generator: torch.Generator | None = None):
         super().__init__()
@@ -157,6 +161,11 @@ class DFSSampler(SequenceSampler):
         params = inspect.signature(cls.__init__).parameters
         return {k: params[k].default for k in cls.KNOBS}
 
+    @classmethod
+    def build(cls, seq_len: int, steps: int, streams: int, generator: torch.Generator,
+              knobs: Mapping[str, float]) -> DFSSampler:
+        return cls(seq_len, steps, streams, generator, **{k: float(v) for k, v in knobs.items()})
+
     def __init__(self, seq_len: int, steps: int, streams: int,
                  generator: torch.Generator | None = None, tau: float = 10.0,
                  imag_tau: float = 10.0, alpha: float = 1.0, beta: float = 1.0,
@@ -249,6 +258,11 @@ class DFSSampler(SequenceSampler):
         self.mode = state_dict.get("mode", "joint")
 
 
+#: ``replay.sampler`` -> its class; a new sampler is a :class:`SequenceSampler` subclass with
+#: ``build`` and an entry here
+SAMPLERS = {"uniform": SequenceSampler, "dfs": DFSSampler}
+
+
 def _transitions_to_rows(
     batch: TensorDictBase, carry_reward: torch.Tensor, episode: torch.Tensor, num_envs: int,
     streams: list[int] | None = None,
@@ -339,12 +353,7 @@ class Replay:
         self.batch_size = batch_size
         self.seq_len = seq_len
         generator = torch.Generator().manual_seed(seed)
-        dfs = dict(dfs or {})
-        if sampler == "dfs":
-            self.sampler = DFSSampler(seq_len, steps, num_envs, generator,
-                                      **{k: float(v) for k, v in dfs.items()})
-        else:
-            self.sampler = SequenceSampler(seq_len, generator)
+        self.sampler = SAMPLERS[sampler].build(seq_len, steps, num_envs, generator, dict(dfs or {}))
         self.storage = LazyMemmapStorage(steps, scratch_dir=self.directory, existsok=True)
         self.buffer = ReplayBuffer(
             storage=self.storage, sampler=self.sampler, writer=RoundRobinWriter(),

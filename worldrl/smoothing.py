@@ -44,33 +44,45 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["MODES", "EDGES", "RewardSmoother", "smooth_episode", "make_smoother", "kernel"]
+__all__ = [
+    "MODES", "KERNELS", "EDGES", "RewardSmoother", "smooth_episode", "make_smoother", "kernel",
+]
 
-MODES = ("none", "gaussian", "uniform", "ema")
+
+def _gaussian(sigma: float, window: int, truncate: float) -> tuple[np.ndarray, int]:
+    """scipy's ``gaussian_filter1d`` kernel."""
+    if sigma <= 0:
+        raise ValueError(f"gaussian reward smoothing needs sigma > 0, got {sigma}")
+    radius = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    w = np.exp(-0.5 * (x / float(sigma)) ** 2)
+    return w / w.sum(), radius
+
+
+def _uniform(sigma: float, window: int, truncate: float) -> tuple[np.ndarray, int]:
+    """scipy's ``convolve`` with ``ones(window) / window``."""
+    window = int(window)
+    if window < 1:
+        raise ValueError(f"uniform reward smoothing needs window >= 1, got {window}")
+    return np.full(window, 1.0 / window), (window - 1) // 2
+
+
+#: the filters that see both sides of a reward: mode -> ``(sigma, window, truncate) -> (weights,
+#: left)``. A new one is a function and an entry here; ``none`` and the causal ``ema`` are the
+#: other modes.
+KERNELS = {"gaussian": _gaussian, "uniform": _uniform}
+MODES = ("none", *KERNELS, "ema")
 EDGES = ("nearest", "reflect", "constant")
 _NP_PAD = {"nearest": "edge", "reflect": "symmetric", "constant": "constant"}
 
 
 def kernel(mode: str, sigma: float = 3.0, window: int = 9, truncate: float = 4.0
            ) -> tuple[np.ndarray, int]:
-    """``(weights [L], left)``: correlation weights and the number of taps before the centre.
-
-    ``y[t] = sum_j weights[j] * x[t - left + j]``. Gaussian: scipy's ``gaussian_filter1d`` kernel;
-    uniform: scipy's ``convolve`` with ``ones(window) / window`` (``left = (window - 1) // 2``).
-    """
-    if mode == "gaussian":
-        if sigma <= 0:
-            raise ValueError(f"gaussian reward smoothing needs sigma > 0, got {sigma}")
-        radius = int(truncate * float(sigma) + 0.5)
-        x = np.arange(-radius, radius + 1, dtype=np.float64)
-        w = np.exp(-0.5 * (x / float(sigma)) ** 2)
-        return w / w.sum(), radius
-    if mode == "uniform":
-        window = int(window)
-        if window < 1:
-            raise ValueError(f"uniform reward smoothing needs window >= 1, got {window}")
-        return np.full(window, 1.0 / window), (window - 1) // 2
-    raise ValueError(f"no kernel for reward smoothing mode {mode!r}")
+    """``(weights [L], left)``: correlation weights and the number of taps before the centre
+    (:data:`KERNELS`). ``y[t] = sum_j weights[j] * x[t - left + j]``."""
+    if mode not in KERNELS:
+        raise ValueError(f"no kernel for reward smoothing mode {mode!r}")
+    return KERNELS[mode](sigma, window, truncate)
 
 
 def _check(mode: str, edge: str, alpha: float) -> None:
@@ -150,7 +162,7 @@ class RewardSmoother:
         _check(mode, edge, alpha)
         self.mode, self.edge = mode, edge
         self.sigma, self.window, self.alpha = float(sigma), int(window), float(alpha)
-        if mode in ("gaussian", "uniform"):
+        if mode in KERNELS:
             self.weights, self.left = kernel(mode, sigma, window)
             self.right = len(self.weights) - 1 - self.left
         else:

@@ -47,7 +47,54 @@ from worldrl.obs import MODALITIES, MultiDecoder, MultiEncoder
 __all__ = ["WorldModel", "shift_actions", "DEFAULT_LOSS_SCALES", "LOSS_BALANCES"]
 
 DEFAULT_LOSS_SCALES = {"rec": 1.0, "rew": 1.0, "con": 1.0, "dyn": 1.0, "rep": 0.1}
-LOSS_BALANCES = ("none", "harmony")
+
+
+class FixedScales(nn.Module):
+    """``loss_balance=none``: ``sum(scale * term.mean())`` with the configured scales."""
+
+    def __init__(self, wm: WorldModel):
+        super().__init__()
+
+    def total(self, wm: WorldModel, terms: Mapping[str, Tensor]) -> Tensor:
+        return sum(wm.scale(k) * v.mean() for k, v in terms.items())
+
+    def metrics(self) -> dict[str, Tensor]:
+        return {}
+
+
+class HarmonyDream(nn.ParameterDict):
+    """``loss_balance=harmony``: one learnable ``s`` per task (module docstring)."""
+
+    def __init__(self, wm: WorldModel):
+        tasks = ["rew", *wm.decoder_keys(), "dyn"]
+        super().__init__({t: nn.Parameter(torch.zeros(())) for t in tasks})
+
+    def total(self, wm: WorldModel, terms: Mapping[str, Tensor]) -> Tensor:
+        sd, sr = wm.scale("dyn"), wm.scale("rep")
+        tasks = {k: terms[k].mean() for k in self if k != "dyn"}
+        tasks["dyn"] = (sd * terms["dyn"].mean() + sr * terms["rep"].mean()) / (sd + sr)
+        total = wm.scale("con") * terms["con"].mean()
+        for k, loss in tasks.items():
+            s = self[k]
+            total = total + loss * torch.exp(-s) + F.softplus(s)
+        return total
+
+    def metrics(self) -> dict[str, Tensor]:
+        """The learned weight ``1 / sigma`` of each task."""
+        return {f"harmony/{k}": torch.exp(-s.detach()) for k, s in self.items()}
+
+
+#: ``world_model.loss_balance`` -> the module that turns the loss terms into the total (built
+#: from the world model; its parameters train with the world model's). A new balancer is a class
+#: with ``total(wm, terms)`` and ``metrics()`` and an entry here.
+LOSS_BALANCES = {"none": FixedScales, "harmony": HarmonyDream}
+
+
+def _older_keys(state_dict, prefix, *args) -> None:
+    """Checkpoints from before the balancer registry kept HarmonyDream's ``s`` under
+    ``harmony.``; they load into ``balancer.``."""
+    for key in [k for k in state_dict if k.startswith(prefix + "harmony.")]:
+        state_dict[prefix + "balancer." + key[len(prefix + "harmony."):]] = state_dict.pop(key)
 
 
 def shift_actions(action: Tensor, is_first: Tensor) -> Tensor:
@@ -109,25 +156,15 @@ class WorldModel(nn.Module):
             raise ValueError(f"unknown world-model loss_balance {loss_balance!r}; choose one of: "
                              f"{', '.join(LOSS_BALANCES)}")
         self.loss_balance = loss_balance
-        if loss_balance == "harmony":
-            tasks = ["rew", *self.decoder_keys(), "dyn"]
-            self.harmony = nn.ParameterDict({t: nn.Parameter(torch.zeros(())) for t in tasks})
+        self.balancer = LOSS_BALANCES[loss_balance](self)
+        self._register_load_state_dict_pre_hook(_older_keys)
 
     def decoder_keys(self) -> list[str]:
         return list(self.decoder.keys)
 
     def balance(self, terms: Mapping[str, Tensor]) -> Tensor:
-        """The total world-model loss from its ``[B, T]`` terms (fixed scales or HarmonyDream)."""
-        if self.loss_balance == "none":
-            return sum(self.scale(k) * v.mean() for k, v in terms.items())
-        sd, sr = self.scale("dyn"), self.scale("rep")
-        tasks = {k: terms[k].mean() for k in self.harmony if k != "dyn"}
-        tasks["dyn"] = (sd * terms["dyn"].mean() + sr * terms["rep"].mean()) / (sd + sr)
-        total = self.scale("con") * terms["con"].mean()
-        for k, loss in tasks.items():
-            s = self.harmony[k]
-            total = total + loss * torch.exp(-s) + F.softplus(s)
-        return total
+        """The total world-model loss from its ``[B, T]`` terms (:data:`LOSS_BALANCES`)."""
+        return self.balancer.total(self, terms)
 
     def scale(self, term: str) -> float:
         if term in self.scales:
@@ -175,9 +212,7 @@ class WorldModel(nn.Module):
             assert v.shape == (B, T), (k, v.shape)
         total = self.balance(terms)
         metrics["wm_loss"] = total.detach()
-        if self.loss_balance == "harmony":
-            for k, s in self.harmony.items():  # the learned weight 1 / sigma of each task
-                metrics[f"harmony/{k}"] = torch.exp(-s.detach())
+        metrics.update(self.balancer.metrics())
         return total, terms, post, metrics
 
     def terms(self, post: State, prior: State, batch: Mapping[str, Tensor]
