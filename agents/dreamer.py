@@ -81,9 +81,11 @@ def _check_keys(cfg: Mapping[str, Any], valid: list[str] | tuple[str, ...], wher
         raise ValueError(f"unknown key(s) {unknown} in {where}; valid: {sorted(valid)}")
 
 
-def _kwargs_of(fn: Any, skip: int = 0) -> list[str]:
-    params = list(inspect.signature(fn).parameters.values())[skip:]
-    return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+def _options(cls: type, computed: tuple[str, ...] = ()) -> list[str]:
+    """What a config section may set: the keyword-only parameters of ``cls``'s constructor, but
+    ``computed`` (those the agent passes itself)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return [p.name for p in params if p.kind == p.KEYWORD_ONLY and p.name not in computed]
 
 
 def resolve_config(cfg: Any) -> dict[str, Any]:
@@ -160,14 +162,12 @@ class DreamerAgent(Agent):
         self.ac_scales = {"policy": 1.0, "value": 1.0, "repval": 0.3,
                           **dict(beh.pop("loss_scales", None) or {})}
         _check_keys(self.ac_scales, ("policy", "value", "repval"), "agent.behavior.loss_scales")
-        _check_keys(beh, [k for k in _kwargs_of(ActorCritic.__init__, 4)
-                           if k not in ("actor", "critic")], "agent.behavior")
+        _check_keys(beh, _options(ActorCritic, ("actor", "critic")), "agent.behavior")
 
         backbone = dict(cfg.get("backbone") or {"name": "rssm"})
         backbone_name = backbone.pop("name", "rssm")
         wm_cfg = dict(cfg.get("world_model") or {})
-        _check_keys(wm_cfg, [k for k in _kwargs_of(WorldModel.__init__, 5)
-                             if k != "cont_target_scale"], "agent.world_model")
+        _check_keys(wm_cfg, _options(WorldModel, ("cont_target_scale",)), "agent.world_model")
         contdisc = beh.get("contdisc", True)
         horizon = float(beh.get("horizon", 333))
         self.wm = WorldModel(self.obs_space, self.action_size, backbone_name, backbone,
@@ -179,7 +179,7 @@ class DreamerAgent(Agent):
 
         optim = dict(cfg.get("optim") or {})
         group_lr = dict(optim.pop("group_lr", None) or {})
-        _check_keys(optim, _kwargs_of(LaProp.__init__, 2), "agent.optim")
+        _check_keys(optim, _options(LaProp), "agent.optim")
         _check_keys(group_lr, OPTIM_GROUPS, "agent.optim.group_lr")
         modules = {"world_model": self.wm, "actor": self.ac.actor, "critic": self.ac.critic}
         groups = []

@@ -51,7 +51,7 @@ class LaProp(torch.optim.Optimizer):
     ``{name}/lr`` after every :meth:`step`.
     """
 
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 4e-5,
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], *, lr: float = 4e-5,
                  agc: float = 0.3, pmin: float = 1e-3, eps: float = 1e-20, beta1: float = 0.9,
                  beta2: float = 0.999, momentum: bool = True, nesterov: bool = False,
                  wd: float = 0.0, warmup: int = 1000, schedule: str = "const",
