@@ -13,7 +13,7 @@ AGENTS = {
 
 
 def make_agent(name: str, obs_space: dict, act_space: dict, cfg):
-    """Build an agent by name; ``cfg`` is the agent's own sub-config (with its backbone merged)."""
+    """Build an agent by name; ``cfg`` is the agent's own sub-config (``cfg.agent``)."""
     if name not in AGENTS:
         raise ValueError(f"unknown agent {name!r}; choose one of: {', '.join(AGENTS)}")
     module, cls = AGENTS[name].split(":")

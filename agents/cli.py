@@ -81,7 +81,7 @@ def audio_rollout(checkpoint: str | Path, out: str | Path, context: int = 8, hor
     from omegaconf import OmegaConf
 
     from agents.acting import ActingModule, carry_primer
-    from agents.run_dir import CheckpointError, load_checkpoint
+    from agents.run_dir import CheckpointError, load_checkpoint, upgrade_config
     from agents.train import build_agent, build_env, load_agent_state
     from envs.atari_av import LogMel, mel_filterbank
     from worldrl import audio as wav
@@ -89,7 +89,7 @@ def audio_rollout(checkpoint: str | Path, out: str | Path, context: int = 8, hor
     if context < 1 or horizon < 1:
         raise ValueError(f"--context and --horizon must be >= 1, got {context}, {horizon}")
     payload = load_checkpoint(checkpoint)
-    cfg = OmegaConf.create(payload["config"])
+    cfg = upgrade_config(payload["config"])
     torch.manual_seed(seed)
     env = build_env(cfg.env, seed=seed, num_envs=1)
     agent, obs_keys = build_agent(cfg, env, torch.device("cpu"))

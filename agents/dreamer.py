@@ -1,14 +1,15 @@
 """DreamerV3 agent: world model + actor-critic + optimiser behind a small contract.
 
-``cfg`` is the ``agent`` config node (``worldrl/configs/agent/dreamer.yaml``, merged with a
-``size`` preset) with the ``backbone`` node merged in under ``cfg.backbone``. Sections:
+``cfg`` is the ``agent`` config node as ``worldrl train`` composes it
+(``worldrl/configs/agent/dreamer.yaml``, the ``size`` preset under ``size`` and the backbone group
+under ``backbone``). A partial config (a dict in code) is read over those same files
+(:func:`resolve_config`), so every default lives in the YAML. Sections, each one constructor's
+keyword options:
 
-* ``size``: ``deter, hidden, stoch, classes, units, depth``; each fills the key of the same name,
-  where it is absent or null, in ``backbone`` (keys the backbone class takes),
-  ``world_model.{encoder,decoder}`` (``units, depth``), ``world_model.{reward_head,cont_head}``,
-  ``actor`` and ``critic`` (``units``); explicit values win;
-* ``world_model``: ``obs_keys, free_nats, reward_grad, loss_scales, encoder, decoder, reward_head,
-  cont_head`` (:class:`worldrl.world_model.WorldModel`);
+* ``size``: ``deter, hidden, stoch, classes, units, depth``; the YAML's size keys interpolate
+  them (``${agent.size.units}``); explicit values win;
+* ``world_model``: :class:`worldrl.world_model.WorldModel` (``obs_keys, free_nats, reward_grad,
+  loss_scales, loss_balance, encoder, decoder, reward_head, cont_head``);
 * ``backbone``: ``name`` (registry key) + the backbone's keyword options;
 * ``actor``, ``critic``: :class:`worldrl.behavior.Actor` / :class:`worldrl.heads.CriticHead`;
 * ``behavior``: :class:`worldrl.behavior.ActorCritic` options plus ``loss_scales`` (``policy,
@@ -29,12 +30,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 from torch import Tensor
 
 from agents.base import Agent
 from agents.ddp import all_reduce_grads
 from worldrl.backbones import BACKBONES
 from worldrl.behavior import ActorCritic
+from worldrl.config import CONFIG_DIR
 from worldrl.obs import MODALITIES
 from worldrl.optim import LaProp
 from worldrl.world_model import WorldModel, shift_actions
@@ -42,15 +46,6 @@ from worldrl.world_model import WorldModel, shift_actions
 __all__ = ["DreamerAgent", "resolve_config"]
 
 SIZE_KEYS = ("deter", "hidden", "stoch", "classes", "units", "depth")
-#: Config sections and the size keys they take from ``agent.size`` when absent or null.
-SIZED_SECTIONS = {
-    ("world_model", "encoder"): ("units", "depth"),
-    ("world_model", "decoder"): ("units", "depth"),
-    ("world_model", "reward_head"): ("units",),
-    ("world_model", "cont_head"): ("units",),
-    ("actor",): ("units",),
-    ("critic",): ("units",),
-}
 TOP_KEYS = ("name", "size", "world_model", "backbone", "actor", "critic", "behavior", "optim")
 MODES = ("train", "eval")
 #: LaProp parameter groups; ``agent.optim.group_lr.NAME`` overrides ``agent.optim.lr`` for one
@@ -61,13 +56,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 def _plain(cfg: Any) -> Any:
     """OmegaConf DictConfig / ListConfig / Mapping -> plain dicts and lists (resolved)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig | ListConfig):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
+    if isinstance(cfg, DictConfig | ListConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
     if isinstance(cfg, Mapping):
         return {str(k): _plain(v) for k, v in cfg.items()}
     if isinstance(cfg, list | tuple):
@@ -88,35 +78,50 @@ def _options(cls: type, computed: tuple[str, ...] = ()) -> list[str]:
     return [p.name for p in params if p.kind == p.KEYWORD_ONLY and p.name not in computed]
 
 
+def _defaults(backbone: str) -> DictConfig:
+    """``agent/dreamer.yaml`` with ``backbone/NAME.yaml`` under ``backbone``, unresolved. A
+    registered backbone without a YAML takes the size keys its constructor accepts from
+    ``agent.size`` and its constructor's defaults for the rest."""
+    cfg = OmegaConf.load(CONFIG_DIR / "agent" / "dreamer.yaml")
+    path = CONFIG_DIR / "backbone" / f"{backbone}.yaml"
+    if path.exists():
+        cfg.backbone = OmegaConf.load(path)
+    else:
+        accepted = inspect.signature(BACKBONES[backbone].__init__).parameters
+        cfg.backbone = {"name": backbone, **{k: f"${{agent.size.{k}}}" for k in SIZE_KEYS
+                                             if k in accepted}}
+    return cfg
+
+
+def _drop_null_sizes(node: Any) -> Any:
+    """Older configs wrote ``null`` for "from agent.size": drop those, the YAML interpolates."""
+    if isinstance(node, dict):
+        return {k: _drop_null_sizes(v) for k, v in node.items()
+                if not (k in SIZE_KEYS and v is None)}
+    return node
+
+
 def resolve_config(cfg: Any) -> dict[str, Any]:
-    """Plain-dict copy of ``cfg`` with ``agent.size`` filled into absent / null size keys."""
+    """The whole agent config as a plain dict: ``cfg`` over the YAML defaults
+    (:func:`_defaults`), sizes interpolated from ``agent.size``."""
     cfg = copy.deepcopy(_plain(cfg))
     if not isinstance(cfg, dict):
         raise TypeError(f"agent cfg must be a mapping, got {type(cfg).__name__}")
     _check_keys(cfg, TOP_KEYS, "the agent config")
-    size = cfg.get("size") or {}
-    _check_keys(size, ("name", *SIZE_KEYS), "agent.size")
-    backbone = cfg.setdefault("backbone", {"name": "rssm"}) or {"name": "rssm"}
-    cfg["backbone"] = backbone
-    name = backbone.get("name", "rssm")
+    _check_keys(cfg.get("size") or {}, ("name", *SIZE_KEYS), "agent.size")
+    name = (cfg.get("backbone") or {}).get("name", "rssm")
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choices: {sorted(BACKBONES)}")
-    accepted = inspect.signature(BACKBONES[name].__init__).parameters
-    sections = {("backbone",): tuple(k for k in SIZE_KEYS if k in accepted), **SIZED_SECTIONS}
-    for path, keys in sections.items():
-        node = cfg
-        for p in path:
-            if node.get(p) is None:
-                node[p] = {}
-            node = node[p]
-        for key in keys:
-            if node.get(key) is None:
-                if size.get(key) is None:
-                    raise ValueError(
-                        f"agent.{'.'.join(path)}.{key} is not set and agent.size.{key} is missing; "
-                        f"pick a size preset (xs, s, m, l, xl) or set it explicitly")
-                node[key] = size[key]
-    return cfg
+    user = {k: (v if k == "size" else _drop_null_sizes(v)) for k, v in cfg.items()
+            if v is not None}
+    merged = OmegaConf.merge({"agent": _defaults(name)}, {"agent": user})
+    try:
+        return OmegaConf.to_container(merged, resolve=True)["agent"]
+    except InterpolationResolutionError as err:
+        key = str(getattr(err, "full_key", "") or "?")
+        leaf = key.rsplit(".", 1)[-1]
+        raise ValueError(f"{key} is not set and agent.size.{leaf} is missing; pick a size "
+                         "preset (xs, s, m, l, xl) or set it explicitly") from None
 
 
 #: the modes in which inductor captures CUDA graphs (each update must mark a new step)
@@ -158,26 +163,24 @@ class DreamerAgent(Agent):
         self.obs_space = {k: (tuple(int(s) for s in v[0]), v[1]) for k, v in obs_space.items()}
         self.cfg = cfg = resolve_config(cfg)
 
-        beh = dict(cfg.get("behavior") or {})
-        self.ac_scales = {"policy": 1.0, "value": 1.0, "repval": 0.3,
-                          **dict(beh.pop("loss_scales", None) or {})}
+        beh = dict(cfg["behavior"])
+        self.ac_scales = dict(beh.pop("loss_scales"))
         _check_keys(self.ac_scales, ("policy", "value", "repval"), "agent.behavior.loss_scales")
         _check_keys(beh, _options(ActorCritic, ("actor", "critic")), "agent.behavior")
 
-        backbone = dict(cfg.get("backbone") or {"name": "rssm"})
-        backbone_name = backbone.pop("name", "rssm")
-        wm_cfg = dict(cfg.get("world_model") or {})
+        backbone = dict(cfg["backbone"])
+        backbone_name = backbone.pop("name")
+        wm_cfg = dict(cfg["world_model"])
         _check_keys(wm_cfg, _options(WorldModel, ("cont_target_scale",)), "agent.world_model")
-        contdisc = beh.get("contdisc", True)
-        horizon = float(beh.get("horizon", 333))
+        contdisc, horizon = beh["contdisc"], float(beh["horizon"])
         self.wm = WorldModel(self.obs_space, self.action_size, backbone_name, backbone,
                              cont_target_scale=(1.0 - 1.0 / horizon) if contdisc else 1.0,
                              **wm_cfg)
         self.ac = ActorCritic(self.wm.backbone.feat_size, self.action_size, self.discrete,
-                              actor=cfg.get("actor"), critic=cfg.get("critic"), **beh)
+                              actor=cfg["actor"], critic=cfg["critic"], **beh)
         assert self.ac.cont_target_scale == self.wm.cont_target_scale
 
-        optim = dict(cfg.get("optim") or {})
+        optim = dict(cfg["optim"])
         group_lr = dict(optim.pop("group_lr", None) or {})
         _check_keys(optim, _options(LaProp), "agent.optim")
         _check_keys(group_lr, OPTIM_GROUPS, "agent.optim.group_lr")

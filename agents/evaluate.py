@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from agents.acting import carry_primer
-from agents.run_dir import CheckpointError, load_checkpoint
+from agents.run_dir import CheckpointError, load_checkpoint, upgrade_config
 from agents.train import (
     build_agent,
     build_env,
@@ -30,7 +29,7 @@ def evaluate_checkpoint(path: str | Path, episodes: int | None = None,
     payload = load_checkpoint(path)
     if "config" not in payload:
         raise CheckpointError(f"{path} has no config entry")
-    cfg = OmegaConf.create(payload["config"])
+    cfg = upgrade_config(payload["config"])
     torch.manual_seed(seed)
     episodes = episodes or cfg.eval.episodes
     # checkpoints of runs made before eval.envs / eval.sample existed lack those keys

@@ -93,7 +93,7 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
     """Every run directory at or below ``paths`` (one with ``config.yaml``)."""
     from omegaconf import OmegaConf
 
-    from agents.run_dir import flat_config
+    from agents.run_dir import flat_config, upgrade_config
 
     found: dict[Path, Run] = {}
     for base in map(Path, paths):
@@ -105,7 +105,7 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
             if run_dir in found or ".old-" in run_dir.name:
                 continue  # a run moved aside by overwrite=true is history, not a result
             try:
-                config = flat_config(OmegaConf.load(cfg_file))
+                config = flat_config(upgrade_config(OmegaConf.load(cfg_file)))
             except Exception:  # not YAML, or not a mapping: not a run's config
                 continue
             if "env.suite" not in config:
@@ -131,7 +131,7 @@ def _name_methods(runs: list[Run]) -> None:
         by_key.setdefault(run.method_key, ident)
         c = run.config
         run.method = ("random" if c.get("agent.name") == "random"  # no model: no backbone, size
-                      else f"{c.get('agent.name')}-{c.get('backbone.name', '?')}-"
+                      else f"{c.get('agent.name')}-{c.get('agent.backbone.name', '?')}-"
                            f"{c.get('agent.size.name', '?')}")
     names: dict[str, list[str]] = defaultdict(list)
     for run in runs:  # suites differ in their configs anyway: name clashes within a suite only

@@ -34,7 +34,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict, TensorDictBase
 
-from worldrl.replay import DFSSampler
+from worldrl.config import MOVED_KEYS
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -58,11 +58,50 @@ ADDED_KEYS = {
     "agent.optim.schedule": "const",
     "agent.optim.anneal": None,
     **{f"agent.optim.group_lr.{k}": None for k in ("world_model", "actor", "critic")},
-    **{f"replay.dfs.{k}": v for k, v in DFSSampler.defaults().items()},
+    "replay.dfs.tau": 10.0,
     "env.collectors": 1,
     "env.collector_backend": "process",
     "train.ddp": False,
 }
+
+
+#: keys that were removed; what they set never changed what a run did (DFS's imagination
+#: weights: the loop never drew an imagination batch)
+REMOVED_KEYS = ("replay.dfs.imag_tau", "replay.dfs.alpha", "replay.dfs.beta",
+                "replay.dfs.imag_scale")
+#: agent keys that follow ``agent.size`` (by interpolation now; ``null`` in older configs)
+SIZE_KEYS = ("deter", "hidden", "stoch", "classes", "units", "depth")
+
+
+def upgrade_config(cfg: Any) -> DictConfig:
+    """A run's config (``config.yaml``, a checkpoint's ``config``) in the current layout: moved
+    keys (:data:`MOVED_KEYS`) at their new place, removed ones (:data:`REMOVED_KEYS`) gone, and
+    size keys written as ``null`` (filled from ``agent.size`` by the agent then) set to their
+    ``agent.size`` value. A current config comes back unchanged (as a copy)."""
+    cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(cfg), resolve=True))
+    missing = object()
+    for old, new in [*MOVED_KEYS.items(), *((k, None) for k in REMOVED_KEYS)]:
+        value = OmegaConf.select(cfg, old, default=missing)
+        if value is missing:
+            continue
+        parent, _, leaf = old.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        del node[leaf]
+        if new is not None:
+            OmegaConf.update(cfg, new, value, force_add=True)
+    size = OmegaConf.select(cfg, "agent.size") or {}
+
+    def fill(node):
+        for key in list(node):
+            if isinstance(node[key], DictConfig):
+                fill(node[key])
+            elif key in SIZE_KEYS and node[key] is None and size.get(key) is not None:
+                node[key] = size[key]
+
+    for key in list(cfg.get("agent") or {}):
+        if key != "size" and isinstance(cfg.agent[key], DictConfig):
+            fill(cfg.agent[key])
+    return cfg
 
 
 class RunDirError(RuntimeError):
@@ -161,8 +200,9 @@ def flat_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def config_diff(old: DictConfig, new: DictConfig) -> list[str]:
-    """Differences that matter for resumption, as ``key: old -> new`` lines."""
-    a, b = flat_config(old), flat_config(new)
+    """Differences that matter for resumption, as ``key: old -> new`` lines (``old`` is read in
+    the current layout: :func:`upgrade_config`)."""
+    a, b = flat_config(upgrade_config(old)), flat_config(new)
     lines = []
     for key in sorted(set(a) | set(b)):
         if key in RESUMABLE_KEYS:
@@ -238,7 +278,7 @@ def check_checkpoint_config(ckpt: dict[str, Any], cfg: DictConfig, path: Path) -
     """Refuse a checkpoint made by a different run (another seed, agent, env ...)."""
     if "config" not in ckpt:
         return
-    diff = config_diff(OmegaConf.create(ckpt["config"]), cfg)
+    diff = config_diff(ckpt["config"], cfg)
     if diff:
         raise CheckpointError(
             f"checkpoint {path} was written by a run with a different config:\n  "

@@ -78,11 +78,10 @@ def planned_updates(cfg: DictConfig, ranks: int = 1) -> int:
 
 
 def agent_config(cfg: DictConfig, ranks: int = 1) -> DictConfig:
-    """The agent's own sub-config with its backbone sub-config merged in; ``agent.optim.anneal:
-    null`` becomes the run's :func:`planned_updates` (what a ``linear`` or ``cosine`` learning-rate
-    schedule anneals over)."""
+    """The agent's own sub-config (a copy); ``agent.optim.anneal: null`` becomes the run's
+    :func:`planned_updates` (what a ``linear`` or ``cosine`` learning-rate schedule anneals
+    over)."""
     agent = OmegaConf.create(OmegaConf.to_container(cfg.agent, resolve=True))
-    agent.backbone = OmegaConf.create(OmegaConf.to_container(cfg.backbone, resolve=True))
     optim = agent.get("optim")
     if optim is not None and "anneal" in optim and optim.anneal is None:
         # a run no longer than its warm-up never reaches the decay
@@ -189,7 +188,7 @@ def _check(cfg: DictConfig) -> None:
     r = cfg.replay
     Replay.check_args(r.capacity, cfg.env.num_envs, t.seq_len, r.sampler,
                       OmegaConf.to_container(r.dfs, resolve=True))
-    make_smoother(r, cfg.env.num_envs)  # the smoothing mode, edge and parameters
+    make_smoother(OmegaConf.to_container(r.smoothing, resolve=True), cfg.env.num_envs)
     optim = cfg.agent.get("optim")
     if optim is not None and "schedule" in optim and "anneal" in optim:  # a LaProp agent
         try:  # the optimiser's own check, before the run directory exists
@@ -517,7 +516,7 @@ def setup(cfg: DictConfig) -> Run | dict:
     replay = Replay(run_dir / ("replay" if rank == 0 else f"replay-rank{rank}"),
                     cfg.replay.capacity, num_envs, t.batch_size, t.seq_len,
                     sampler=cfg.replay.sampler, seed=cfg.seed + ddp.RANK_SEED * rank,
-                    reward_smoothing=cfg.replay,
+                    smoothing=OmegaConf.to_container(cfg.replay.smoothing, resolve=True),
                     dfs=OmegaConf.to_container(cfg.replay.dfs, resolve=True),
                     # this process's rows (not from the seeded RNGs: nothing else changes)
                     generation=int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF)

@@ -94,9 +94,9 @@ def make_world_model(obs_space, n_act: int, args):
     from agents.train import agent_config
     from worldrl.config import load_config
 
-    cfg = agent_config(load_config(["size=xs"]))
-    cfg.size.update(deter=args.deter, hidden=args.deter // 2, stoch=8, classes=8,
-                    units=args.units, depth=args.depth)
+    sizes = dict(deter=args.deter, hidden=args.deter // 2, stoch=8, classes=8, units=args.units,
+                 depth=args.depth)  # the sizes every size key interpolates
+    cfg = agent_config(load_config(["size=xs", *(f"agent.size.{k}={v}" for k, v in sizes.items())]))
     return DreamerAgent(obs_space, {"discrete": True, "n": n_act}, cfg).wm
 
 

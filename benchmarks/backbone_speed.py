@@ -22,9 +22,9 @@ import time
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 import kernels._native
-from agents.dreamer import resolve_config
 from benchmarks.machine import stamp, write_report
 from worldrl.config import load_config
 from worldrl.world_model import WorldModel
@@ -37,10 +37,9 @@ HEADS = dict(encoder=dict(units=128, layers=2), decoder=dict(units=128, layers=2
 
 def backbone_config(name: str, size: str) -> dict:
     cfg = load_config([f"backbone={name}", f"size={size}"])
-    agent = dict(resolve_config({"size": dict(cfg.agent.size),
-                                 "backbone": dict(cfg.backbone)})["backbone"])
-    agent.pop("name")
-    return agent
+    backbone = OmegaConf.to_container(cfg.agent.backbone, resolve=True)
+    backbone.pop("name")
+    return backbone
 
 
 def batch(B: int, T: int, device) -> dict[str, torch.Tensor]:

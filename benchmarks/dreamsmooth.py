@@ -12,7 +12,7 @@ about 0.3 per episode, the optimal one 5.
 Learner: DreamerV3 (``agents/dreamer.py``, RSSM) with a tiny size (deter 128, 8x8 latent, units
 64), ``B x T = 16 x 32``, imagination from the last 8 steps, LaProp ``lr = 3e-4`` (DreamerV3's 4e-5
 is for 1e5+ updates), train ratio 96, 500 random prefill steps. Replay applies
-``replay.reward_smoothing`` (``worldrl/smoothing.py``): the reward head learns the smoothed
+``replay.smoothing.mode`` (``worldrl/smoothing.py``): the reward head learns the smoothed
 reward, returns are always the environment's.
 
 Measured per run (``results/dreamsmooth.{json,md}``):
@@ -149,8 +149,8 @@ def agent_cfg(lr: float):
     from agents.train import agent_config
     from worldrl.config import load_config
 
-    cfg = agent_config(load_config(["size=xs"]))
-    cfg.size.update(deter=128, hidden=64, stoch=8, classes=8, units=64, depth=4)
+    sizes = dict(deter=128, hidden=64, stoch=8, classes=8, units=64, depth=4)
+    cfg = agent_config(load_config(["size=xs", *(f"agent.size.{k}={v}" for k, v in sizes.items())]))
     cfg.behavior.imag_last = 8
     cfg.optim.lr = lr
     cfg.optim.warmup = 100
@@ -177,7 +177,7 @@ def run(mode: str, seed: int, args, heldout) -> dict:
     B, T = args.batch, args.seq_len
     tmp = tempfile.TemporaryDirectory()
     replay = Replay(Path(tmp.name) / "replay", args.steps + 100, 1, B, T, seed=seed,
-                    reward_smoothing={"reward_smoothing": mode})
+                    smoothing=mode)
     collector = Collector(env, policy, frames_per_batch=16, total_frames=-1,
                           auto_register_policy_transforms=False)
     steps = updates = 0

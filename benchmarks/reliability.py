@@ -147,15 +147,15 @@ def stale_windows(run: Path, batches: int = 20) -> dict:
     many sampled rows (raw windows, bookkeeping columns included) are such rows."""
     from omegaconf import OmegaConf
 
-    from agents.run_dir import load_checkpoint
+    from agents.run_dir import load_checkpoint, upgrade_config
     from worldrl.replay import Replay
 
     ckpt = load_checkpoint(run)
-    cfg = OmegaConf.create(ckpt["config"])
+    cfg = upgrade_config(ckpt["config"])
     t = cfg.train
     replay = Replay(run / "replay", cfg.replay.capacity, cfg.env.num_envs, t.batch_size,
                     t.seq_len, sampler=cfg.replay.sampler, seed=cfg.seed,
-                    reward_smoothing=cfg.replay,
+                    smoothing=OmegaConf.to_container(cfg.replay.smoothing, resolve=True),
                     dfs=OmegaConf.to_container(cfg.replay.dfs, resolve=True),
                     generation=ckpt["counters"]["resumes"] + 1)
     replay.load_state_dict(ckpt["replay"])
@@ -283,8 +283,8 @@ BAD = [
     ("train.checkpoint_every=0", "train.checkpoint_every must be >= 1, got 0"),
     ("seed=-1", "seed must be >= 0, got -1"),
     ("replay.sampler=dfz", "unknown replay sampler 'dfz'; choose one of: uniform, dfs"),
-    ("replay.reward_smoothing=gauss", "unknown reward smoothing 'gauss'; choose one of: none, "),
-    ("replay.smoothing_edge=wrap", "unknown reward smoothing edge 'wrap'; choose one of: "),
+    ("replay.smoothing.mode=gauss", "unknown reward smoothing 'gauss'; choose one of: none, "),
+    ("replay.smoothing.edge=wrap", "unknown reward smoothing edge 'wrap'; choose one of: "),
     ("replay.capacity=4", "replay capacity 4 holds 4 steps per env (1 env copies), fewer than "
                           "seq_len=8"),
     ("replay.dfs.tau=0", "replay.dfs.tau must be > 0, got 0"),

@@ -41,7 +41,7 @@ RUNS = {
     "atari100k-s4": ("env=atari100k", "backbone=s4"),
     "atari100k-mamba": ("env=atari100k", "backbone=mamba"),
     "atari100k_av-rssm-smooth-harmony": ("env=atari100k_av", "backbone=rssm",
-                                         "replay.reward_smoothing=gaussian",
+                                         "replay.smoothing.mode=gaussian",
                                          "agent.world_model.loss_balance=harmony"),
 }
 TIMING = ("_per_s", "wall")

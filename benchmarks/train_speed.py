@@ -75,8 +75,7 @@ def build_update(size: str, device: torch.device | str = "cpu", *, amp: bool = F
     """
     device = torch.device(device)
     cfg = load_config(["env=atari100k", f"size={size}", *overrides])
-    agent_cfg = {**OmegaConf.to_container(cfg.agent, resolve=True),
-                 "backbone": OmegaConf.to_container(cfg.backbone, resolve=True)}
+    agent_cfg = OmegaConf.to_container(cfg.agent, resolve=True)
     agent = DreamerAgent({"pixels": ((3, 64, 64), torch.uint8)},
                          {"discrete": True, "n": actions}, agent_cfg).to(device)
     agent.setup_update(amp=amp, compile=compile_)

@@ -20,14 +20,9 @@ def starts(batch) -> list[int]:
     return batch["vector"][:, 0, 0].long().tolist()
 
 
-def drama_weights(wm, imag, mode, tau=10.0, imag_tau=10.0, alpha=1.0, beta=1.0, scale=1.0):
-    """Drama's replay_buffer.py, written out independently."""
-    wm, imag = wm.double(), imag.double() / scale
-    if mode == "imagination":
-        penalty = torch.maximum(torch.zeros_like(wm), wm - imag)
-        score = (wm - alpha * imag - beta * penalty) / imag_tau
-    else:
-        score = -wm / tau
+def drama_weights(wm, tau=10.0):
+    """Drama's replay_buffer.py (world-model weights), written out independently."""
+    score = -wm.double() / tau
     e = torch.exp(score - score.max())
     return e / e.sum()
 
@@ -41,27 +36,24 @@ def test_registered_and_uniform_stays_default(tmp_path):
         Replay(tmp_path, 50, 1, 2, 4, sampler="prioritized")
 
 
-def test_counts_update_per_purpose(tmp_path):
+def test_counts_update_on_training_samples_only(tmp_path):
     rp = Replay(tmp_path, 100, 1, batch_size=4, seq_len=5, sampler="dfs")
     fill(rp, 30)
     s = rp.sampler
     assert s.wm_count.shape == (100, 1) and s.wm_count.dtype == torch.int32  # one int per row
-    b = rp.sample()  # joint: the batch trains the world model and seeds imagination
+    b = rp.sample()
     assert len(set(starts(b))) == 4  # drawn without replacement
     expect = torch.zeros(100, 1, dtype=torch.int32)
     expect[starts(b), 0] = 1
-    assert torch.equal(s.wm_count, expect) and torch.equal(s.imag_count, expect)
-    with s.using("world_model"):
-        b = rp.sample()
-    expect_wm = expect.clone()
-    expect_wm[starts(b), 0] += 1
-    assert torch.equal(s.wm_count, expect_wm) and torch.equal(s.imag_count, expect)
-    with s.using("imagination"):
-        b = rp.sample()
+    assert torch.equal(s.wm_count, expect)
+    with s.using("peek"):
+        rp.sample()
+    assert torch.equal(s.wm_count, expect) and s.mode == "record"
+    b = rp.sample()
     expect[starts(b), 0] += 1
-    assert torch.equal(s.imag_count, expect) and s.mode == "joint"
-    with pytest.raises(ValueError, match="joint, world_model, imagination"):
-        with s.using("policy"):
+    assert torch.equal(s.wm_count, expect)
+    with pytest.raises(ValueError, match="record, peek"):
+        with s.using("imagination"):
             pass
 
 
@@ -72,19 +64,11 @@ def test_weights_match_drama_definition(tmp_path):
     s = rp.sampler
     g = torch.Generator().manual_seed(0)
     s.wm_count.copy_(torch.randint(0, 30, (40, 1), generator=g))
-    s.imag_count.copy_(torch.randint(0, 30, (40, 1), generator=g))
-    time, stream, _ = s.weights(rp.storage)
+    time, stream, p = s.weights(rp.storage)
     # valid starts: oldest first, windows ending before the write cursor
     assert time.tolist() == [(7 + i) % 40 for i in range(40 - 5 + 1)]
     assert (stream == 0).all()
-    for mode in ("world_model", "imagination", "joint"):
-        _, _, p = s.weights(rp.storage, mode)
-        ref = drama_weights(s.wm_count[time, 0], s.imag_count[time, 0], mode)
-        torch.testing.assert_close(p, ref)
-    s.imag_scale = 4.0
-    _, _, p = s.weights(rp.storage, "imagination")
-    torch.testing.assert_close(p, drama_weights(s.wm_count[time, 0], s.imag_count[time, 0],
-                                                "imagination", scale=4.0))
+    torch.testing.assert_close(p, drama_weights(s.wm_count[time, 0]))
 
 
 def test_fresh_data_is_preferred_and_overwritten_rows_restart_at_zero(tmp_path):
@@ -107,7 +91,7 @@ def test_fresh_data_is_preferred_and_overwritten_rows_restart_at_zero(tmp_path):
         small.sample()
     assert small.sampler.wm_count[:5].sum() > 0
     fill(small, 5, first=20)
-    assert (small.sampler.wm_count[:5] == 0).all() and (small.sampler.imag_count[:5] == 0).all()
+    assert (small.sampler.wm_count[:5] == 0).all()
 
 
 def test_counts_persist_in_checkpoints(tmp_path):
@@ -123,40 +107,43 @@ def test_counts_persist_in_checkpoints(tmp_path):
     again = Replay(tmp_path, 100, 2, batch_size=6, seq_len=5, sampler="dfs", seed=3)
     again.load_state_dict(state)
     assert torch.equal(again.sampler.wm_count, rp.sampler.wm_count)
-    assert torch.equal(again.sampler.imag_count, rp.sampler.imag_count)
     # the restored sampler continues exactly as the original would
     assert torch.equal(again.sample()["vector"], rp.sample()["vector"])
     wrong = Replay(tmp_path / "other", 60, 2, batch_size=6, seq_len=5, sampler="dfs")
     with pytest.raises(ValueError, match="wm_count"):
         wrong.sampler.load_state_dict(state["sampler"])
+    # a checkpoint from before the imagination count went (it was never used for weights)
+    old = {**state["sampler"], "imag_count": torch.ones_like(rp.sampler.wm_count),
+           "mode": "joint"}
+    older = Replay(tmp_path / "older", 100, 2, batch_size=6, seq_len=5, sampler="dfs", seed=3)
+    older.sampler.load_state_dict(old)
+    assert torch.equal(older.sampler.wm_count, state["sampler"]["wm_count"])
+    assert older.sampler.mode == "record"
 
 
 def test_config_knobs_reach_the_sampler(tmp_path):
-    cfg = load_config(["replay.sampler=dfs", "replay.dfs.tau=2.5", "replay.dfs.beta=0"])
+    cfg = load_config(["replay.sampler=dfs", "replay.dfs.tau=2.5"])
     rp = Replay(tmp_path, 40, 1, batch_size=2, seq_len=5, sampler="dfs", dfs=cfg.replay.dfs)
     s = rp.sampler
-    assert (s.tau, s.imag_tau, s.alpha, s.beta, s.imag_scale) == (2.5, 10.0, 1.0, 0.0, 1.0)
+    assert s.tau == 2.5
     fill(rp, 40)
     s.wm_count[:, 0] = torch.arange(40, dtype=torch.int32) % 7
-    s.imag_count[:, 0] = torch.arange(40, dtype=torch.int32) % 3
-    time, _, probs = s.weights(rp.storage, "world_model")
-    assert torch.allclose(probs, drama_weights(s.wm_count[time, 0], s.imag_count[time, 0],
-                                               "world_model", tau=2.5))
-    time, _, probs = s.weights(rp.storage, "imagination")
-    assert torch.allclose(probs, drama_weights(s.wm_count[time, 0], s.imag_count[time, 0],
-                                               "imagination", beta=0.0))
-    with pytest.raises(ValueError, match=r"unknown replay.dfs key\(s\) \['temp'\]"):
-        Replay(tmp_path / "bad", 40, 1, 2, 5, sampler="dfs", dfs={"temp": 1.0})
+    time, _, probs = s.weights(rp.storage)
+    assert torch.allclose(probs, drama_weights(s.wm_count[time, 0], tau=2.5))
+    with pytest.raises(ValueError, match=r"unknown replay.dfs key\(s\) \['imag_tau'\]"):
+        Replay(tmp_path / "bad", 40, 1, 2, 5, sampler="dfs", dfs={"imag_tau": 1.0})
+    with pytest.raises(ValueError, match="replay.dfs.tau must be > 0, got 0"):
+        Replay(tmp_path / "bad", 40, 1, 2, 5, sampler="dfs", dfs={"tau": 0})
 
 
 def test_diagnostic_samples_leave_counts_alone(tmp_path):
     rp = Replay(tmp_path, 100, 1, batch_size=4, seq_len=5, sampler="dfs", seed=2)
     fill(rp, 50)
     rp.sample()
-    wm, imag = rp.sampler.wm_count.clone(), rp.sampler.imag_count.clone()
+    wm = rp.sampler.wm_count.clone()
     peeked = rp.sample(record=False)
     assert peeked.shape == (4, 5)
-    assert torch.equal(rp.sampler.wm_count, wm) and torch.equal(rp.sampler.imag_count, imag)
-    assert rp.sampler.mode == "joint"
+    assert torch.equal(rp.sampler.wm_count, wm)
+    assert rp.sampler.mode == "record"
     rp.sample()
     assert int(rp.sampler.wm_count.sum()) == int(wm.sum()) + 4

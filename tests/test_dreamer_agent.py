@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from agents.dreamer import DreamerAgent, resolve_config
+from agents.train import agent_config
+from worldrl.config import load_config
 
 torch.set_num_threads(1)
 
@@ -169,9 +171,7 @@ def test_config_errors():
 
 @pytest.mark.parametrize("size", ["xs", "s", "m", "l", "xl"])
 def test_yaml_configs_build(size):
-    agent_cfg = OmegaConf.merge(OmegaConf.load(CONFIGS / "agent" / "dreamer.yaml"),
-                                OmegaConf.load(CONFIGS / "size" / f"{size}.yaml"))
-    agent_cfg.backbone = OmegaConf.load(CONFIGS / "backbone" / "rssm.yaml")
+    agent_cfg = agent_config(load_config(["env=atari100k", f"size={size}"]))  # as `worldrl train`
     with torch.device("meta"):
         agent = DreamerAgent(PIXVEC, {"discrete": True, "n": 6}, agent_cfg)
     sizes = OmegaConf.to_container(agent_cfg.size)

@@ -221,9 +221,9 @@ def test_disk_blocks_are_reserved_a_chunk_ahead_not_for_the_whole_capacity(tmp_p
 def test_batches_of_single_streams_write_the_rows_of_whole_batches(tmp_path, smoothing):
     """Collector workers deliver one worker's streams at a time, in any order: the rows on disk
     are those of the same transitions added as whole batches."""
-    cfg = {"reward_smoothing": smoothing, "smoothing_sigma": 1.0}
-    whole = Replay(tmp_path / "a", 500, 3, 2, 8, reward_smoothing=cfg, generation=1)
-    parts = Replay(tmp_path / "b", 500, 3, 2, 8, reward_smoothing=cfg, generation=1)
+    cfg = {"mode": smoothing, "sigma": 1.0}
+    whole = Replay(tmp_path / "a", 500, 3, 2, 8, smoothing=cfg, generation=1)
+    parts = Replay(tmp_path / "b", 500, 3, 2, 8, smoothing=cfg, generation=1)
     batches = collect(3, 5, seed=4)
     for b in batches:
         whole.add(b)

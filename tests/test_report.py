@@ -21,7 +21,7 @@ def make_run(root, suite, task, seed, returns, steps=(10_000, 20_000, 30_000), f
     path.mkdir(parents=True)
     cfg = {"seed": seed, "steps": steps[-1], "run_dir": str(path),
            "env": {"suite": suite, "task": task},
-           "agent": {"name": agent, "size": {"name": "xs"}}, "backbone": {"name": "rssm"},
+           "agent": {"name": agent, "size": {"name": "xs"}, "backbone": {"name": "rssm"}},
            "train": {"train_ratio": extra.get("train_ratio", 64), "log_every": 1000}}
     (path / "config.yaml").write_text(yaml.safe_dump(cfg))
     rows = ["step,return_mean,return_std,episodes,wall_s"]
@@ -168,3 +168,15 @@ def test_a_run_made_before_a_key_existed_shares_the_cell_of_its_default(tmp_path
     assert sorted(r["runs"] for r in rows.values()) == [1, 2]
     two = next(r for r in rows.values() if r["runs"] == 2)
     assert sorted(two["seeds"]) == [0, 1]
+
+
+def test_a_run_of_the_older_config_layout_shares_the_cell(tmp_path):
+    """Keys that moved (run_dir.upgrade_config: the root ``backbone`` node went under
+    ``agent``) do not split a method: the older seed shares the newer seeds' cell."""
+    paths = [make_run(tmp_path, "dmc_proprio", "walker_walk", s, [10, 20, 30]) for s in (0, 1)]
+    cfg = yaml.safe_load((paths[0] / "config.yaml").read_text())
+    cfg["backbone"] = cfg["agent"].pop("backbone")
+    (paths[0] / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rows = report([tmp_path], tmp_path / "out")["rows"]
+    assert len(rows) == 1 and sorted(rows[0]["seeds"]) == [0, 1]
+    assert rows[0]["method"] == "dreamer-rssm-xs"

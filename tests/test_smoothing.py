@@ -145,8 +145,11 @@ def test_bad_config_names_the_choices():
         RewardSmoother("gaussian", edge="wrap")
     with pytest.raises(ValueError, match="sigma"):
         RewardSmoother("gaussian", sigma=0)
-    sm = make_smoother({"reward_smoothing": "uniform", "smoothing_window": 5}, 3)
+    sm = make_smoother({"mode": "uniform", "window": 5}, 3)
     assert sm.mode == "uniform" and len(sm.weights) == 5 and len(sm.streams) == 3
+    with pytest.raises(ValueError, match=r"unknown replay.smoothing key\(s\) \['smoothing_sigma'\]"
+                       r"; valid: \['mode', 'sigma', 'window', 'alpha', 'edge'\]"):
+        make_smoother({"mode": "gaussian", "smoothing_sigma": 1.0})
 
 
 @pytest.mark.parametrize("mode", ["gaussian", "ema"])
@@ -156,7 +159,7 @@ def test_replay_rows_carry_raw_and_smoothed_reward(tmp_path, mode):
     batches = collect(num_envs=2, batches=12)
     plain = Replay(tmp_path / "plain", 1000, 2, 2, 4)
     smooth = Replay(tmp_path / "smooth", 1000, 2, 2, 4,
-                    reward_smoothing={"reward_smoothing": mode, "smoothing_sigma": 2.0})
+                    smoothing={"mode": mode, "sigma": 2.0})
     for b in batches:
         plain.add(b)
         smooth.add(b)
@@ -186,7 +189,7 @@ def test_replay_rows_carry_raw_and_smoothed_reward(tmp_path, mode):
     assert {"reward", "reward_raw"} <= set(smooth.sample().keys())
     state = smooth.state_dict()
     again = Replay(tmp_path / "smooth", 1000, 2, 2, 4,
-                   reward_smoothing={"reward_smoothing": mode, "smoothing_sigma": 2.0})
+                   smoothing={"mode": mode, "sigma": 2.0})
     again.load_state_dict(state)
     assert again.smoother.state_dict()["streams"][0]["released"] == \
         smooth.smoother.state_dict()["streams"][0]["released"]
@@ -195,7 +198,7 @@ def test_replay_rows_carry_raw_and_smoothed_reward(tmp_path, mode):
 def test_replay_memory_stays_bounded_for_long_episodes(tmp_path):
     # episodes of up to 2000 steps: the pending area stays at the kernel radius per stream
     batches = collect(num_envs=1, batches=20, max_len=2000)
-    rp = Replay(tmp_path, 1000, 1, 2, 4, reward_smoothing="gaussian")
+    rp = Replay(tmp_path, 1000, 1, 2, 4, smoothing="gaussian")
     for b in batches:
         rp.add(b)
         assert len(rp._pending[0]) <= 12

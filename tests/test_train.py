@@ -251,6 +251,31 @@ def test_runs_made_before_a_key_existed_still_resume():
         "replay.dfs.tau: '<unset>' -> 3"]
 
 
+def test_configs_of_the_older_layout_still_resume():
+    """A config.yaml written before keys moved (root ``backbone``, flat ``replay.smoothing_*``,
+    DFS's imagination knobs, ``null`` sizes; a real one, from commit 3aaf40e's same_numbers
+    run) is read in the current layout: the same run, and a changed value still shows."""
+    from agents.run_dir import config_diff, upgrade_config
+    from worldrl.config import load_config
+
+    old = OmegaConf.load(Path(__file__).parent / "data" / "config_before_17.yaml")
+    same = ["preset=debug", "seed=0", "train.threads=1", "train.log_every=8", "steps=64",
+            "train.progress=false", "env=atari100k_av", "backbone=rssm",
+            "replay.smoothing.mode=gaussian", "agent.world_model.loss_balance=harmony"]
+    assert config_diff(old, load_config(same)) == []
+    up = upgrade_config(old)
+    assert "backbone" not in up and up.agent.backbone.name == "rssm"
+    assert up.agent.backbone.deter == 64 and up.agent.world_model.encoder.units == 32
+    assert dict(up.replay.smoothing) == {"mode": "gaussian", "sigma": 3.0, "window": 9,
+                                         "alpha": 0.33, "edge": "nearest"}
+    assert dict(up.replay.dfs) == {"tau": 10.0}
+    assert config_diff(old, load_config([*same, "replay.smoothing.sigma=2"])) == [
+        "replay.smoothing.sigma: 3.0 -> 2"]
+    assert config_diff(old, load_config([*same, "agent.backbone.blocks=4"])) == [
+        "agent.backbone.blocks: 8 -> 4"]
+    assert upgrade_config(load_config(same)) == load_config(same)  # the current layout: as is
+
+
 class _Countdown:
     """Gymnasium env factory: the ``i``-th env made ends after ``3 + 2 i`` steps and pays ``i + 1``
     per step, so every copy's episode return is known."""

@@ -18,6 +18,15 @@ GROUPS = ("env", "backbone", "agent", "size", "preset")
 UNION_KEYS = ("train.compile",)
 #: keys whose default is set but which also take null (documented as "null: none")
 NULLABLE_KEYS = ("train.warning_signal",)
+#: keys that moved after runs were already being made: old dotted key (or node) -> new one (old
+#: run configs are read in the new layout by ``agents.run_dir.upgrade_config``; an override of an
+#: old key is refused with its new name)
+MOVED_KEYS = {
+    "backbone": "agent.backbone",  # composed where the agent reads it
+    "replay.reward_smoothing": "replay.smoothing.mode",  # one nesting style for replay options
+    **{f"replay.smoothing_{k}": f"replay.smoothing.{k}" for k in ("sigma", "window", "alpha",
+                                                                  "edge")},
+}
 
 
 class ConfigError(ValueError):
@@ -136,6 +145,9 @@ def _explain(err: Exception, overrides: Sequence[str]) -> str:
             if key.endswith(dotted) or dotted.endswith(key):
                 dotted = key
                 break
+        for old, new in MOVED_KEYS.items():
+            if dotted == old or dotted.startswith(old + "."):
+                return f"config key {dotted!r} is now {new + dotted[len(old):]!r}"
         parent, _, leaf = dotted.rpartition(".")
         try:  # the group choices alone: other bad keys on the same line must not hide these
             with_defaults = load_config([o for o in overrides if _is_group_choice(o)])

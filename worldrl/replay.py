@@ -38,7 +38,6 @@ loses at most what the killed process overwrote; no window joins rows of two pro
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -127,39 +126,27 @@ class SequenceSampler(Sampler):
 
 
 class DFSSampler(SequenceSampler):
-    """Drama's dynamic frequency-based sampling (DFS) of ``[B, T]`` windows.
+    """Drama's dynamic frequency-based sampling (DFS) of ``[B, T]`` windows, world-model weights.
 
-    Per stored row (time, stream) two counts: how often a window starting there was used to train
-    the world model (``wm``) and to start imagination (``imag``); one int32 each, zeroed when the
-    FIFO overwrites the row. Weights over the valid window starts (``realwenlongwang/drama``,
-    ``replay_buffer.py``)::
+    Per stored row (time, stream) a count of how often a window starting there was drawn for an
+    update (int32, zeroed when the FIFO overwrites the row). Window starts are drawn with weights
+    ``softmax(-count / tau)`` over the valid starts (``realwenlongwang/drama``,
+    ``replay_buffer.py``), so the world model prefers windows it has trained on least: fresh
+    data. Starts are drawn without replacement (with replacement only when a batch needs more
+    starts than there are windows). Drama's default: ``tau = 10``.
 
-        world model:  softmax(-wm / tau)
-        imagination:  softmax((wm - alpha * im - beta * max(0, wm - im)) / imag_tau),
-                      im = imag / imag_scale
+    Drama also draws a *second* batch per update, of short windows to start imagination from,
+    with weights ``softmax((wm - alpha im - beta relu(wm - im)) / imag_tau)`` over a second
+    count. DreamerV3's loop, which ours is, imagines from every replayed state of the training
+    batch instead, so there is no second batch to weight: that half of DFS is not here.
 
-    so the world model prefers windows it has seen least (fresh data), and imagination prefers
-    windows the world model has trained on more often than they were imagined from. Starts are
-    drawn without replacement (with replacement only when a batch needs more starts than there are
-    windows of non-zero weight). Drama's defaults: ``tau = imag_tau = 10``, ``alpha = beta = 1``,
-    ``imag_scale`` = imagination batch / world-model batch (1 here).
-
-    ``mode``: ``joint`` (default; our training loop trains the world model and starts imagination
-    from the same batch: world-model weights, both counts of the drawn starts ``+= 1``),
-    ``world_model`` or ``imagination`` (Drama's two separate batches: that purpose's weights and
-    count), or ``peek`` (world-model weights, no count changes: diagnostics such as open-loop
-    videos must not look like training use). Set it with :meth:`using`.
+    ``with sampler.using("peek")``: same weights, no count changes (diagnostics such as
+    open-loop videos must not look like training use).
     """
 
-    MODES = ("joint", "world_model", "imagination", "peek")
+    MODES = ("record", "peek")
     #: The knobs a config may set (``replay.dfs``); their defaults are the constructor's.
-    KNOBS = ("tau", "imag_tau", "alpha", "beta", "imag_scale")
-
-    @classmethod
-    def defaults(cls) -> dict[str, float]:
-        """Drama's values of :attr:`KNOBS` (the constructor's defaults)."""
-        params = inspect.signature(cls.__init__).parameters
-        return {k: params[k].default for k in cls.KNOBS}
+    KNOBS = ("tau",)
 
     @classmethod
     def build(cls, seq_len: int, steps: int, streams: int, generator: torch.Generator,
@@ -167,22 +154,17 @@ class DFSSampler(SequenceSampler):
         return cls(seq_len, steps, streams, generator, **{k: float(v) for k, v in knobs.items()})
 
     def __init__(self, seq_len: int, steps: int, streams: int,
-                 generator: torch.Generator | None = None, tau: float = 10.0,
-                 imag_tau: float = 10.0, alpha: float = 1.0, beta: float = 1.0,
-                 imag_scale: float = 1.0):
+                 generator: torch.Generator | None = None, *, tau: float = 10.0):
         super().__init__(seq_len, generator)
-        if tau <= 0 or imag_tau <= 0 or imag_scale <= 0:
-            raise ValueError(f"DFS needs tau, imag_tau, imag_scale > 0, got tau={tau}, "
-                             f"imag_tau={imag_tau}, imag_scale={imag_scale}")
-        self.tau, self.imag_tau, self.alpha, self.beta = tau, imag_tau, alpha, beta
-        self.imag_scale = imag_scale
+        if not tau > 0:
+            raise ValueError(f"replay.dfs.tau must be > 0, got {tau}")
+        self.tau = tau
         self.wm_count = torch.zeros(steps, streams, dtype=torch.int32)
-        self.imag_count = torch.zeros(steps, streams, dtype=torch.int32)
-        self.mode = "joint"
+        self.mode = "record"
 
     @contextlib.contextmanager
     def using(self, mode: str):
-        """``with sampler.using('imagination'): replay.sample()``."""
+        """``with sampler.using('peek'): replay.sample()``."""
         if mode not in self.MODES:
             raise ValueError(f"unknown DFS mode {mode!r}; choose one of: {', '.join(self.MODES)}")
         old, self.mode = self.mode, mode
@@ -202,17 +184,10 @@ class DFSSampler(SequenceSampler):
         return (time[:, None].expand(-1, streams).reshape(-1),
                 torch.arange(streams).repeat(time.shape[0]))
 
-    def weights(self, storage, mode: str | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(time, stream, probability)`` of every valid window start under ``mode``."""
-        mode = mode or self.mode
+    def weights(self, storage) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(time, stream, probability)`` of every valid window start."""
         time, stream = self.valid_starts(storage)
-        wm = self.wm_count[time, stream].double()
-        if mode == "imagination":
-            im = self.imag_count[time, stream].double() / self.imag_scale
-            score = (wm - self.alpha * im - self.beta * (wm - im).clamp_min(0)) / self.imag_tau
-        else:
-            score = -wm / self.tau
+        score = -self.wm_count[time, stream].double() / self.tau
         return time, stream, torch.softmax(score, 0)
 
     def window_starts(self, storage, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,19 +196,14 @@ class DFSSampler(SequenceSampler):
         pick = torch.multinomial(probs, batch_size, replacement=replace,
                                  generator=self.generator)
         start, stream = time[pick], stream[pick]
-        if self.mode in ("joint", "world_model"):
+        if self.mode == "record":
             self.wm_count.index_put_((start, stream), torch.ones_like(start, dtype=torch.int32),
                                      accumulate=True)
-        if self.mode in ("joint", "imagination"):
-            self.imag_count.index_put_((start, stream), torch.ones_like(start, dtype=torch.int32),
-                                       accumulate=True)
         return start, stream
 
     def extend(self, index) -> None:
         """New rows were written at time rows ``index``: fresh data, zero counts."""
-        index = torch.as_tensor(index).reshape(-1)
-        self.wm_count[index] = 0
-        self.imag_count[index] = 0
+        self.wm_count[torch.as_tensor(index).reshape(-1)] = 0
 
     def add(self, index) -> None:
         self.extend(index)
@@ -241,21 +211,18 @@ class DFSSampler(SequenceSampler):
     def _empty(self):
         super()._empty()
         self.wm_count.zero_()
-        self.imag_count.zero_()
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "wm_count": self.wm_count.clone(),
-                "imag_count": self.imag_count.clone(), "mode": self.mode}
+        return {**super().state_dict(), "wm_count": self.wm_count.clone()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Also reads checkpoints from before the imagination count went (it is ignored)."""
         super().load_state_dict(state_dict)
-        for key in ("wm_count", "imag_count"):
-            if tuple(state_dict[key].shape) != tuple(getattr(self, key).shape):
-                raise ValueError(f"DFS {key} in the checkpoint has shape "
-                                 f"{tuple(state_dict[key].shape)}, expected "
-                                 f"{tuple(getattr(self, key).shape)}")
-            getattr(self, key).copy_(state_dict[key])
-        self.mode = state_dict.get("mode", "joint")
+        count = state_dict["wm_count"]
+        if tuple(count.shape) != tuple(self.wm_count.shape):
+            raise ValueError(f"DFS wm_count in the checkpoint has shape {tuple(count.shape)}, "
+                             f"expected {tuple(self.wm_count.shape)}")
+        self.wm_count.copy_(count)
 
 
 #: ``replay.sampler`` -> its class; a new sampler is a :class:`SequenceSampler` subclass with
@@ -332,10 +299,11 @@ class Replay:
         batch_size, seq_len: the sampled shape ``[batch_size, seq_len]``.
         sampler: ``uniform`` (DreamerV3) or ``dfs`` (Drama's :class:`DFSSampler`).
         seed: seeds the sampler's generator.
-        dfs: DFS knobs (``tau, imag_tau, alpha, beta, imag_scale``; absent ones keep Drama's
-            defaults, :meth:`DFSSampler.defaults`); only with ``sampler='dfs'``.
-        reward_smoothing: DreamSmooth: the ``replay`` config node (``reward_smoothing``,
-            ``smoothing_*``), a mode name or a :class:`~worldrl.smoothing.RewardSmoother`.
+        dfs: DFS knobs (``replay.dfs``: ``tau``; absent ones keep Drama's defaults, the
+            constructor's); only with ``sampler='dfs'``.
+        smoothing: DreamSmooth: the ``replay.smoothing`` config node (``mode``, ``sigma``,
+            ``window``, ``alpha``, ``edge``: :class:`~worldrl.smoothing.RewardSmoother`'s
+            arguments), a mode name or a :class:`~worldrl.smoothing.RewardSmoother`.
         generation: written into every row (the run's resume count); see "Crash consistency".
     """
 
@@ -344,7 +312,7 @@ class Replay:
 
     def __init__(self, directory: str | Path, capacity: int, num_envs: int, batch_size: int,
                  seq_len: int, sampler: str = "uniform", seed: int = 0,
-                 reward_smoothing: Any = None, dfs: Mapping[str, float] | None = None,
+                 smoothing: Any = None, dfs: Mapping[str, float] | None = None,
                  generation: int = 0):
         self.check_args(capacity, num_envs, seq_len, sampler, dfs)
         steps = capacity // num_envs
@@ -366,8 +334,8 @@ class Replay:
         self._reserved = 0  # time rows with their disk blocks reserved
         self.generation = generation
         self.resume_serial = 0  # first serial this process writes
-        self.smoother = (reward_smoothing if isinstance(reward_smoothing, RewardSmoother)
-                         else make_smoother(reward_smoothing, num_envs))
+        self.smoother = (smoothing if isinstance(smoothing, RewardSmoother)
+                         else make_smoother(smoothing, num_envs))
 
     @staticmethod
     def check_args(capacity: int, num_envs: int, seq_len: int, sampler: str = "uniform",
@@ -386,9 +354,8 @@ class Replay:
         if unknown:
             raise ValueError(f"unknown replay.dfs key(s) {unknown}; valid: "
                              f"{sorted(DFSSampler.KNOBS)}")
-        for key in ("tau", "imag_tau", "imag_scale"):
-            if key in dfs and not float(dfs[key]) > 0:
-                raise ValueError(f"replay.dfs.{key} must be > 0, got {dfs[key]}")
+        if "tau" in dfs and not float(dfs["tau"]) > 0:
+            raise ValueError(f"replay.dfs.tau must be > 0, got {dfs['tau']}")
 
     def __len__(self) -> int:
         """Rows that may be sampled (all streams)."""

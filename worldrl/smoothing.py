@@ -37,6 +37,7 @@ memory per env); the raw rewards kept for the filter are trimmed to the same win
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -261,15 +262,18 @@ class RewardSmoother:
             s.ema, s.open = d["ema"], d["open"]
 
 
+#: what ``replay.smoothing`` may set: :class:`RewardSmoother`'s arguments but ``num_streams``
+SMOOTHING_OPTIONS = [p for p in inspect.signature(RewardSmoother).parameters if p != "num_streams"]
+
+
 def make_smoother(cfg: Mapping[str, Any] | str | None, num_streams: int = 1) -> RewardSmoother:
-    """A :class:`RewardSmoother` from the ``replay`` config node (``reward_smoothing``,
-    ``smoothing_sigma``, ``smoothing_window``, ``smoothing_alpha``, ``smoothing_edge``), from a
+    """A :class:`RewardSmoother` from the ``replay.smoothing`` config node (its arguments:
+    ``mode``, ``sigma``, ``window``, ``alpha``, ``edge``; absent ones keep their defaults), from a
     mode name, or ``none`` for ``None``."""
     if cfg is None or isinstance(cfg, str):
         return RewardSmoother(cfg or "none", num_streams)
-    get = cfg.get
-    return RewardSmoother(
-        str(get("reward_smoothing", "none") or "none"), num_streams,
-        sigma=float(get("smoothing_sigma", 3.0)), window=int(get("smoothing_window", 9)),
-        alpha=float(get("smoothing_alpha", 0.33)), edge=str(get("smoothing_edge", "nearest")),
-    )
+    options = dict(cfg)
+    unknown = sorted(set(options) - set(SMOOTHING_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown replay.smoothing key(s) {unknown}; valid: {SMOOTHING_OPTIONS}")
+    return RewardSmoother(num_streams=num_streams, **options)

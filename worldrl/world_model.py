@@ -37,16 +37,20 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from worldrl.backbones import make_backbone
 from worldrl.backbones.base import State
+from worldrl.config import CONFIG_DIR
 from worldrl.heads import ContinueHead, RewardHead
 from worldrl.obs import MODALITIES, MultiDecoder, MultiEncoder
 
 __all__ = ["WorldModel", "shift_actions", "DEFAULT_LOSS_SCALES", "LOSS_BALANCES"]
 
-DEFAULT_LOSS_SCALES = {"rec": 1.0, "rew": 1.0, "con": 1.0, "dyn": 1.0, "rep": 0.1}
+#: ``rec, rew, con, dyn, rep``: DreamerV3's scales, as the agent's YAML sets them (the one place)
+DEFAULT_LOSS_SCALES = {k: float(v) for k, v in OmegaConf.load(
+    CONFIG_DIR / "agent" / "dreamer.yaml").world_model.loss_scales.items()}
 
 
 class FixedScales(nn.Module):
