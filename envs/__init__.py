@@ -1,4 +1,5 @@
-"""Environment factories: Atari100k, DMC (vision/proprio) and gymnasium classic control.
+"""Environment factories: Atari100k, DMC (vision/proprio), gymnasium classic control, the recall
+memory tasks and POPGym.
 
 Every env is a TorchRL env whose observations are a dict of keys (``pixels`` uint8 [3, 64, 64],
 ``vector`` float32 [D]) with ``is_first`` (True on the first step of an episode), ``terminated``,
@@ -20,6 +21,7 @@ from envs.atari import ATARI100K_GAMES, make_atari100k
 from envs.classic import GYM_TASKS, make_classic
 from envs.dmc import DMC_TASKS
 from envs.memory import MEMORY_TASKS, make_memory
+from envs.popgym import POPGYM_TASKS, make_popgym
 
 
 def _make_dmc(task: str, obs: str = "pixels", **kwargs: Any) -> gym.Env:
@@ -45,6 +47,7 @@ SUITES: dict[str, tuple[Callable[..., gym.Env], tuple[str, ...]]] = {
     "dmc_proprio": (_make_dmc_proprio, DMC_TASKS),
     "gym": (make_classic, GYM_TASKS),
     "memory": (make_memory, MEMORY_TASKS),
+    "popgym": (make_popgym, POPGYM_TASKS),  # vector observations; the popgym package
 }
 
 
@@ -133,6 +136,6 @@ def make(name: str, **kwargs: Any):
 
 
 __all__ = [
-    "ATARI100K_GAMES", "DMC_TASKS", "GYM_TASKS", "SUITES", "check_task", "make",
+    "ATARI100K_GAMES", "DMC_TASKS", "GYM_TASKS", "POPGYM_TASKS", "SUITES", "check_task", "make",
     "make_env", "make_gym", "parse_name", "wrap",
 ]  # fmt: skip

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up worldrl in a virtual environment (./.venv by default), idempotently.
 #
-#   bash scripts/setup.sh            # the library with Atari + DMC + TensorBoard extras
+#   bash scripts/setup.sh            # the library with Atari + DMC + POPGym + TensorBoard extras
 #   bash scripts/setup.sh dev        # the same plus pytest, ruff, scipy (for the tests)
 #
 # torch is installed first, on its own: on a machine with an NVIDIA driver (nvidia-smi works) pip's

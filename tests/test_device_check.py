@@ -30,9 +30,9 @@ PY = sys.executable
 # modules whose distribution is named otherwise
 DIST_OF = {"cv2": "opencv-python-headless", "ale_py": "ale-py", "hydra": "hydra-core",
            "yaml": "pyyaml", "PIL": "pillow", "accelerated_scan": "accelerated-scan"}
-# imported by code the GPU check does not run: the DMC suite (extra `dmc`)
-#: imported by parts the GPU check never runs (DMC; `worldrl report`, run on the results here)
-NOT_ON_THE_GPU_RUN = {"dm_control", "mujoco", "rliable"}
+#: imported by parts the GPU check never runs (DMC; POPGym; `worldrl report`, run on the results
+#: here)
+NOT_ON_THE_GPU_RUN = {"dm_control", "mujoco", "popgym", "rliable"}
 LOCAL = {"worldrl", "agents", "envs", "kernels", "benchmarks", "tests"}
 
 

@@ -32,7 +32,7 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("env", ["gym", "atari100k", "dmc", "dmc_proprio"])
+@pytest.mark.parametrize("env", ["gym", "atari100k", "dmc", "dmc_proprio", "popgym"])
 def test_cli_debug_preset_on_each_suite(tmp_path, env):
     run = tmp_path / "run"
     out = worldrl("train", "preset=debug", f"env={env}", f"run_dir={run}", *QUIET)
