@@ -10,10 +10,15 @@ must move divided by the time (GB/s) and the peak memory of one call, for:
   ``accelerated_scan.scalar.scan`` on CUDA, its torch ``accelerated_scan.ref.scan`` on CPU; its
   layout is [B, D, T], prepared outside the timed region).
 * selective_scan: ours against ``selective_scan_ref`` (the sequential loop).
+* ssd_chunk_scan (Mamba-2's SSD): ours (the chunked PyTorch form, chunk_size 64, on every device:
+  there is no Triton SSD kernel yet) against ``ssd_chunk_scan_ref`` (the sequential loop).
 
-Sizes: CPU linear_scan B*D = 4*256, selective_scan batch=2, dim=64, N=16; CUDA linear_scan
-B*D = 16*4096, selective_scan batch=8, dim=1024, N=16 (all float32). On CUDA it also measures the
-device-to-device copy bandwidth and reports each linear_scan forward as a fraction of it.
+Sizes: CPU linear_scan B*D = 4*256, selective_scan batch=2, dim=64, N=16, ssd_chunk_scan batch=2,
+nheads=4, headdim=16, dstate=16; CUDA linear_scan B*D = 16*4096, selective_scan batch=8,
+dim=1024, N=16, ssd_chunk_scan batch=4, nheads=16, headdim=64, dstate=32 (all float32; one group
+of B, C for the SSD, whose state has as many elements as selective_scan's, so that the loops'
+saved per-step states take the same memory). On CUDA it also measures the device-to-device copy
+bandwidth and reports each linear_scan forward as a fraction of it.
 CPU peak memory is the rise of the process's peak RSS (Linux VmHWM, reset before each call after
 glibc's malloc_trim; a lower bound where the allocator reuses pages it kept);
 CUDA peak memory is ``torch.cuda.max_memory_allocated`` above the inputs.
@@ -35,7 +40,15 @@ from pathlib import Path
 import torch
 
 import kernels
-from kernels import _native, linear_scan, linear_scan_ref, selective_scan, selective_scan_ref
+from kernels import (
+    _native,
+    linear_scan,
+    linear_scan_ref,
+    selective_scan,
+    selective_scan_ref,
+    ssd_chunk_scan,
+    ssd_chunk_scan_ref,
+)
 
 SEQLENS = (64, 256, 1024, 4096, 16384)
 
@@ -208,6 +221,12 @@ def _speedup(row: dict, name: str) -> dict:
     return {mode: row["loop"][mode]["time_ms"] / row[name][mode]["time_ms"] for mode in MODES}
 
 
+def _min_speedup(rows: list) -> dict:
+    """The smallest speedup over the loop at T >= 256, per mode (None without such rows)."""
+    return {mode: min((row["speedup_vs_loop"][mode] for row in rows if row["T"] >= 256),
+                      default=None) for mode in MODES}
+
+
 def copy_bandwidth(device) -> float | None:
     """Device-to-device copy GB/s (read + write) on a 1 GiB buffer."""
     if device.type != "cuda":
@@ -342,6 +361,57 @@ def bench_selective_scan(device, sizes, reps, budget_s, log, rounds=3):
     return rows
 
 
+def bench_ssd(device, sizes, reps, budget_s, log, rounds=3):
+    batch, nheads, headdim = sizes["batch"], sizes["nheads"], sizes["headdim"]
+    ngroups, dstate, chunk = sizes["ngroups"], sizes["dstate"], sizes["chunk_size"]
+    rows = []
+    for seqlen in SEQLENS:
+        g = torch.Generator().manual_seed(seqlen)
+        x = torch.randn(batch, seqlen, nheads, headdim, generator=g).to(device)
+        dt = (torch.randn(batch, seqlen, nheads, generator=g) - 2.0).to(device)
+        A = -(torch.rand(nheads, generator=g) + 0.5).to(device)
+        B = torch.randn(batch, seqlen, ngroups, dstate, generator=g).to(device)
+        C = torch.randn(batch, seqlen, ngroups, dstate, generator=g).to(device)
+        D = torch.randn(nheads, generator=g).to(device)
+        z = torch.randn(batch, seqlen, nheads, headdim, generator=g).to(device)
+        bias = (torch.randn(nheads, generator=g) * 0.1).to(device)
+        grad = torch.randn(batch, seqlen, nheads, headdim, generator=g).to(device)
+        el = x.element_size()
+        io = batch * seqlen * nheads * headdim * el
+        dtb = batch * seqlen * nheads * el
+        bc = batch * seqlen * ngroups * dstate * el
+        bytes_fwd = 3 * io + dtb + 2 * bc  # x, z in; out; dt, B, C in
+        bytes_bwd = bytes_fwd + 5 * io + 2 * dtb + 4 * bc  # + dout, re-reads, dx/dz/ddt/dB/dC
+        row = {"T": seqlen}
+        inputs = (x, dt, A, B, C, D, z, bias)
+        timed = {}
+        for name, fn in (("ours", lambda *a, **k: ssd_chunk_scan(*a[:5], chunk, *a[5:], **k)),
+                         ("loop", ssd_chunk_scan_ref)):
+
+            def make(fn=fn, inputs=inputs, grad=grad):
+                leaves = [t.clone().requires_grad_() for t in inputs]
+
+                def fwd():
+                    with torch.no_grad():
+                        return fn(*inputs, dt_softplus=True)
+
+                def fwd_bwd():
+                    for t in leaves:
+                        t.grad = None
+                    _backward(fn(*leaves, dt_softplus=True), grad)
+
+                return fwd, fwd_bwd
+
+            timed[name] = make
+        row.update(measure(timed, bytes_fwd, bytes_bwd, device, reps, budget_s, rounds))
+        row["speedup_vs_loop"] = _speedup(row, "ours")
+        log(f"ssd_chunk_scan T={seqlen}: ours fwd {row['ours']['fwd']['time_ms']:.3f} ms, "
+            f"ref {row['loop']['fwd']['time_ms']:.3f} ms (x{row['speedup_vs_loop']['fwd']:.1f});"
+            f" fwd+bwd x{row['speedup_vs_loop']['fwd_bwd']:.1f}")
+        rows.append(row)
+    return rows
+
+
 # ------------------------------------------------------------------------------ plot
 
 
@@ -351,8 +421,9 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    for r, op in enumerate(("linear_scan", "selective_scan")):
+    ops = [op for op in ("linear_scan", "selective_scan", "ssd_chunk_scan") if op in results]
+    fig, axes = plt.subplots(len(ops), 2, figsize=(11, 4 * len(ops)), squeeze=False)
+    for r, op in enumerate(ops):
         rows = results[op]["rows"]
         seqlens = [row["T"] for row in rows]
         names = [k for k, v in rows[0].items()
@@ -402,9 +473,13 @@ def main(argv=None) -> dict:
     if device.type == "cuda":
         ls_sizes = {"B": 16, "D": 4096}
         ss_sizes = {"batch": 8, "dim": 1024, "N": 16}
+        ssd_sizes = {"batch": 4, "nheads": 16, "headdim": 64, "ngroups": 1, "dstate": 32,
+                     "chunk_size": 64}
     else:
         ls_sizes = {"B": 4, "D": 256}
         ss_sizes = {"batch": 2, "dim": 64, "N": 16}
+        ssd_sizes = {"batch": 2, "nheads": 4, "headdim": 16, "ngroups": 1, "dstate": 16,
+                     "chunk_size": 64}
 
     def log(msg):
         print(msg, flush=True)
@@ -442,9 +517,25 @@ def main(argv=None) -> dict:
                 f"inner scan is linear_scan's {results['machine']['cpu_linear_scan_backend']})",
     }
     results["min_speedup_T_ge_256"] = {
-        op: {mode: min((row["speedup_vs_loop"][mode] for row in results[op]["rows"]
-                        if row["T"] >= 256), default=None) for mode in ("fwd", "fwd_bwd")}
-        for op in ("linear_scan", "selective_scan")
+        op: _min_speedup(results[op]["rows"]) for op in ("linear_scan", "selective_scan")
+    }
+    ssd_rows = bench_ssd(device, ssd_sizes, args.reps, args.budget, log, args.rounds)
+    results["ssd_chunk_scan"] = {
+        "sizes": ssd_sizes,
+        # the SSD paper's letters: batch, heads, headdim, dstate, chunk
+        "sizes_text": f"B={ssd_sizes['batch']}, H={ssd_sizes['nheads']}, "
+                      f"P={ssd_sizes['headdim']}, N={ssd_sizes['dstate']}, "
+                      f"Q={ssd_sizes['chunk_size']}",  # fp32; longer overflows the title
+        "options": "D [nheads], z, dt_bias, dt_softplus=True; B, C [batch, T, 1, dstate]",
+        "rows": ssd_rows,
+        "bytes_model": "fwd: x, z, out (3*b*T*h*p*4) + dt (b*T*h*4) + B, C (2*b*T*g*n*4); "
+                       "fwd+bwd adds dout, dx, dz and re-reads (5*b*T*h*p*4 + 2*b*T*h*4 + "
+                       "4*b*T*g*n*4)",
+        "baseline": "loop = kernels.ssd_chunk_scan_ref (Python loop over T)",
+        "ours": "kernels.ssd_chunk_scan, backend auto = the chunked PyTorch SSD form on every "
+                "device (no Triton SSD kernel yet)",
+        # kept beside the op: the top-level min_speedup_T_ge_256 covers the two scans above
+        "min_speedup_T_ge_256": _min_speedup(ssd_rows),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

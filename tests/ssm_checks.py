@@ -154,6 +154,21 @@ def check_imagination_starts(name):
         torch.testing.assert_close(got[k], ref[k], **TOL)
 
 
+def check_step_paths_agree(name):
+    """``imagine_step`` without autograd (where a backbone steps through an in-place kernel)
+    equals the same step with autograd recording, and leaves its input state untouched."""
+    m = make(name)
+    state = {k: torch.randn_like(v) for k, v in m.initial(3).items()}
+    before = {k: v.clone() for k, v in state.items()}
+    action = torch.eye(3)
+    with torch.no_grad():
+        a = m.imagine_step(state, action, sample=False)
+    b = m.imagine_step(state, action, sample=False)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k].detach(), **TOL)
+    assert all(torch.equal(v, before[k]) for k, v in state.items())
+
+
 def cli_smoke(tmp_path, backbone, env):
     run = tmp_path / f"{backbone}-{env}"
     args = ["train", "preset=debug", f"backbone={backbone}", f"env={env}", f"run_dir={run}",

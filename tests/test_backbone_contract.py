@@ -15,7 +15,8 @@ NAMES = sorted(BACKBONES)
 
 
 CHECKS = [checks.check_parallel_equals_recurrent, checks.check_reset_equals_two_sequences,
-          checks.check_gradients_reach_every_parameter, checks.check_imagination_starts]
+          checks.check_gradients_reach_every_parameter, checks.check_imagination_starts,
+          checks.check_step_paths_agree]
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=[c.__name__[len("check_"):] for c in CHECKS])

@@ -8,12 +8,13 @@ from typing import Any
 
 from worldrl.backbones.base import Backbone, State
 from worldrl.backbones.mamba import Mamba
+from worldrl.backbones.mamba2 import Mamba2
 from worldrl.backbones.rssm import RSSM
 from worldrl.backbones.s4 import S4
 
-BACKBONES: dict[str, type[Backbone]] = {"rssm": RSSM, "s4": S4, "mamba": Mamba}
+BACKBONES: dict[str, type[Backbone]] = {"rssm": RSSM, "s4": S4, "mamba": Mamba, "mamba2": Mamba2}
 
-__all__ = ["BACKBONES", "Backbone", "Mamba", "RSSM", "S4", "State", "make_backbone"]
+__all__ = ["BACKBONES", "Backbone", "Mamba", "Mamba2", "RSSM", "S4", "State", "make_backbone"]
 
 
 def make_backbone(name: str, embed_size: int, action_size: int,

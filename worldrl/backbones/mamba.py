@@ -44,41 +44,27 @@ from worldrl.nets import Norm
 RESET_DT = 1e6
 
 
-class MambaMixer(nn.Module):
-    """Mamba-1 mixer (``mamba_ssm``'s ``Mamba``) with resettable state; see the module docstring."""
+def dt_bias_init(n: int, dt_min: float, dt_max: float, dt_floor: float) -> Tensor:
+    """``mamba_ssm``'s ``dt`` bias: ``softplus^-1(dt)``, ``dt ~ U_log[dt_min, dt_max]`` floored."""
+    dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp_min(dt_floor)
+    return dt + torch.log(-torch.expm1(-dt))
 
-    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
-                 dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 1e-1,
-                 dt_floor: float = 1e-4):
-        super().__init__()
+
+class ConvMixer(nn.Module):
+    """Base of the Mamba mixers: the causal depthwise conv (``d_conv`` taps over ``channels``)
+    whose inputs from before an episode start are masked, over sequences and as a rolling state
+    ``[channels, d_conv - 1]``."""
+
+    def _init_conv(self, channels: int, d_conv: int) -> None:
         if d_conv < 2:
             raise ValueError(f"mamba d_conv must be >= 2, got {d_conv}")
-        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
-        self.d_inner = di = expand * d_model
-        self.dt_rank = dt_rank or math.ceil(d_model / 16)
-        self.in_proj = nn.Linear(d_model, 2 * di, bias=False)
-        self.conv_weight = nn.Parameter(torch.empty(di, d_conv))
-        self.conv_bias = nn.Parameter(torch.empty(di))
+        self.d_conv = d_conv
+        self.conv_weight = nn.Parameter(torch.empty(channels, d_conv))
+        self.conv_bias = nn.Parameter(torch.empty(channels))
         bound = 1.0 / math.sqrt(d_conv)  # nn.Conv1d's default init (fan-in = d_conv)
         nn.init.uniform_(self.conv_weight, -bound, bound)
         nn.init.uniform_(self.conv_bias, -bound, bound)
-        self.x_proj = nn.Linear(di, self.dt_rank + 2 * d_state, bias=False)
-        self.dt_proj = nn.Linear(self.dt_rank, di, bias=True)
-        std = self.dt_rank ** -0.5
-        nn.init.uniform_(self.dt_proj.weight, -std, std)
-        dt = torch.exp(torch.rand(di) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp_min(dt_floor)
-        with torch.no_grad():
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1).float()).repeat(di, 1))
-        self.D = nn.Parameter(torch.ones(di))
-        self.out_proj = nn.Linear(di, d_model, bias=False)
-
-    # --------------------------------------------------------------------------------- helpers
-    def _ssm_inputs(self, xc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``xc [..., d_inner]`` -> ``(dt before softplus/bias, B, C)``."""
-        dt, b, c = self.x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], -1)
-        return dt @ self.dt_proj.weight.t(), b, c
 
     def _conv_seq(self, xi: Tensor, reset: Tensor, conv_state: Tensor
                   ) -> tuple[Tensor, Tensor, Tensor]:
@@ -103,6 +89,40 @@ class MambaMixer(nn.Module):
         win = xpad.unfold(1, k - 1, 1)[:, 1:][:, steps]  # [B, n, di, k-1]: after step t
         sw = seg.unfold(1, k - 1, 1)[:, 1:][:, steps]  # [B, n, k-1]
         return win * (sw == sw[..., -1:]).to(win.dtype)[:, :, None, :]
+
+    def _conv_step(self, xi: Tensor, conv_state: Tensor) -> tuple[Tensor, Tensor]:
+        """One conv step: ``xi [B, C]`` -> ``(conv output [B, C], new rolling state)``."""
+        window = torch.cat([conv_state, xi[..., None]], -1)  # [B, C, k]
+        return (window * self.conv_weight).sum(-1) + self.conv_bias, window[..., 1:]
+
+
+class MambaMixer(ConvMixer):
+    """Mamba-1 mixer (``mamba_ssm``'s ``Mamba``) with resettable state; see the module docstring."""
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 1e-1,
+                 dt_floor: float = 1e-4):
+        super().__init__()
+        self.d_model, self.d_state = d_model, d_state
+        self.d_inner = di = expand * d_model
+        self.dt_rank = dt_rank or math.ceil(d_model / 16)
+        self.in_proj = nn.Linear(d_model, 2 * di, bias=False)
+        self._init_conv(di, d_conv)
+        self.x_proj = nn.Linear(di, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, di, bias=True)
+        std = self.dt_rank ** -0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt_bias_init(di, dt_min, dt_max, dt_floor))
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1).float()).repeat(di, 1))
+        self.D = nn.Parameter(torch.ones(di))
+        self.out_proj = nn.Linear(di, d_model, bias=False)
+
+    # --------------------------------------------------------------------------------- helpers
+    def _ssm_inputs(self, xc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``xc [..., d_inner]`` -> ``(dt before softplus/bias, B, C)``."""
+        dt, b, c = self.x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], -1)
+        return dt @ self.dt_proj.weight.t(), b, c
 
     # ---------------------------------------------------------------------------------- layers
     def forward(self, x: Tensor, reset: Tensor, state: dict[str, Tensor], tail: int = 0
@@ -145,8 +165,8 @@ class MambaMixer(nn.Module):
     def step(self, x: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """One step: ``x [B, d_model]`` -> ``(out [B, d_model], new state)``."""
         xi, z = self.in_proj(x).chunk(2, -1)
-        window = torch.cat([state["conv"], xi[..., None]], -1)  # [B, di, k]
-        xc = F.silu((window * self.conv_weight).sum(-1) + self.conv_bias)
+        conv, conv_state = self._conv_step(xi, state["conv"])
+        xc = F.silu(conv)
         dt_raw, b, c = self._ssm_inputs(xc)
         A = -torch.exp(self.A_log.float())
         ssm = state["ssm"].float().clone()
@@ -157,10 +177,44 @@ class MambaMixer(nn.Module):
         else:
             y = kernels.selective_state_update(ssm, xc, dt_raw, A, b, c, self.D, z,
                                                dt_bias=self.dt_proj.bias, dt_softplus=True)
-        return self.out_proj(y.to(x.dtype)), {"conv": window[..., 1:], "ssm": ssm}
+        return self.out_proj(y.to(x.dtype)), {"conv": conv_state, "ssm": ssm}
 
 
-class Mamba(SSMBackbone):
+class MixerStack(SSMBackbone):
+    """Drama's stack of residual pre-norm mixer blocks, ``x + mixer(norm(x))`` (no MLP), over
+    :class:`~worldrl.backbones.ssm_base.SSMBackbone`; subclasses give the mixers."""
+
+    def _init_stack(self, mixers: list[nn.Module], norm: str) -> None:
+        self.norms = nn.ModuleList([Norm(self.d_model, norm) for _ in mixers])
+        self.mixers = nn.ModuleList(mixers)
+        with torch.no_grad():  # mamba_ssm's prenorm-residual init: out_proj / sqrt(n_layer)
+            for m in self.mixers:
+                nn.init.kaiming_uniform_(m.out_proj.weight, a=math.sqrt(5))
+                m.out_proj.weight /= math.sqrt(len(mixers))
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.mixers)
+
+    def _layers_seq(self, x, reset, states, tail=0):
+        last, tails = [], []
+        for norm, mixer, st in zip(self.norms, self.mixers, states):
+            y, s_last, s_tail = mixer(norm(x), reset, st, tail)
+            x = x + y
+            last.append(s_last)
+            tails.append(s_tail)
+        return x, last, (tails if tail else None)
+
+    def _layers_step(self, x, states):
+        new = []
+        for norm, mixer, st in zip(self.norms, self.mixers, states):
+            y, s = mixer.step(norm(x), st)
+            x = x + y
+            new.append(s)
+        return x, new
+
+
+class Mamba(MixerStack):
     """Drama-style Mamba world-model backbone (registry name ``mamba``).
 
     Args (beyond :class:`~worldrl.backbones.ssm_base.SSMBackbone`'s):
@@ -183,35 +237,9 @@ class Mamba(SSMBackbone):
                          obslayers=obslayers, outscale=outscale, imag_context=imag_context)
         if layers < 1:
             raise ValueError(f"mamba layers must be >= 1, got {layers}")
-        self.norms = nn.ModuleList([Norm(d_model, norm) for _ in range(layers)])
-        self.mixers = nn.ModuleList([
-            MambaMixer(d_model, d_state, d_conv, expand, dt_rank) for _ in range(layers)])
-        with torch.no_grad():  # mamba_ssm's prenorm-residual init: out_proj / sqrt(n_layer)
-            for m in self.mixers:
-                nn.init.kaiming_uniform_(m.out_proj.weight, a=math.sqrt(5))
-                m.out_proj.weight /= math.sqrt(layers)
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.mixers)
+        self._init_stack([MambaMixer(d_model, d_state, d_conv, expand, dt_rank)
+                          for _ in range(layers)], norm)
 
     def _layer_spec(self) -> dict[str, tuple[int, ...]]:
         m = self.mixers[0]
         return {"conv": (m.d_inner, m.d_conv - 1), "ssm": (m.d_inner, m.d_state)}
-
-    def _layers_seq(self, x, reset, states, tail=0):
-        last, tails = [], []
-        for norm, mixer, st in zip(self.norms, self.mixers, states):
-            y, s_last, s_tail = mixer(norm(x), reset, st, tail)
-            x = x + y
-            last.append(s_last)
-            tails.append(s_tail)
-        return x, last, (tails if tail else None)
-
-    def _layers_step(self, x, states):
-        new = []
-        for norm, mixer, st in zip(self.norms, self.mixers, states):
-            y, s = mixer.step(norm(x), st)
-            x = x + y
-            new.append(s)
-        return x, new
