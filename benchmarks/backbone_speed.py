@@ -1,16 +1,18 @@
-"""World-model training speed against sequence length for the rssm, s4 and mamba backbones.
+"""World-model training speed against sequence length for the rssm, s4, mamba and mamba2
+backbones.
 
     python -m benchmarks.backbone_speed      # CPU, 1 thread -> results/backbone_speed_cpu.{json,md}
     python -m benchmarks.backbone_speed --device cuda --size s --out results/backbone_speed_gpu
 
 One "update" is the world-model loss on a ``[B, T]`` batch, its backward pass and an Adam step,
-with the backbones at a config size (default XS: rssm deter 256; s4 and mamba d_model 64) and the
-rest of the world model small and identical for all (vector observations of 8 dims, MLP encoder /
-decoder). Reported: replayed sequence steps per second (``B * T / time``), the median of the timed
-repeats after one warm-up. The RSSM steps through time in a Python loop; s4 scans with
-``kernels.linear_scan`` (complex), mamba with ``kernels.selective_scan`` (on CPU: the
-compiled native loop of ``kernels/_native.py`` when it builds, else the vectorised PyTorch paths;
-the JSON records which).
+with the backbones at a config size (default XS: rssm deter 256; s4, mamba, mamba2 d_model 64)
+and the rest of the world model small and identical for all (vector observations of 8 dims, MLP
+encoder / decoder). Reported: replayed sequence steps per second (``B * T / time``), the median
+of the timed repeats after one warm-up. The RSSM steps through time in a Python loop; s4 scans
+with ``kernels.linear_scan`` (complex), mamba with ``kernels.selective_scan`` (on CPU: the
+compiled native loop of ``kernels/_native.py`` when it builds, else the vectorised PyTorch
+paths; the JSON records which), mamba2 with ``kernels.ssd_chunk_scan`` (the chunked PyTorch
+form).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from benchmarks.machine import stamp, write_report
 from worldrl.config import load_config
 from worldrl.world_model import WorldModel
 
-BACKBONES = ("rssm", "s4", "mamba")
+BACKBONES = ("rssm", "s4", "mamba", "mamba2")
 OBS = {"vector": ((8,), torch.float32)}
 HEADS = dict(encoder=dict(units=128, layers=2), decoder=dict(units=128, layers=2),
              reward_head=dict(units=128), cont_head=dict(units=128))
@@ -81,7 +83,7 @@ def markdown(result: dict) -> str:
     lengths = result["lengths"]
     m = result["machine"]
     lines = [
-        "# World-model training speed vs sequence length (rssm / s4 / mamba)", "",
+        "# World-model training speed vs sequence length (" + " / ".join(BACKBONES) + ")", "",
         f"`{result['command']}` — commit `{result['commit']}`, {result['date']}, {m['cpu']}"
         f"{', ' + m['gpu'] if m.get('gpu') else ''}, {m['torch_threads']} torch thread(s), "
         f"torch {m['torch']}.", "",

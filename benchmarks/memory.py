@@ -1,4 +1,5 @@
-"""Memory benchmark (S4WM-style): recall a cue after a gap of K steps, for rssm, s4 and mamba.
+"""Memory benchmark (S4WM-style): recall a cue after a gap of K steps, for rssm, s4, mamba and
+mamba2.
 
     python -m benchmarks.memory                   # -> results/memory.{json,md} (CPU, 1 thread)
     python -m benchmarks.memory --quick           # a few updates of everything (smoke)
@@ -45,13 +46,14 @@ from benchmarks.machine import stamp, write_report
 from envs.memory import OBS_DIM, recall_episodes
 from worldrl.world_model import WorldModel
 
-BACKBONES = ("rssm", "s4", "mamba")
+BACKBONES = ("rssm", "s4", "mamba", "mamba2")
 OBS_SPACE = {"vector": ((OBS_DIM,), torch.float32)}
 LATENT = dict(hidden=32, stoch=4, classes=4)
 BACKBONE_CFG = {
     "rssm": dict(deter=64, blocks=4, **LATENT),
     "s4": dict(d_model=32, d_state=16, layers=2, imag_context=0, **LATENT),
     "mamba": dict(d_model=32, d_state=16, layers=2, imag_context=0, **LATENT),
+    "mamba2": dict(d_model=32, d_state=16, layers=2, imag_context=0, **LATENT),  # 16 heads of 4
 }
 HEADS = dict(encoder=dict(units=32, layers=2), decoder=dict(units=32, layers=2),
              reward_head=dict(units=32), cont_head=dict(units=32))
@@ -236,7 +238,7 @@ def merge(old: dict, new: dict) -> dict:
 def markdown(result: dict) -> str:
     gaps = sorted({r["gap"] for r in result["world_model"] + result["agent"]})
     runs = result["runs"]
-    lines = ["# Memory benchmark: recall a cue after K steps (rssm vs s4 vs mamba)", ""]
+    lines = ["# Memory benchmark: recall a cue after K steps (" + " vs ".join(BACKBONES) + ")", ""]
     for i, run in enumerate(runs, 1):
         budget = run["budget"]
         kinds = budget.get("kinds", ["world_model", "agent"])
