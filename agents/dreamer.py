@@ -38,14 +38,13 @@ from agents.base import Agent
 from agents.ddp import all_reduce_grads
 from worldrl.backbones import BACKBONES
 from worldrl.behavior import ActorCritic
-from worldrl.config import CONFIG_DIR
+from worldrl.config import CONFIG_DIR, SIZE_KEYS
 from worldrl.obs import MODALITIES
 from worldrl.optim import LaProp
 from worldrl.world_model import WorldModel, shift_actions
 
 __all__ = ["DreamerAgent", "resolve_config"]
 
-SIZE_KEYS = ("deter", "hidden", "stoch", "classes", "units", "depth")
 TOP_KEYS = ("name", "size", "world_model", "backbone", "actor", "critic", "behavior", "optim")
 MODES = ("train", "eval")
 #: LaProp parameter groups; ``agent.optim.group_lr.NAME`` overrides ``agent.optim.lr`` for one

@@ -34,7 +34,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict, TensorDictBase
 
-from worldrl.config import MOVED_KEYS
+from worldrl.config import MOVED_KEYS, SIZE_KEYS
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -69,8 +69,6 @@ ADDED_KEYS = {
 #: weights: the loop never drew an imagination batch)
 REMOVED_KEYS = ("replay.dfs.imag_tau", "replay.dfs.alpha", "replay.dfs.beta",
                 "replay.dfs.imag_scale")
-#: agent keys that follow ``agent.size`` (by interpolation now; ``null`` in older configs)
-SIZE_KEYS = ("deter", "hidden", "stoch", "classes", "units", "depth")
 
 
 def upgrade_config(cfg: Any) -> DictConfig:

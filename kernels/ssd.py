@@ -50,25 +50,30 @@ are zeroed after ``exp`` of finite values, so values and gradients stay finite f
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
 from kernels._triton_utils import (
     BACKENDS,
-    ENV_BACKEND,
     REAL_DTYPES,
     cdiv,
     check_same_device,
     check_shape,
     check_tensor,
     fallback_backend,
+    jit,
+    kernel_for,
+    needs_grad,
+    next_pow2,
+    resolve_backend,
+    tl,
+    tl_acc_dtype,
 )
 from kernels.linear_scan import linear_scan
 
 __all__ = [
     "SSD_BACKENDS",
+    "SsdChunkScanFn",
     "mamba_chunk_scan_combined",
     "ssd_chunk_scan",
     "ssd_chunk_scan_ref",
@@ -79,8 +84,8 @@ __all__ = [
 _OP = "ssd_chunk_scan"
 _STEP_OP = "ssd_state_update"
 
-#: the backends the SSD ops have (no Triton kernel and no native loop of their own yet)
-SSD_BACKENDS = ("auto", "torch", "ref")
+#: the backends the SSD ops have (no native CPU loop of their own)
+SSD_BACKENDS = tuple(b for b in BACKENDS if b != "native")
 
 _INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 
@@ -88,24 +93,6 @@ _INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 # --------------------------------------------------------------------------------------------
 # input checks and shared pieces
 # --------------------------------------------------------------------------------------------
-
-
-def _resolve_backend(backend, op):
-    """"auto" (or None) -> ``$KERNELS_BACKEND`` if set ("ref" -> "ref", anything else -> "torch":
-    a process-wide "triton" or "native" means "torch" for these ops), else "torch"."""
-    chosen = "auto" if backend is None else backend
-    if chosen in ("triton", "native"):
-        kind = "Triton kernel" if chosen == "triton" else "native CPU loop"
-        raise ValueError(f"{op}: backend={chosen!r} is not available (there is no {kind} for the "
-                         f"SSD scan yet); available backends: {SSD_BACKENDS}")
-    if chosen not in SSD_BACKENDS:
-        raise ValueError(f"{op}: backend={chosen!r} is not one of {SSD_BACKENDS}")
-    if chosen == "auto":
-        env = os.environ.get(ENV_BACKEND, "auto").strip().lower() or "auto"
-        if env not in BACKENDS:
-            raise ValueError(f"{op}: ${ENV_BACKEND}={env!r} is not one of {BACKENDS}")
-        return "ref" if env == "ref" else "torch"
-    return chosen
 
 
 def _check_real(name, t, op):
@@ -384,6 +371,420 @@ def _ssd_torch(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_id
 
 
 # --------------------------------------------------------------------------------------------
+# Triton kernels: the forward of the chunked form (the backward recomputes with _ssd_torch)
+# --------------------------------------------------------------------------------------------
+
+
+@jit
+def _ssd_chunk_state_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, ids_ptr, states_ptr, decay_ptr,
+    T, Q, P, N, REP, NCHUNKS, NPBLK,
+    s_xb, s_xt, s_xh, s_xp,
+    s_tb, s_tt, s_th,
+    s_A, s_bias,
+    s_Bb, s_Bt, s_Bg, s_Bn,
+    s_ib, s_it,
+    s_sb, s_sh, s_sc, s_sp, s_sn,
+    s_db, s_dh, s_dc,
+    HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr,
+    DT_MIN: tl.constexpr, DT_MAX: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Program = (batch row x chunk, head, BLOCK_P x BLOCK_N of the state): the chunk's own
+    end state
+    ``sum_s exp(seg[end, s]) dt'_s x_s B_s^T`` (steps of an earlier sequence than the chunk's last
+    step masked out) and, from the first headdim block, its total decay ``exp(sum dA)``.
+
+    Steps run in tiles of BLOCK_T from the chunk's end backwards; the decay from step ``s`` to the
+    end is ``exp(suffix of the tile after s + tail)``, ``tail`` the sum over the later tiles: sums
+    of same-signed terms only, never a difference of cumulative sums.
+    """
+    pid_bc = tl.program_id(0)
+    h = tl.program_id(1)
+    pid_pn = tl.program_id(2)
+    b = pid_bc // NCHUNKS
+    c = pid_bc % NCHUNKS
+    pid_p = pid_pn % NPBLK
+    g = h // REP
+    t0 = c * Q
+    qlen = tl.minimum(Q, T - t0)  # valid steps of this chunk (the last one may be short)
+    rows = tl.arange(0, BLOCK_T)
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = p < P
+    n = (pid_pn // NPBLK) * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = n < N
+    A = tl.load(A_ptr + h * s_A).to(ACC)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + h * s_bias).to(ACC)
+    if HAS_SEQ:
+        id_end = tl.load(ids_ptr + b * s_ib + (t0 + qlen - 1) * s_it)
+    later = rows[:, None] > rows[None, :]  # [k, s]: step k comes after step s
+    acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=ACC)
+    tail = tl.sum(tl.zeros([BLOCK_T], dtype=ACC), axis=0)
+    ntiles = tl.cdiv(qlen, BLOCK_T)
+    for i in range(0, ntiles):
+        s = (ntiles - 1 - i) * BLOCK_T + rows
+        smask = s < qlen
+        t = t0 + s
+        dtv = tl.load(dt_ptr + b * s_tb + t * s_tt + h * s_th, mask=smask, other=0.0).to(ACC)
+        if HAS_BIAS:
+            dtv = dtv + bias
+        if SOFTPLUS:
+            dtv = tl.where(dtv > 20.0, dtv, tl.log(1.0 + tl.exp(tl.minimum(dtv, 20.0))))
+        dtv = tl.minimum(tl.maximum(dtv, tl.full([], DT_MIN, ACC)), tl.full([], DT_MAX, ACC))
+        dtv = tl.where(smask, dtv, 0.0)  # padded steps: decay 1, no input
+        dA = dtv * A
+        suffix = tl.sum(tl.where(later, dA[:, None], 0.0), axis=0)  # sum over k > s in the tile
+        w = dtv * tl.exp(suffix + tail)
+        if HAS_SEQ:
+            ids = tl.load(ids_ptr + b * s_ib + t * s_it, mask=smask, other=0)
+            w = tl.where(ids == id_end, w, 0.0)
+        xT = tl.load(x_ptr + b * s_xb + h * s_xh + p[:, None] * s_xp + t[None, :] * s_xt,
+                     mask=pmask[:, None] & smask[None, :], other=0.0).to(ACC)
+        Bs = tl.load(B_ptr + b * s_Bb + g * s_Bg + t[:, None] * s_Bt + n[None, :] * s_Bn,
+                     mask=smask[:, None] & nmask[None, :], other=0.0).to(ACC)
+        acc += tl.dot(xT * w[None, :], Bs, input_precision=DOT)
+        tail += tl.sum(dA, axis=0)
+    tl.store(states_ptr + b * s_sb + h * s_sh + c * s_sc + p[:, None] * s_sp + n[None, :] * s_sn,
+             acc, mask=pmask[:, None] & nmask[None, :])
+    tl.store(decay_ptr + b * s_db + h * s_dh + c * s_dc, tl.exp(tail), mask=pid_pn == 0)
+
+
+@jit
+def _ssd_chunk_scan_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ids_ptr, init_ptr, states_ptr,
+    out_ptr,
+    T, Q, P, N, REP, NCHUNKS, NPBLK,
+    s_xb, s_xt, s_xh, s_xp,
+    s_tb, s_tt, s_th,
+    s_A, s_bias,
+    s_Bb, s_Bt, s_Bg, s_Bn,
+    s_Cb, s_Ct, s_Cg, s_Cn,
+    s_Dh, s_Dp,
+    s_zb, s_zt, s_zh, s_zp,
+    s_ib, s_it,
+    s_0b, s_0h, s_0p, s_0n,
+    s_sb, s_sh, s_sc, s_sp, s_sn,
+    s_ob, s_ot, s_oh, s_op,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr,
+    HAS_INIT: tl.constexpr, SOFTPLUS: tl.constexpr,
+    DT_MIN: tl.constexpr, DT_MAX: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Program = (batch row x chunk, head, BLOCK_T output steps x BLOCK_P of headdim).
+
+    ``y_l = sum_{s <= l, same sequence} (C_l . B_s) exp(seg[l, s]) dt'_s x_s`` over the source
+    tiles from the diagonal one backwards, plus the entering state's share
+    ``exp(seg[l, chunk start]) C_l S_prev`` (zero past a boundary), the ``D x`` skip and the
+    ``silu(z)`` gate. Segment sums: the diagonal tile's by a cumulative sum down each column of
+    ``[k > s] dA_k`` (per pair); an earlier tile's as ``R_l + suffix_s + mid``, the prefix of the
+    output tile up to ``l``, the suffix of the source tile after ``s`` and the sum over the tiles
+    in between; all sums of same-signed terms, so no small decay is lost behind large ones.
+    ``S_prev`` is the passed state after chunk ``c - 1`` (``initial_states`` for chunk 0).
+    """
+    pid_bc = tl.program_id(0)
+    h = tl.program_id(1)
+    pid_lp = tl.program_id(2)
+    b = pid_bc // NCHUNKS
+    c = pid_bc % NCHUNKS
+    lt = pid_lp // NPBLK
+    pid_p = pid_lp % NPBLK
+    g = h // REP
+    t0 = c * Q
+    qlen = tl.minimum(Q, T - t0)
+    rows = tl.arange(0, BLOCK_T)
+    li = lt * BLOCK_T + rows  # the output steps l within the chunk
+    lmask = li < qlen
+    tl_out = t0 + li
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = p < P
+    nb = tl.arange(0, BLOCK_N)
+    A = tl.load(A_ptr + h * s_A).to(ACC)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + h * s_bias).to(ACC)
+    dt_l = tl.load(dt_ptr + b * s_tb + tl_out * s_tt + h * s_th, mask=lmask, other=0.0).to(ACC)
+    if HAS_BIAS:
+        dt_l = dt_l + bias
+    if SOFTPLUS:
+        dt_l = tl.where(dt_l > 20.0, dt_l, tl.log(1.0 + tl.exp(tl.minimum(dt_l, 20.0))))
+    dt_l = tl.minimum(tl.maximum(dt_l, tl.full([], DT_MIN, ACC)), tl.full([], DT_MAX, ACC))
+    dt_l = tl.where(lmask, dt_l, 0.0)
+    R = tl.cumsum(dt_l * A, axis=0)  # sum of dA over the output tile up to l
+    C_ptrs = C_ptr + b * s_Cb + g * s_Cg + tl_out[:, None] * s_Ct
+    if HAS_SEQ:
+        ids_l = tl.load(ids_ptr + b * s_ib + tl_out * s_it, mask=lmask, other=0)
+    later = rows[:, None] > rows[None, :]  # [k, s]: step k comes after step s
+    acc = tl.zeros([BLOCK_T, BLOCK_P], dtype=ACC)
+    mid = tl.sum(tl.zeros([BLOCK_T], dtype=ACC), axis=0)  # sum of dA over tiles (j, lt)
+    for jj in range(0, lt + 1):
+        s = (lt - jj) * BLOCK_T + rows
+        smask = s < qlen
+        ts = t0 + s
+        dt_s = tl.load(dt_ptr + b * s_tb + ts * s_tt + h * s_th, mask=smask, other=0.0).to(ACC)
+        if HAS_BIAS:
+            dt_s = dt_s + bias
+        if SOFTPLUS:
+            dt_s = tl.where(dt_s > 20.0, dt_s, tl.log(1.0 + tl.exp(tl.minimum(dt_s, 20.0))))
+        dt_s = tl.minimum(tl.maximum(dt_s, tl.full([], DT_MIN, ACC)), tl.full([], DT_MAX, ACC))
+        dt_s = tl.where(smask, dt_s, 0.0)
+        dA_s = tl.where(later, (dt_s * A)[:, None], 0.0)  # [k, s]: dA_k where k > s
+        if jj == 0:  # the diagonal tile: seg[l, s] = sum_{s < k <= l} dA_k, per column
+            seg = tl.cumsum(dA_s, axis=0)
+        else:
+            seg = R[:, None] + (tl.sum(dA_s, axis=0) + mid)[None, :]
+            mid += tl.sum(dt_s * A, axis=0)
+        keep = (li[:, None] >= s[None, :]) & lmask[:, None] & smask[None, :]
+        if HAS_SEQ:
+            ids_s = tl.load(ids_ptr + b * s_ib + ts * s_it, mask=smask, other=0)
+            keep = keep & (ids_l[:, None] == ids_s[None, :])
+        cb = tl.zeros([BLOCK_T, BLOCK_T], dtype=ACC)  # C_l . B_s, over dstate in tiles
+        for n0 in range(0, N, BLOCK_N):
+            n = n0 + nb
+            C_l = tl.load(C_ptrs + n[None, :] * s_Cn, mask=lmask[:, None] & (n < N)[None, :],
+                          other=0.0).to(ACC)
+            BsT = tl.load(B_ptr + b * s_Bb + g * s_Bg + n[:, None] * s_Bn + ts[None, :] * s_Bt,
+                          mask=(n < N)[:, None] & smask[None, :], other=0.0).to(ACC)
+            cb += tl.dot(C_l, BsT, input_precision=DOT)
+        wgt = tl.where(keep, cb * tl.exp(seg) * dt_s[None, :], 0.0)
+        x_s = tl.load(x_ptr + b * s_xb + h * s_xh + ts[:, None] * s_xt + p[None, :] * s_xp,
+                      mask=smask[:, None] & pmask[None, :], other=0.0).to(ACC)
+        acc += tl.dot(wgt, x_s, input_precision=DOT)
+    # the entering state's share: mid is now the sum of dA over the tiles before lt
+    # (c as a block: the interpreter broadcasts a scalar boolean into int32, not a mask)
+    chunk = nb[:, None] * 0 + c
+    y_prev = tl.zeros([BLOCK_T, BLOCK_P], dtype=ACC)
+    for n0 in range(0, N, BLOCK_N):
+        n = n0 + nb
+        C_l = tl.load(C_ptrs + n[None, :] * s_Cn, mask=lmask[:, None] & (n < N)[None, :],
+                      other=0.0).to(ACC)
+        pn_mask = (n < N)[:, None] & pmask[None, :]
+        prevT = tl.load(states_ptr + b * s_sb + h * s_sh + (c - 1) * s_sc + n[:, None] * s_sn
+                        + p[None, :] * s_sp, mask=pn_mask & (chunk > 0), other=0.0).to(ACC)
+        if HAS_INIT:
+            prevT += tl.load(init_ptr + b * s_0b + h * s_0h + n[:, None] * s_0n
+                             + p[None, :] * s_0p, mask=pn_mask & (chunk == 0), other=0.0).to(ACC)
+        y_prev += tl.dot(C_l, prevT, input_precision=DOT)
+    from_start = tl.exp(R + mid)
+    if HAS_SEQ:  # the entering state's sequence is that of the step before the chunk (0 at -1)
+        id_prev = tl.load(ids_ptr + b * s_ib + (t0 - 1) * s_it, mask=c > 0, other=0)
+        from_start = tl.where(ids_l == id_prev, from_start, 0.0)
+    acc += y_prev * from_start[:, None]
+    lp_mask = lmask[:, None] & pmask[None, :]
+    if HAS_D:
+        x_l = tl.load(x_ptr + b * s_xb + h * s_xh + tl_out[:, None] * s_xt + p[None, :] * s_xp,
+                      mask=lp_mask, other=0.0).to(ACC)
+        Dv = tl.load(D_ptr + h * s_Dh + p * s_Dp, mask=pmask, other=0.0).to(ACC)
+        acc += x_l * Dv[None, :]
+    if HAS_Z:
+        zz = tl.load(z_ptr + b * s_zb + h * s_zh + tl_out[:, None] * s_zt + p[None, :] * s_zp,
+                     mask=lp_mask, other=0.0).to(ACC)
+        acc = acc * zz * tl.sigmoid(zz)
+    tl.store(out_ptr + b * s_ob + h * s_oh + tl_out[:, None] * s_ot + p[None, :] * s_op,
+             acc.to(out_ptr.dtype.element_ty), mask=lp_mask)
+
+
+@jit
+def _ssd_state_update_kernel(
+    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
+    P, N, REP,
+    s_sb, s_sh, s_sp, s_sn,
+    s_xb, s_xh, s_xp,
+    s_tb, s_th,
+    s_A, s_bias,
+    s_Bb, s_Bg, s_Bn,
+    s_Cb, s_Cg, s_Cn,
+    s_Dh, s_Dp,
+    s_zb, s_zh, s_zp,
+    s_ob, s_oh, s_op,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    DT_MIN: tl.constexpr, DT_MAX: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Program = (batch row, head, BLOCK_P of headdim): one step of the recurrence on the
+    ``[BLOCK_P, dstate]`` state, written back in place, and its output."""
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    pid_p = tl.program_id(2)
+    g = h // REP
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = p < P
+    n = tl.arange(0, BLOCK_N)
+    nmask = n < N
+    m = pmask[:, None] & nmask[None, :]
+    dtv = tl.load(dt_ptr + b * s_tb + h * s_th).to(ACC)
+    if HAS_BIAS:
+        dtv = dtv + tl.load(bias_ptr + h * s_bias).to(ACC)
+    if SOFTPLUS:
+        dtv = tl.where(dtv > 20.0, dtv, tl.log(1.0 + tl.exp(tl.minimum(dtv, 20.0))))
+    dtv = tl.minimum(tl.maximum(dtv, tl.full([], DT_MIN, ACC)), tl.full([], DT_MAX, ACC))
+    A = tl.load(A_ptr + h * s_A).to(ACC)
+    x = tl.load(x_ptr + b * s_xb + h * s_xh + p * s_xp, mask=pmask, other=0.0).to(ACC)
+    Bv = tl.load(B_ptr + b * s_Bb + g * s_Bg + n * s_Bn, mask=nmask, other=0.0).to(ACC)
+    Cv = tl.load(C_ptr + b * s_Cb + g * s_Cg + n * s_Cn, mask=nmask, other=0.0).to(ACC)
+    s_ptrs = state_ptr + b * s_sb + h * s_sh + p[:, None] * s_sp + n[None, :] * s_sn
+    state = tl.load(s_ptrs, mask=m, other=0.0).to(ACC)
+    state = tl.exp(dtv * A) * state + (dtv * x)[:, None] * Bv[None, :]
+    tl.store(s_ptrs, state.to(state_ptr.dtype.element_ty), mask=m)
+    y = tl.sum(state * Cv[None, :], axis=1)
+    if HAS_D:
+        y = y + x * tl.load(D_ptr + h * s_Dh + p * s_Dp, mask=pmask, other=0.0).to(ACC)
+    if HAS_Z:
+        zz = tl.load(z_ptr + b * s_zb + h * s_zh + p * s_zp, mask=pmask, other=0.0).to(ACC)
+        y = y * zz * tl.sigmoid(zz)
+    tl.store(out_ptr + b * s_ob + h * s_oh + p * s_op, y.to(out_ptr.dtype.element_ty), mask=pmask)
+
+
+def _ssd_blocks(q: int, headdim: int, dstate: int, device: torch.device):
+    """(BLOCK_T, BLOCK_P, BLOCK_N, num_warps) for a chunk of ``q`` steps."""
+    if device.type == "cpu":  # interpreter: tiles of 4 steps and of 4 dstate columns, so that
+        # the tests run every tiled path (several time tiles per chunk, dstate in pieces)
+        return min(4, next_pow2(q)), min(4, next_pow2(headdim)), min(4, next_pow2(dstate)), 1
+    # Untuned: no GPU was available when this was written. Compiled for sm_90 (triton 3.9,
+    # num_stages=1), 32 x 32 x 32 tiles need ~230 registers and 4-8 KiB of shared memory and
+    # do not spill; 64-step tiles spilled. tl.dot wants every side >= 16.
+    return min(32, max(16, next_pow2(q))), 32 if headdim > 16 else 16, 32 if dstate > 16 else 16, 4
+
+
+def _step_blocks(headdim: int, dstate: int, device: torch.device):
+    """(BLOCK_P, BLOCK_N) of the step kernel: the whole dstate, headdim rows in blocks."""
+    block_n = next_pow2(dstate)
+    if device.type == "cpu":  # interpreter: 2 headdim rows per program, so tests split p
+        return min(2, next_pow2(headdim)), block_n
+    return max(1, min(next_pow2(headdim), 4096 // block_n)), block_n  # untuned: ~4K values
+
+
+def _d_strides(D):
+    """(head stride, headdim stride) of ``D`` ``[nheads, headdim]`` or ``[nheads]`` (0 over p)."""
+    if D is None:
+        return 0, 0
+    return (D.stride(0), D.stride(1)) if D.dim() == 2 else (D.stride(0), 0)
+
+
+def _limits(dt_limit):
+    lo, hi = (float(v) for v in dt_limit)
+    return dict(DT_MIN=lo, DT_MAX=hi)
+
+
+def _ssd_fwd_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
+                    dt_softplus, dt_limit):
+    """The chunked form by the Triton kernels; returns (out, final state). No autograd."""
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    rep = nheads // ngroups
+    cd = _compute_dtype(x)
+    dev = x.device
+    q = min(chunk_size, seqlen)
+    nchunks = cdiv(seqlen, q)
+    block_t, block_p, block_n, num_warps = _ssd_blocks(q, headdim, dstate, dev)
+    npblk = cdiv(headdim, block_p)
+    # float32 products on tensor cores in three TF32 passes (about float32's accuracy; plain
+    # TF32 would be ~1e-3 off); float64, and numpy in the interpreter, are exact
+    dot = "tf32x3" if cd == torch.float32 and dev.type == "cuda" else "ieee"
+    flags = dict(HAS_BIAS=dt_bias is not None, HAS_SEQ=seq_idx is not None,
+                 SOFTPLUS=bool(dt_softplus), **_limits(dt_limit), ACC=tl_acc_dtype(cd), DOT=dot,
+                 BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=num_warps,
+                 num_stages=1)
+    ids = reset = None
+    if seq_idx is not None:
+        # sequence number of every step (0 before the first boundary) and the chunks whose
+        # last step lies in another sequence than the step before the chunk (the passed state
+        # is dropped there), as in _ssd_torch
+        ids = torch.cumsum(_boundaries(seq_idx), dim=1, dtype=torch.int32)
+        ends = (torch.arange(nchunks, device=dev) * q + (q - 1)).clamp_(max=seqlen - 1)
+        last = ids[:, ends]
+        reset = last != torch.cat([torch.zeros_like(last[:, :1]), last[:, :-1]], dim=1)
+    ids_arg = ids if ids is not None else x
+    ids_strides = ids.stride() if ids is not None else (0, 0)
+    bias_arg = dt_bias if dt_bias is not None else x
+    bias_stride = dt_bias.stride(0) if dt_bias is not None else 0
+
+    # 1. each chunk's own end state and total decay; [batch, nheads, chunk, ...] so that the
+    #    scan over chunks below sees (batch, head) rows without a copy
+    states = torch.empty((batch, nheads, nchunks, headdim, dstate), dtype=cd, device=dev)
+    decay = torch.empty((batch, nheads, nchunks), dtype=cd, device=dev)
+    grid = (batch * nchunks, nheads, npblk * cdiv(dstate, block_n))
+    kernel_for(_ssd_chunk_state_kernel, dev)[grid](
+        x, dt, A, B, bias_arg, ids_arg, states, decay,
+        seqlen, q, headdim, dstate, rep, nchunks, npblk,
+        *x.stride(), *dt.stride(), A.stride(0), bias_stride, *B.stride(), *ids_strides,
+        *states.stride(), *decay.stride(),
+        **flags,
+    )
+
+    # 2. the states passed between chunks: linear_scan over the chunk index per (batch, head),
+    #    dropping the carried state where a chunk holds a boundary
+    per_head = headdim * dstate
+    a = decay.view(batch * nheads, nchunks, 1).expand(-1, -1, per_head)
+    h0 = None
+    if initial_states is not None:
+        h0 = initial_states.to(cd).reshape(batch * nheads, per_head)
+    if reset is not None:
+        reset = reset[:, None].expand(-1, nheads, -1).reshape(batch * nheads, nchunks)
+    passed = linear_scan(a, states.view(batch * nheads, nchunks, per_head), h0, reset=reset,
+                         backend="triton")
+    final = passed[:, -1].reshape(batch, nheads, headdim, dstate).clone()
+    passed = passed.view(batch, nheads, nchunks, headdim, dstate)
+
+    # 3. outputs: within-chunk term, the entering state's share, D x and the gate
+    out = torch.empty((batch, seqlen, nheads, headdim), dtype=x.dtype, device=dev)
+    init_arg = initial_states if initial_states is not None else passed
+    init_strides = initial_states.stride() if initial_states is not None else (0, 0, 0, 0)
+    kernel_for(_ssd_chunk_scan_kernel, dev)[(batch * nchunks, nheads, cdiv(q, block_t) * npblk)](
+        x, dt, A, B, C, D if D is not None else x, z if z is not None else x, bias_arg, ids_arg,
+        init_arg, passed, out,
+        seqlen, q, headdim, dstate, rep, nchunks, npblk,
+        *x.stride(), *dt.stride(), A.stride(0), bias_stride, *B.stride(), *C.stride(),
+        *_d_strides(D), *(z.stride() if z is not None else (0, 0, 0, 0)), *ids_strides,
+        *init_strides, *passed.stride(), *out.stride(),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_INIT=initial_states is not None, **flags,
+    )
+    return out, final
+
+
+class SsdChunkScanFn(torch.autograd.Function):
+    """``ssd_chunk_scan`` with a Triton forward and an exact backward.
+
+    The forward runs the Triton kernels and saves the inputs only. The backward recomputes the
+    chunked PyTorch form (``_ssd_torch``) under ``torch.enable_grad()`` and returns its
+    vector-Jacobian product, so the gradients are exactly the torch path's (there is no
+    hand-written Triton backward; a training step costs the Triton forward plus the torch
+    path's forward and backward, and keeps nothing but the inputs between the two passes).
+    """
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, chunk_size,
+                dt_softplus, dt_limit):
+        out, final = _ssd_fwd_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states,
+                                     seq_idx, dt_softplus, dt_limit)
+        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx)
+        ctx.set_materialize_grads(False)  # an unused output passes None, not zeros
+        ctx.config = (chunk_size, dt_softplus, dt_limit)
+        return out, final
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, dfinal):
+        *inputs, seq_idx = ctx.saved_tensors
+        chunk_size, dt_softplus, dt_limit = ctx.config
+        wanted = [t is not None and w for t, w in zip(inputs, ctx.needs_input_grad)]
+        grads = [None] * len(inputs)
+        pairs = [(o, g) for o, g in ((0, dout), (1, dfinal)) if g is not None]
+        if pairs and any(wanted):
+            ins = [t.detach().requires_grad_(w) if t is not None else None
+                   for t, w in zip(inputs, wanted)]
+            x, dt, A, B, C, D, z, dt_bias, init = ins
+            with torch.enable_grad():
+                outs = _ssd_torch(x, dt, A, B, C, chunk_size, D, z, dt_bias, init, seq_idx,
+                                  dt_softplus, dt_limit)
+            found = torch.autograd.grad([outs[o] for o, _ in pairs], [ins[i] for i, w in
+                                        enumerate(wanted) if w], [g for _, g in pairs],
+                                        allow_unused=True)
+            for i, g in zip([i for i, w in enumerate(wanted) if w], found):
+                grads[i] = g
+        return (*grads, None, None, None, None)
+
+
+# --------------------------------------------------------------------------------------------
 # public entry points
 # --------------------------------------------------------------------------------------------
 
@@ -412,9 +813,11 @@ def ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, ini
         dt_softplus: apply softplus to ``dt + dt_bias``.
         dt_limit: ``(min, max)`` clamp of the discretised ``dt`` (always applied, as mamba_ssm).
         return_final_states: also return the state after the last step (differentiable).
-        backend: "auto" (``$KERNELS_BACKEND`` if set, else "torch", on every device), "torch"
-            (the chunked SSD form) or "ref" (the sequential loop; ignores ``chunk_size``). There
-            is no Triton kernel yet: "triton" (and "native") raise ``ValueError``.
+        backend: "auto" (``$KERNELS_BACKEND`` if set, else CUDA tensors -> "triton" when triton
+            is installed, anything else -> "torch"), "triton" (the Triton forward, with the
+            exact backward of ``SsdChunkScanFn``; CPU tensors only under
+            ``TRITON_INTERPRET=1``), "torch" (the chunked SSD form in PyTorch ops) or "ref" (the
+            sequential loop; ignores ``chunk_size``).
 
     Returns:
         ``out`` ``[batch, seqlen, nheads, headdim]`` in ``x``'s dtype, and with
@@ -423,12 +826,19 @@ def ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, ini
     """
     _check_inputs(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_limit)
     _check_chunk_size(chunk_size)
-    chosen = _resolve_backend(backend, _OP)
+    chosen = resolve_backend(backend, x.device, _OP)
     if chosen == "ref":
         return ssd_chunk_scan_ref(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx,
                                   dt_softplus, dt_limit, return_final_states)
-    out, final = _ssd_torch(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
-                            dt_softplus, dt_limit)
+    args = (x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
+            bool(dt_softplus), dt_limit)
+    if chosen == "torch":
+        out, final = _ssd_torch(*args)
+    elif needs_grad(x, dt, A, B, C, D, z, dt_bias, initial_states):
+        out, final = SsdChunkScanFn.apply(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx,
+                                          chunk_size, bool(dt_softplus), dt_limit)
+    else:  # nothing to differentiate: skip the autograd.Function machinery
+        out, final = _ssd_fwd_triton(*args)
     return (out, final) if return_final_states else out
 
 
@@ -467,13 +877,36 @@ def ssd_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_sof
         x: ``[batch, nheads, headdim]``. dt: ``[batch, nheads]``. A, dt_bias: ``[nheads]``.
         B, C: ``[batch, ngroups, dstate]``. D: ``[nheads, headdim]`` or ``[nheads]``. z: like x.
         dt_softplus, dt_limit: as in ``ssd_chunk_scan``.
-        backend: "auto", "torch" or "ref" (all the same plain step; "triton" raises).
+        backend: "auto" (as ``ssd_chunk_scan``'s, except that while autograd records a call
+            with an input that requires grad it takes the PyTorch step: the Triton step has no
+            backward), "triton" (raises ``ValueError`` in that case), "torch" or "ref" (both
+            the plain differentiable step).
 
     Returns:
         ``y`` ``[batch, nheads, headdim]`` in ``x``'s dtype. Stepping it over ``seqlen`` steps
         from ``initial_states`` reproduces ``ssd_chunk_scan``'s output and final state (a
         boundary of ``seq_idx`` corresponds to zeroing ``state`` before the step).
     """
-    _check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias, dt_limit)
-    _resolve_backend(backend, _STEP_OP)
-    return ssd_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit)
+    nheads, ngroups = _check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias, dt_limit)
+    wants_grad = needs_grad(state, x, dt, A, B, C, D, z, dt_bias)
+    chosen = resolve_backend(
+        backend, state.device, _STEP_OP,
+        triton_unsupported="the Triton step has no backward pass" if wants_grad else None)
+    if chosen in ("torch", "ref"):
+        return ssd_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit)
+    batch, _, headdim, dstate = state.shape
+    block_p, block_n = _step_blocks(headdim, dstate, state.device)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    cd = _compute_dtype(x)
+    kernel_for(_ssd_state_update_kernel, state.device)[(batch, nheads, cdiv(headdim, block_p))](
+        state, x, dt, A, B, C, D if D is not None else x, z if z is not None else x,
+        dt_bias if dt_bias is not None else x, out,
+        headdim, dstate, nheads // ngroups,
+        *state.stride(), *x.stride(), *dt.stride(), A.stride(0),
+        dt_bias.stride(0) if dt_bias is not None else 0, *B.stride(), *C.stride(),
+        *_d_strides(D), *(z.stride() if z is not None else (0, 0, 0)), *out.stride(),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
+        SOFTPLUS=bool(dt_softplus), **_limits(dt_limit), ACC=tl_acc_dtype(cd), BLOCK_P=block_p,
+        BLOCK_N=block_n, num_warps=4,
+    )
+    return out

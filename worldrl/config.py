@@ -18,6 +18,9 @@ GROUPS = ("env", "backbone", "agent", "size", "preset")
 UNION_KEYS = ("train.compile",)
 #: keys whose default is set but which also take null (documented as "null: none")
 NULLABLE_KEYS = ("train.warning_signal",)
+#: the keys of ``agent.size``; the agent's YAML interpolates them (``${agent.size.units}``), older
+#: run configs wrote ``null`` for "from agent.size"
+SIZE_KEYS = ("deter", "hidden", "stoch", "classes", "units", "depth")
 #: keys that moved after runs were already being made: old dotted key (or node) -> new one (old
 #: run configs are read in the new layout by ``agents.run_dir.upgrade_config``; an override of an
 #: old key is refused with its new name)
