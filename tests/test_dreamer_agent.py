@@ -160,8 +160,8 @@ def test_config_errors():
         make_agent(cfg={**TINY, "behavior": {"lamda": 0.9}})
     with pytest.raises(ValueError, match=r"size preset"):
         resolve_config({"backbone": {"name": "rssm"}})
-    with pytest.raises(ValueError, match=r"'mamba2'.*choices"):
-        resolve_config({**TINY, "backbone": {"name": "mamba2"}})
+    with pytest.raises(ValueError, match=r"'mamba3'.*choices"):
+        resolve_config({**TINY, "backbone": {"name": "mamba3"}})
     with pytest.raises(ValueError, match="act_space lacks 'n'"):
         DreamerAgent(PIXVEC, {"discrete": True}, TINY)
     cfg = resolve_config({**TINY, "critic": {"units": 7}})
