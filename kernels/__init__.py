@@ -15,11 +15,11 @@ Imports torch (and triton when installed) only; never worldrl, agents, envs, gym
                      dt_softplus=False, dt_limit=(0.0, inf))
     mamba_chunk_scan_combined = ssd_chunk_scan (mamba_ssm's name)
 
-Every op takes ``backend="auto"|"triton"|"torch"|"ref"`` (linear_scan also ``"native"``; the SSD
-ops only ``"auto"|"torch"|"ref"``, SSD_BACKENDS: they have no Triton kernel yet); "auto" follows
-``$KERNELS_BACKEND`` when it is set, else CUDA -> Triton and CPU -> the native loop for
-linear_scan when it built, else the vectorised PyTorch path (the SSD ops: the chunked PyTorch
-form on every device). See kernels/README.md.
+Every op takes ``backend="auto"|"triton"|"torch"|"ref"`` (linear_scan also ``"native"``);
+"auto" follows ``$KERNELS_BACKEND`` when it is set, else CUDA -> Triton and CPU -> the native loop
+for linear_scan when it built, else the vectorised PyTorch path (the SSD ops: the chunked
+PyTorch form; their Triton forward recomputes the PyTorch form for the backward). See
+kernels/README.md.
 """
 
 from kernels._triton_utils import BACKENDS, HAS_TRITON

@@ -62,8 +62,14 @@ def _jit_calls_interpreted():
     a compiled kernel. For the duration of an interpreted launch, route those calls to the
     interpreter's copy of the same function (identity checks such as ``combine_fn is
     tl.standard._sum_combine`` keep working because the objects are unchanged).
+
+    Each such call patches ``triton.language`` for the interpreter as
+    ``InterpretedFunction.__call__`` does, and undoes it afterwards: that method (triton 3.9)
+    never restores its patches, and a helper's module (``triton.language.core``, which the
+    kernel's own launch does not patch) would otherwise stay patched for the interpreter, so that
+    every later GPU kernel in the process failed to compile.
     """
-    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.interpreter import InterpretedFunction, _patch_lang
     from triton.runtime.jit import JITFunction
 
     original = JITFunction.__call__
@@ -73,7 +79,11 @@ def _jit_calls_interpreted():
         fn = cache.get(id(self))
         if fn is None:
             fn = cache[id(self)] = InterpretedFunction(self.fn)
-        return fn(*args, **kwargs)
+        scope = _patch_lang(self.fn)
+        try:
+            return fn.rewrite()(*args, **kwargs)
+        finally:
+            scope.restore()
 
     JITFunction.__call__ = call
     try:

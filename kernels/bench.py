@@ -10,8 +10,9 @@ must move divided by the time (GB/s) and the peak memory of one call, for:
   ``accelerated_scan.scalar.scan`` on CUDA, its torch ``accelerated_scan.ref.scan`` on CPU; its
   layout is [B, D, T], prepared outside the timed region).
 * selective_scan: ours against ``selective_scan_ref`` (the sequential loop).
-* ssd_chunk_scan (Mamba-2's SSD): ours (the chunked PyTorch form, chunk_size 64, on every device:
-  there is no Triton SSD kernel yet) against ``ssd_chunk_scan_ref`` (the sequential loop).
+* ssd_chunk_scan (Mamba-2's SSD): ours (backend "auto", chunk_size 64: the Triton forward on
+  CUDA, whose backward recomputes the chunked PyTorch form; the chunked PyTorch form on CPU)
+  against ``ssd_chunk_scan_ref`` (the sequential loop).
 
 Sizes: CPU linear_scan B*D = 4*256, selective_scan batch=2, dim=64, N=16, ssd_chunk_scan batch=2,
 nheads=4, headdim=16, dstate=16; CUDA linear_scan B*D = 16*4096, selective_scan batch=8,
@@ -532,8 +533,8 @@ def main(argv=None) -> dict:
                        "fwd+bwd adds dout, dx, dz and re-reads (5*b*T*h*p*4 + 2*b*T*h*4 + "
                        "4*b*T*g*n*4)",
         "baseline": "loop = kernels.ssd_chunk_scan_ref (Python loop over T)",
-        "ours": "kernels.ssd_chunk_scan, backend auto = the chunked PyTorch SSD form on every "
-                "device (no Triton SSD kernel yet)",
+        "ours": "kernels.ssd_chunk_scan, backend auto = the Triton forward on CUDA (backward: "
+                "the chunked PyTorch form recomputed), the chunked PyTorch form on CPU",
         # kept beside the op: the top-level min_speedup_T_ge_256 covers the two scans above
         "min_speedup_T_ge_256": _min_speedup(ssd_rows),
     }

@@ -32,20 +32,36 @@ Backends: ``"ref"`` is the sequential definition (a Python loop over time, ``ssd
 ``"torch"`` is the chunked SSD form: per chunk of ``chunk_size`` steps, the quadratic
 within-chunk term with a segment-sum decay mask, the chunk's end state, the states passed between
 chunks (``kernels.linear_scan`` over the chunk index, with a reset where a chunk holds a boundary)
-and the off-diagonal term of each chunk's entering state. There is no Triton kernel yet: "auto"
-takes "torch" on every device, and an explicit ``backend="triton"`` raises ``ValueError``.
+and the off-diagonal term of each chunk's entering state. ``"triton"`` computes the same chunked
+form in two Triton kernels around ``linear_scan``'s Triton scan: ``_ssd_chunk_state_kernel``
+(each chunk's own end state and total decay), the scan over chunks, and
+``_ssd_chunk_scan_kernel`` (per chunk and tile of output steps: the within-chunk term over
+the source tiles up to the diagonal, the entering state's share, ``D x`` and the gate);
+``dt'`` is formed inside both kernels. "auto" takes "triton" for CUDA tensors when triton is
+installed and "torch" otherwise; CPU tensors reach the Triton kernels only through the
+interpreter (``TRITON_INTERPRET=1``, for tests). ``ssd_state_update`` has a Triton step
+(``_ssd_state_update_kernel``, one program per batch row, head and block of headdim rows).
 
-Gradients of the chunked form are plain autograd through its PyTorch ops (there is no
-hand-written backward, so no ``autograd.Function`` here); the inter-chunk pass is
-``linear_scan``'s, whose backward is its adjoint scan. Autograd keeps the ``[chunk, chunk]``
+Gradients. The torch path is plain autograd through its PyTorch ops (the inter-chunk pass is
+``linear_scan``'s, whose backward is its adjoint scan); autograd keeps the ``[chunk, chunk]``
 decay and ``C B^T`` matrices of every chunk (``batch * seqlen * nheads * chunk_size`` values each)
-for the backward pass.
+for the backward pass. The Triton path is ``SsdChunkScanFn``: its forward runs the kernels and
+saves only the inputs, and its backward recomputes the torch path under ``torch.enable_grad()``
+and returns that path's vector-Jacobian product, so gradients are exactly the torch path's
+(there is no hand-written Triton backward; a training step costs the Triton forward plus the
+torch forward and backward; no double backward). The Triton step has no backward: with autograd
+recording, "auto" runs the PyTorch step and a forced "triton" raises.
 
 Numerics: inputs are computed in float32 (float64 for float64 ``x``); ``out`` has ``x``'s dtype,
 the final state the compute dtype. Decays are formed only as ``exp`` of sums of ``dt' * A`` over
 the steps they span (the segment sums are accumulated per pair, never as a difference of two
 cumulative sums, which loses the small decays behind long runs of large ``dt``); masked entries
 are zeroed after ``exp`` of finite values, so values and gradients stay finite for ``A <= 0``.
+The Triton kernels keep this rule across their time tiles: a decay spanning several tiles is
+``exp`` of the sum of the pieces' own sums (see the kernels' docstrings). On CUDA their float32
+matrix products run as three TF32 passes (``tf32x3``: about float32's accuracy, where plain TF32
+is ~1e-3 off), float64 ones in float64; their softplus is ``log(1 + exp)`` (torch's
+``log1p(exp)`` differs by rounding).
 """
 
 from __future__ import annotations
@@ -390,10 +406,9 @@ def _ssd_chunk_state_kernel(
     DT_MIN: tl.constexpr, DT_MAX: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Program = (batch row x chunk, head, BLOCK_P x BLOCK_N of the state): the chunk's own
-    end state
-    ``sum_s exp(seg[end, s]) dt'_s x_s B_s^T`` (steps of an earlier sequence than the chunk's last
-    step masked out) and, from the first headdim block, its total decay ``exp(sum dA)``.
+    """Program = (batch row x chunk, head, BLOCK_P x BLOCK_N of the state): the chunk's own end
+    state ``sum_s exp(seg[end, s]) dt'_s x_s B_s^T`` (steps of an earlier sequence than the
+    chunk's last step masked out) and, from the first block, its total decay ``exp(sum dA)``.
 
     Steps run in tiles of BLOCK_T from the chunk's end backwards; the decay from step ``s`` to the
     end is ``exp(suffix of the tile after s + tail)``, ``tail`` the sum over the later tiles: sums
@@ -766,20 +781,21 @@ class SsdChunkScanFn(torch.autograd.Function):
     def backward(ctx, dout, dfinal):
         *inputs, seq_idx = ctx.saved_tensors
         chunk_size, dt_softplus, dt_limit = ctx.config
-        wanted = [t is not None and w for t, w in zip(inputs, ctx.needs_input_grad)]
+        # the differentiable inputs autograd asks for, and the outputs that received a gradient
+        wanted = [i for i, (t, w) in enumerate(zip(inputs, ctx.needs_input_grad))
+                  if t is not None and w]
+        used = [(o, g) for o, g in enumerate((dout, dfinal)) if g is not None]
         grads = [None] * len(inputs)
-        pairs = [(o, g) for o, g in ((0, dout), (1, dfinal)) if g is not None]
-        if pairs and any(wanted):
-            ins = [t.detach().requires_grad_(w) if t is not None else None
-                   for t, w in zip(inputs, wanted)]
+        if wanted and used:
+            ins = [t.detach().requires_grad_(i in wanted) if t is not None else None
+                   for i, t in enumerate(inputs)]
             x, dt, A, B, C, D, z, dt_bias, init = ins
             with torch.enable_grad():
                 outs = _ssd_torch(x, dt, A, B, C, chunk_size, D, z, dt_bias, init, seq_idx,
                                   dt_softplus, dt_limit)
-            found = torch.autograd.grad([outs[o] for o, _ in pairs], [ins[i] for i, w in
-                                        enumerate(wanted) if w], [g for _, g in pairs],
-                                        allow_unused=True)
-            for i, g in zip([i for i, w in enumerate(wanted) if w], found):
+            found = torch.autograd.grad([outs[o] for o, _ in used], [ins[i] for i in wanted],
+                                        [g for _, g in used], allow_unused=True)
+            for i, g in zip(wanted, found):
                 grads[i] = g
         return (*grads, None, None, None, None)
 
