@@ -8,7 +8,7 @@ collectors emit transitions ``(obs_t, action_t, next: obs_{t+1}, reward, done)``
 :meth:`Replay.add` turns them into rows and adds the final observation of each episode as a row of
 its own (``is_last``), so that the continue and reward heads see terminal observations.
 
-**Reward smoothing** (DreamSmooth, :mod:`worldrl.smoothing`; ``replay.reward_smoothing``). Every
+**Reward smoothing** (DreamSmooth, :mod:`worldrl.smoothing`; ``replay.smoothing``). Every
 row also carries ``reward_raw``, the environment's reward; ``reward`` is the smoothed reward the
 reward head learns (equal to ``reward_raw`` with ``none``). Gaussian and uniform smoothing see
 ``radius`` future rewards of the same episode, so :meth:`Replay.add` holds an env stream's newest
