@@ -392,6 +392,17 @@ def _ssd_torch(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_id
 
 
 @jit
+def _discretise(dt, bias, SOFTPLUS: tl.constexpr, DT_MIN: tl.constexpr, DT_MAX: tl.constexpr,
+                ACC: tl.constexpr):
+    """``clamp(softplus?(dt + bias), DT_MIN, DT_MAX)`` in ``ACC``: ``_discretised_dt`` for the
+    kernels (``bias`` 0.0 without ``dt_bias``; softplus linear above 20, as torch's)."""
+    d = dt + bias
+    if SOFTPLUS:
+        d = tl.where(d > 20.0, d, tl.log(1.0 + tl.exp(tl.minimum(d, 20.0))))
+    return tl.minimum(tl.maximum(d, tl.full([], DT_MIN, ACC)), tl.full([], DT_MAX, ACC))
+
+
+@jit
 def _ssd_chunk_state_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, ids_ptr, states_ptr, decay_ptr,
     T, Q, P, N, REP, NCHUNKS, NPBLK,
@@ -431,6 +442,8 @@ def _ssd_chunk_state_kernel(
     A = tl.load(A_ptr + h * s_A).to(ACC)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + h * s_bias).to(ACC)
+    else:
+        bias = 0.0
     if HAS_SEQ:
         id_end = tl.load(ids_ptr + b * s_ib + (t0 + qlen - 1) * s_it)
     later = rows[:, None] > rows[None, :]  # [k, s]: step k comes after step s
@@ -442,11 +455,7 @@ def _ssd_chunk_state_kernel(
         smask = s < qlen
         t = t0 + s
         dtv = tl.load(dt_ptr + b * s_tb + t * s_tt + h * s_th, mask=smask, other=0.0).to(ACC)
-        if HAS_BIAS:
-            dtv = dtv + bias
-        if SOFTPLUS:
-            dtv = tl.where(dtv > 20.0, dtv, tl.log(1.0 + tl.exp(tl.minimum(dtv, 20.0))))
-        dtv = tl.minimum(tl.maximum(dtv, tl.full([], DT_MIN, ACC)), tl.full([], DT_MAX, ACC))
+        dtv = _discretise(dtv, bias, SOFTPLUS, DT_MIN, DT_MAX, ACC)
         dtv = tl.where(smask, dtv, 0.0)  # padded steps: decay 1, no input
         dA = dtv * A
         suffix = tl.sum(tl.where(later, dA[:, None], 0.0), axis=0)  # sum over k > s in the tile
@@ -517,13 +526,10 @@ def _ssd_chunk_scan_kernel(
     A = tl.load(A_ptr + h * s_A).to(ACC)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + h * s_bias).to(ACC)
+    else:
+        bias = 0.0
     dt_l = tl.load(dt_ptr + b * s_tb + tl_out * s_tt + h * s_th, mask=lmask, other=0.0).to(ACC)
-    if HAS_BIAS:
-        dt_l = dt_l + bias
-    if SOFTPLUS:
-        dt_l = tl.where(dt_l > 20.0, dt_l, tl.log(1.0 + tl.exp(tl.minimum(dt_l, 20.0))))
-    dt_l = tl.minimum(tl.maximum(dt_l, tl.full([], DT_MIN, ACC)), tl.full([], DT_MAX, ACC))
-    dt_l = tl.where(lmask, dt_l, 0.0)
+    dt_l = tl.where(lmask, _discretise(dt_l, bias, SOFTPLUS, DT_MIN, DT_MAX, ACC), 0.0)
     R = tl.cumsum(dt_l * A, axis=0)  # sum of dA over the output tile up to l
     C_ptrs = C_ptr + b * s_Cb + g * s_Cg + tl_out[:, None] * s_Ct
     if HAS_SEQ:
@@ -536,12 +542,7 @@ def _ssd_chunk_scan_kernel(
         smask = s < qlen
         ts = t0 + s
         dt_s = tl.load(dt_ptr + b * s_tb + ts * s_tt + h * s_th, mask=smask, other=0.0).to(ACC)
-        if HAS_BIAS:
-            dt_s = dt_s + bias
-        if SOFTPLUS:
-            dt_s = tl.where(dt_s > 20.0, dt_s, tl.log(1.0 + tl.exp(tl.minimum(dt_s, 20.0))))
-        dt_s = tl.minimum(tl.maximum(dt_s, tl.full([], DT_MIN, ACC)), tl.full([], DT_MAX, ACC))
-        dt_s = tl.where(smask, dt_s, 0.0)
+        dt_s = tl.where(smask, _discretise(dt_s, bias, SOFTPLUS, DT_MIN, DT_MAX, ACC), 0.0)
         dA_s = tl.where(later, (dt_s * A)[:, None], 0.0)  # [k, s]: dA_k where k > s
         if jj == 0:  # the diagonal tile: seg[l, s] = sum_{s < k <= l} dA_k, per column
             seg = tl.cumsum(dA_s, axis=0)
@@ -626,12 +627,12 @@ def _ssd_state_update_kernel(
     n = tl.arange(0, BLOCK_N)
     nmask = n < N
     m = pmask[:, None] & nmask[None, :]
-    dtv = tl.load(dt_ptr + b * s_tb + h * s_th).to(ACC)
     if HAS_BIAS:
-        dtv = dtv + tl.load(bias_ptr + h * s_bias).to(ACC)
-    if SOFTPLUS:
-        dtv = tl.where(dtv > 20.0, dtv, tl.log(1.0 + tl.exp(tl.minimum(dtv, 20.0))))
-    dtv = tl.minimum(tl.maximum(dtv, tl.full([], DT_MIN, ACC)), tl.full([], DT_MAX, ACC))
+        bias = tl.load(bias_ptr + h * s_bias).to(ACC)
+    else:
+        bias = 0.0
+    dtv = _discretise(tl.load(dt_ptr + b * s_tb + h * s_th).to(ACC), bias, SOFTPLUS, DT_MIN,
+                      DT_MAX, ACC)
     A = tl.load(A_ptr + h * s_A).to(ACC)
     x = tl.load(x_ptr + b * s_xb + h * s_xh + p * s_xp, mask=pmask, other=0.0).to(ACC)
     Bv = tl.load(B_ptr + b * s_Bb + g * s_Bg + n * s_Bn, mask=nmask, other=0.0).to(ACC)
