@@ -94,23 +94,32 @@ class Mamba2Mixer(ConvMixer):
         h0 = state["ssm"].float()
         seq_idx = reset.long().cumsum(1)  # h0 is id 0: it reaches step 0 unless it is a start
         pre = T - tail
-        y, h_last = kernels.ssd_chunk_scan(
-            xs, dt, A, b, c, self.chunk_size, D=self.D, dt_bias=self.dt_bias, initial_states=h0,
-            seq_idx=seq_idx, dt_softplus=True, return_final_states=True)
         tails = None
-        if tail:  # the states after each of the last steps, [B, tail, H, P, N], by a linear scan
-            h_pre = h0 if pre == 0 else kernels.ssd_chunk_scan(
-                xs[:, :pre], dt[:, :pre], A, b[:, :pre], c[:, :pre], self.chunk_size,
-                dt_bias=self.dt_bias, initial_states=h0, seq_idx=seq_idx[:, :pre],
-                dt_softplus=True, return_final_states=True)[1]
+        if not tail:
+            y, h_last = kernels.ssd_chunk_scan(
+                xs, dt, A, b, c, self.chunk_size, D=self.D, dt_bias=self.dt_bias,
+                initial_states=h0, seq_idx=seq_idx, dt_softplus=True, return_final_states=True)
+        else:  # the prefix by the chunked scan, then the last steps by a linear scan that keeps
+            # every state [B, tail, H, P, N] (the tails); their outputs are read from those states
+            ys, h_pre = [], h0
+            if pre:
+                y_pre, h_pre = kernels.ssd_chunk_scan(
+                    xs[:, :pre], dt[:, :pre], A, b[:, :pre], c[:, :pre], self.chunk_size,
+                    D=self.D, dt_bias=self.dt_bias, initial_states=h0, seq_idx=seq_idx[:, :pre],
+                    dt_softplus=True, return_final_states=True)
+                ys.append(y_pre.float())
             dtt = F.softplus(dt[:, pre:].float() + self.dt_bias)  # [B, tail, H]
             rep = self.nheads // self.ngroups
             bt = b[:, pre:].float().repeat_interleave(rep, 2)  # [B, tail, H, N]
+            ct = c[:, pre:].float().repeat_interleave(rep, 2)
+            xt = xs[:, pre:].float()  # [B, tail, H, P]
             a = torch.exp(dtt * A)[..., None, None].expand(-1, -1, -1, self.headdim, self.d_state)
-            inp = (dtt[..., None] * xs[:, pre:].float())[..., None] * bt[:, :, :, None, :]
+            inp = (dtt[..., None] * xt)[..., None] * bt[:, :, :, None, :]
             h = kernels.linear_scan(a.reshape(Bsz, tail, -1), inp.reshape(Bsz, tail, -1),
                                     h_pre.reshape(Bsz, -1), reset[:, pre:])
             h = h.reshape(Bsz, tail, self.nheads, self.headdim, self.d_state)
+            ys.append((h * ct[:, :, :, None, :]).sum(-1) + self.D[:, None] * xt)
+            y, h_last = torch.cat(ys, 1), h[:, -1]
             tails = {"conv": self._conv_states(xpad, seg, slice(pre, T)), "ssm": h}
         out = self._gated_norm(y.reshape(Bsz, T, self.d_inner).float(), z)
         last = {"conv": self._conv_states(xpad, seg, slice(T - 1, T))[:, 0], "ssm": h_last}
