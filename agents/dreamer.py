@@ -38,7 +38,7 @@ from agents.base import Agent
 from agents.ddp import all_reduce_grads
 from worldrl.backbones import BACKBONES
 from worldrl.behavior import ActorCritic
-from worldrl.config import CONFIG_DIR, SIZE_KEYS
+from worldrl.config import CONFIG_DIR, SIZE_KEYS, fill_null_sizes
 from worldrl.obs import MODALITIES
 from worldrl.optim import LaProp
 from worldrl.world_model import WorldModel, shift_actions
@@ -92,14 +92,6 @@ def _defaults(backbone: str) -> DictConfig:
     return cfg
 
 
-def _drop_null_sizes(node: Any) -> Any:
-    """Older configs wrote ``null`` for "from agent.size": drop those, the YAML interpolates."""
-    if isinstance(node, dict):
-        return {k: _drop_null_sizes(v) for k, v in node.items()
-                if not (k in SIZE_KEYS and v is None)}
-    return node
-
-
 def resolve_config(cfg: Any) -> dict[str, Any]:
     """The whole agent config as a plain dict: ``cfg`` over the YAML defaults
     (:func:`_defaults`), sizes interpolated from ``agent.size``."""
@@ -111,11 +103,10 @@ def resolve_config(cfg: Any) -> dict[str, Any]:
     name = (cfg.get("backbone") or {}).get("name", "rssm")
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choices: {sorted(BACKBONES)}")
-    user = {k: (v if k == "size" else _drop_null_sizes(v)) for k, v in cfg.items()
-            if v is not None}
+    user = {k: v for k, v in cfg.items() if v is not None}
     merged = OmegaConf.merge({"agent": _defaults(name)}, {"agent": user})
     try:
-        return OmegaConf.to_container(merged, resolve=True)["agent"]
+        return fill_null_sizes(OmegaConf.to_container(merged, resolve=True)["agent"])
     except InterpolationResolutionError as err:
         key = str(getattr(err, "full_key", "") or "?")
         leaf = key.rsplit(".", 1)[-1]

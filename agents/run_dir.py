@@ -34,7 +34,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict, TensorDictBase
 
-from worldrl.config import MOVED_KEYS, SIZE_KEYS
+from worldrl.config import MOVED_KEYS, fill_null_sizes
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -87,18 +87,8 @@ def upgrade_config(cfg: Any) -> DictConfig:
         del node[leaf]
         if new is not None:
             OmegaConf.update(cfg, new, value, force_add=True)
-    size = OmegaConf.select(cfg, "agent.size") or {}
-
-    def fill(node):
-        for key in list(node):
-            if isinstance(node[key], DictConfig):
-                fill(node[key])
-            elif key in SIZE_KEYS and node[key] is None and size.get(key) is not None:
-                node[key] = size[key]
-
-    for key in list(cfg.get("agent") or {}):
-        if key != "size" and isinstance(cfg.agent[key], DictConfig):
-            fill(cfg.agent[key])
+    if isinstance(cfg.get("agent"), DictConfig):
+        cfg.agent = fill_null_sizes(OmegaConf.to_container(cfg.agent))
     return cfg
 
 

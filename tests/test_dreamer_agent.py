@@ -167,6 +167,10 @@ def test_config_errors():
     cfg = resolve_config({**TINY, "critic": {"units": 7}})
     assert cfg["critic"]["units"] == 7 and cfg["actor"]["units"] == 16
     assert cfg["backbone"]["deter"] == 32 and cfg["world_model"]["encoder"]["depth"] == 2
+    # older configs wrote null for "from agent.size" (worldrl.config.fill_null_sizes)
+    old = resolve_config({**TINY, "backbone": {"name": "rssm", "deter": None},
+                          "critic": {"units": None}})
+    assert old["backbone"]["deter"] == 32 and old["critic"]["units"] == TINY["size"]["units"]
 
 
 @pytest.mark.parametrize("size", ["xs", "s", "m", "l", "xl"])

@@ -32,6 +32,26 @@ MOVED_KEYS = {
 }
 
 
+def fill_null_sizes(agent: dict) -> dict:
+    """Older run configs wrote ``null`` for a size key to mean "from ``agent.size``": set each
+    such key, in every section of the agent config but ``size``, to ``agent["size"]``'s value
+    (in place; returns ``agent``). Used wherever a config reaches the agent: reading an old run
+    (``agents.run_dir.upgrade_config``) and resolving one (``agents.dreamer.resolve_config``)."""
+    size = agent.get("size") or {}
+
+    def fill(node: dict) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                fill(value)
+            elif key in SIZE_KEYS and value is None and size.get(key) is not None:
+                node[key] = size[key]
+
+    for key, value in agent.items():
+        if key != "size" and isinstance(value, dict):
+            fill(value)
+    return agent
+
+
 class ConfigError(ValueError):
     """A bad config name or override; the message names the value and the valid choices."""
 
