@@ -65,6 +65,12 @@ ADDED_KEYS = {
 }
 
 
+#: backbone keys added with a default that changes what the backbone computes, per backbone
+#: name: a run made before them had these values (``upgrade_config`` fills them in, so its
+#: checkpoint loads and acts as it did; resuming it with the new default is a difference)
+ADDED_BACKBONE_KEYS = {"mamba": {"bc_norm": False, "gated_norm": False}}
+
+
 #: keys that were removed; what they set never changed what a run did (DFS's imagination
 #: weights: the loop never drew an imagination batch)
 REMOVED_KEYS = ("replay.dfs.imag_tau", "replay.dfs.alpha", "replay.dfs.beta",
@@ -73,7 +79,8 @@ REMOVED_KEYS = ("replay.dfs.imag_tau", "replay.dfs.alpha", "replay.dfs.beta",
 
 def upgrade_config(cfg: Any) -> DictConfig:
     """A run's config (``config.yaml``, a checkpoint's ``config``) in the current layout: moved
-    keys (:data:`MOVED_KEYS`) at their new place, removed ones (:data:`REMOVED_KEYS`) gone, and
+    keys (:data:`MOVED_KEYS`) at their new place, removed ones (:data:`REMOVED_KEYS`) gone,
+    backbone keys added since (:data:`ADDED_BACKBONE_KEYS`) at what the run did, and
     size keys written as ``null`` (filled from ``agent.size`` by the agent then) set to their
     ``agent.size`` value. A current config comes back unchanged (as a copy)."""
     cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(cfg), resolve=True))
@@ -87,6 +94,11 @@ def upgrade_config(cfg: Any) -> DictConfig:
         del node[leaf]
         if new is not None:
             OmegaConf.update(cfg, new, value, force_add=True)
+    backbone = OmegaConf.select(cfg, "agent.backbone")
+    if isinstance(backbone, DictConfig):
+        for key, value in ADDED_BACKBONE_KEYS.get(backbone.get("name"), {}).items():
+            if key not in backbone:
+                backbone[key] = value
     if isinstance(cfg.get("agent"), DictConfig):
         cfg.agent = fill_null_sizes(OmegaConf.to_container(cfg.agent))
     return cfg

@@ -40,6 +40,12 @@ RUNS = {
     "atari100k-rssm": ("env=atari100k", "backbone=rssm"),
     "atari100k-s4": ("env=atari100k", "backbone=s4"),
     "atari100k-mamba": ("env=atari100k", "backbone=mamba"),
+    # Drama's Mamba-1 mixer, the default before bc_norm / gated_norm (issue 19): its records are
+    # those of the mamba runs made before
+    "gym-mamba-drama": ("env=gym", "backbone=mamba", "agent.backbone.bc_norm=false",
+                        "agent.backbone.gated_norm=false"),
+    "atari100k-mamba-drama": ("env=atari100k", "backbone=mamba", "agent.backbone.bc_norm=false",
+                              "agent.backbone.gated_norm=false"),
     "atari100k_av-rssm-smooth-harmony": ("env=atari100k_av", "backbone=rssm",
                                          "replay.smoothing.mode=gaussian",
                                          "agent.world_model.loss_balance=harmony"),

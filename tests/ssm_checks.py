@@ -56,8 +56,8 @@ def recurrent(m, post, action, is_first):
     return torch.stack(deters, 1), torch.stack(priors, 1)
 
 
-def check_parallel_equals_recurrent(name):
-    m = make(name)
+def check_parallel_equals_recurrent(name, **kw):
+    m = make(name, **kw)
     embed, action, is_first = inputs()
     with torch.no_grad():
         post, prior, last = m.observe(embed, action, is_first, sample=False)
@@ -76,8 +76,8 @@ def check_parallel_equals_recurrent(name):
         torch.testing.assert_close(state[k], v, **TOL)
 
 
-def check_reset_equals_two_sequences(name):
-    m = make(name)
+def check_reset_equals_two_sequences(name, **kw):
+    m = make(name, **kw)
     embed, action, is_first = inputs(B=2, T=10, resets=())
     is_first[:, 6] = True
     action[:, 6] = torch.tensor([5.0, -3.0, 2.0])  # the action before a reset must be ignored
@@ -95,8 +95,8 @@ def check_reset_equals_two_sequences(name):
         torch.testing.assert_close(prior[k][:, 6:], prior_b[k], **TOL)
 
 
-def check_gradients_reach_every_parameter(name):
-    m = make(name)
+def check_gradients_reach_every_parameter(name, **kw):
+    m = make(name, **kw)
     embed, action, is_first = inputs()
     embed.requires_grad_(True)
     post, prior, last = m.observe(embed, action, is_first)
@@ -111,8 +111,8 @@ def check_gradients_reach_every_parameter(name):
     assert embed.grad is not None and embed.grad.abs().sum() > 0
 
 
-def check_imagination_starts(name):
-    m = make(name)
+def check_imagination_starts(name, **kw):
+    m = make(name, **kw)
     embed, action, is_first = inputs(T=10)
     B, T, K = 3, 10, 4
     with torch.no_grad():
@@ -154,10 +154,10 @@ def check_imagination_starts(name):
         torch.testing.assert_close(got[k], ref[k], **TOL)
 
 
-def check_step_paths_agree(name):
+def check_step_paths_agree(name, **kw):
     """``imagine_step`` without autograd (where a backbone steps through an in-place kernel)
     equals the same step with autograd recording, and leaves its input state untouched."""
-    m = make(name)
+    m = make(name, **kw)
     state = {k: torch.randn_like(v) for k, v in m.initial(3).items()}
     before = {k: v.clone() for k, v in state.items()}
     action = torch.eye(3)

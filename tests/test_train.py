@@ -276,6 +276,27 @@ def test_configs_of_the_older_layout_still_resume():
     assert upgrade_config(load_config(same)) == load_config(same)  # the current layout: as is
 
 
+def test_old_mamba_run_keeps_its_mixer():
+    """A mamba run made before bc_norm / gated_norm existed is read with both off (what it
+    computed, so its checkpoint loads and acts as before); resuming it with the new defaults is a
+    difference, and resuming it with both off is not."""
+    from agents.run_dir import config_diff, upgrade_config
+    from worldrl.config import load_config
+
+    base = ["preset=debug", "backbone=mamba", "train.progress=false"]
+    old = OmegaConf.create(OmegaConf.to_container(load_config(base)))  # as read from disk
+    assert old.agent.backbone.bc_norm is True and old.agent.backbone.gated_norm is True
+    del old.agent.backbone["bc_norm"], old.agent.backbone["gated_norm"]
+    up = upgrade_config(old)
+    assert up.agent.backbone.bc_norm is False and up.agent.backbone.gated_norm is False
+    assert config_diff(old, load_config(base)) == ["agent.backbone.bc_norm: False -> True",
+                                                   "agent.backbone.gated_norm: False -> True"]
+    drama = ["agent.backbone.bc_norm=false", "agent.backbone.gated_norm=false"]
+    assert config_diff(old, load_config([*base, *drama])) == []
+    s4 = load_config(["preset=debug", "backbone=s4"])
+    assert "bc_norm" not in upgrade_config(s4).agent.backbone  # other backbones: untouched
+
+
 class _Countdown:
     """Gymnasium env factory: the ``i``-th env made ends after ``3 + 2 i`` steps and pays ``i + 1``
     per step, so every copy's episode return is known."""

@@ -90,6 +90,13 @@ class ConvMixer(nn.Module):
         sw = seg.unfold(1, k - 1, 1)[:, 1:][:, steps]  # [B, n, k-1]
         return win * (sw == sw[..., -1:]).to(win.dtype)[:, :, None, :]
 
+    def _gated_norm(self, y: Tensor, z: Tensor, groups: int = 1) -> Tensor:
+        """``mamba_ssm``'s ``RMSNormGated`` (``norm_before_gate=False``): RMSNorm of ``y *
+        silu(z)`` over each of ``groups`` equal parts of the features, times ``norm_scale``."""
+        g = (y * F.silu(z.float())).unflatten(-1, (groups, -1))
+        g = g * torch.rsqrt(g.square().mean(-1, keepdim=True) + self.norm_eps)
+        return g.flatten(-2) * self.norm_scale
+
     def _conv_step(self, xi: Tensor, conv_state: Tensor) -> tuple[Tensor, Tensor]:
         """One conv step: ``xi [B, C]`` -> ``(conv output [B, C], new rolling state)``."""
         window = torch.cat([conv_state, xi[..., None]], -1)  # [B, C, k]
@@ -101,8 +108,10 @@ class MambaMixer(ConvMixer):
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 1e-1,
-                 dt_floor: float = 1e-4):
+                 dt_floor: float = 1e-4, bc_norm: bool = True, gated_norm: bool = True,
+                 norm_eps: float = 1e-5):
         super().__init__()
+        self.bc_norm, self.gated_norm, self.norm_eps = bc_norm, gated_norm, norm_eps
         self.d_model, self.d_state = d_model, d_state
         self.d_inner = di = expand * d_model
         self.dt_rank = dt_rank or math.ceil(d_model / 16)
@@ -116,13 +125,23 @@ class MambaMixer(ConvMixer):
             self.dt_proj.bias.copy_(dt_bias_init(di, dt_min, dt_max, dt_floor))
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1).float()).repeat(di, 1))
         self.D = nn.Parameter(torch.ones(di))
+        if gated_norm:
+            self.norm_scale = nn.Parameter(torch.ones(di))
         self.out_proj = nn.Linear(di, d_model, bias=False)
 
     # --------------------------------------------------------------------------------- helpers
     def _ssm_inputs(self, xc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``xc [..., d_inner]`` -> ``(dt before softplus/bias, B, C)``."""
+        """``xc [..., d_inner]`` -> ``(dt before softplus/bias, B, C)``; ``B, C`` RMS-normalised
+        over ``d_state`` with ``bc_norm``."""
         dt, b, c = self.x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], -1)
+        if self.bc_norm:
+            b = b * torch.rsqrt(b.square().mean(-1, keepdim=True) + self.norm_eps)
+            c = c * torch.rsqrt(c.square().mean(-1, keepdim=True) + self.norm_eps)
         return dt @ self.dt_proj.weight.t(), b, c
+
+    def _gate(self, y: Tensor, z: Tensor) -> Tensor:
+        """``y * silu(z)``, RMS-normalised (``gated_norm``: Mamba-2's gated RMSNorm)."""
+        return self._gated_norm(y, z) if self.gated_norm else y * F.silu(z)
 
     # ---------------------------------------------------------------------------------- layers
     def forward(self, x: Tensor, reset: Tensor, state: dict[str, Tensor], tail: int = 0
@@ -158,7 +177,7 @@ class MambaMixer(ConvMixer):
             h_last = h[:, -1]
             tails = {"conv": self._conv_states(xpad, seg, slice(pre, T)), "ssm": h}
         y = ys[0] if len(ys) == 1 else torch.cat(ys, 1)
-        y = (y + xc * self.D) * F.silu(z)
+        y = self._gate(y + xc * self.D, z)
         last = {"conv": self._conv_states(xpad, seg, slice(T - 1, T))[:, 0], "ssm": h_last}
         return self.out_proj(y.to(x.dtype)), last, tails
 
@@ -173,7 +192,10 @@ class MambaMixer(ConvMixer):
         if torch.is_grad_enabled():  # the kernel's step writes its state in place
             dt = F.softplus(dt_raw + self.dt_proj.bias)
             ssm = torch.exp(dt[..., None] * A) * ssm + (dt * xc)[..., None] * b[:, None, :]
-            y = ((ssm * c[:, None, :]).sum(-1) + self.D * xc) * F.silu(z)
+            y = self._gate((ssm * c[:, None, :]).sum(-1) + self.D * xc, z)
+        elif self.gated_norm:  # the kernel gates by silu(z) only: the norm after it
+            y = self._gated_norm(kernels.selective_state_update(
+                ssm, xc, dt_raw, A, b, c, self.D, dt_bias=self.dt_proj.bias, dt_softplus=True), z)
         else:
             y = kernels.selective_state_update(ssm, xc, dt_raw, A, b, c, self.D, z,
                                                dt_bias=self.dt_proj.bias, dt_softplus=True)
@@ -221,6 +243,8 @@ class Mamba(MixerStack):
         deter: the size preset's ``deter``; ``d_model = deter // 4`` unless given (S: 512).
         d_model: width of the stack (= ``deter`` features of the states).
         layers: Mamba blocks (Drama: 2). d_state, d_conv, expand, dt_rank: the mixer's.
+        bc_norm, gated_norm: the mixer's normalisations of ``B, C`` and of its gated output
+            (both ``False``: ``mamba_ssm``'s Mamba-1 as Drama uses it; see the module docstring).
     """
 
     layer_prefix = "mamba"
@@ -230,14 +254,16 @@ class Mamba(MixerStack):
                  d_conv: int = 4, expand: int = 2, dt_rank: int | None = None,
                  hidden: int = 256, stoch: int = 32, classes: int = 16, unimix: float = 0.01,
                  act: str = "silu", norm: str = "rms", imglayers: int = 1, obslayers: int = 1,
-                 outscale: float = 1.0, imag_context: int = 8):
+                 outscale: float = 1.0, imag_context: int = 8, bc_norm: bool = True,
+                 gated_norm: bool = True):
         d_model = d_model or max(1, deter // 4)
         super().__init__(embed_size, action_size, d_model=d_model, hidden=hidden, stoch=stoch,
                          classes=classes, unimix=unimix, act=act, norm=norm, imglayers=imglayers,
                          obslayers=obslayers, outscale=outscale, imag_context=imag_context)
         if layers < 1:
             raise ValueError(f"mamba layers must be >= 1, got {layers}")
-        self._init_stack([MambaMixer(d_model, d_state, d_conv, expand, dt_rank)
+        self._init_stack([MambaMixer(d_model, d_state, d_conv, expand, dt_rank,
+                                     bc_norm=bc_norm, gated_norm=gated_norm)
                           for _ in range(layers)], norm)
 
     def _layer_spec(self) -> dict[str, tuple[int, ...]]:

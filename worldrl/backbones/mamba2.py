@@ -75,13 +75,6 @@ class Mamba2Mixer(ConvMixer):
                 b.reshape(*lead, self.ngroups, self.d_state),
                 c.reshape(*lead, self.ngroups, self.d_state))
 
-    def _gated_norm(self, y: Tensor, z: Tensor) -> Tensor:
-        """``mamba_ssm``'s ``RMSNormGated`` (``norm_before_gate=False``): RMSNorm of ``y *
-        silu(z)`` over each group's ``d_inner / ngroups`` features."""
-        g = (y * F.silu(z.float())).unflatten(-1, (self.ngroups, -1))
-        g = g * torch.rsqrt(g.square().mean(-1, keepdim=True) + self.norm_eps)
-        return g.flatten(-2) * self.norm_scale
-
     # ---------------------------------------------------------------------------------- layers
     def forward(self, x: Tensor, reset: Tensor, state: dict[str, Tensor], tail: int = 0
                 ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor] | None]:
@@ -121,7 +114,7 @@ class Mamba2Mixer(ConvMixer):
             ys.append((h * ct[:, :, :, None, :]).sum(-1) + self.D[:, None] * xt)
             y, h_last = torch.cat(ys, 1), h[:, -1]
             tails = {"conv": self._conv_states(xpad, seg, slice(pre, T)), "ssm": h}
-        out = self._gated_norm(y.reshape(Bsz, T, self.d_inner).float(), z)
+        out = self._gated_norm(y.reshape(Bsz, T, self.d_inner).float(), z, self.ngroups)
         last = {"conv": self._conv_states(xpad, seg, slice(T - 1, T))[:, 0], "ssm": h_last}
         return self.out_proj(out.to(x.dtype)), last, tails
 
@@ -142,7 +135,7 @@ class Mamba2Mixer(ConvMixer):
         else:
             y = kernels.ssd_state_update(ssm, xs, dt, A, b, c, D=self.D, dt_bias=self.dt_bias,
                                          dt_softplus=True)
-        out = self._gated_norm(y.reshape(x.shape[0], self.d_inner).float(), z)
+        out = self._gated_norm(y.reshape(x.shape[0], self.d_inner).float(), z, self.ngroups)
         return self.out_proj(out.to(x.dtype)), {"conv": conv_state, "ssm": ssm}
 
 
