@@ -221,6 +221,56 @@ def peer_table(runs_root: Path, plan: list[Planned]) -> list[str]:
     return lines
 
 
+def run_plan(plan: list[Planned], runs_root: Path, parallel: int = 1, minutes: float = 0,
+             on_exit=None) -> None:
+    """Run (or resume) the runs of ``plan`` not finished yet under ``runs_root``, ``parallel`` at
+    a time (1 torch thread each when ``parallel > 1``, else all), logging starts and exits to
+    ``runs_root/study_log.jsonl`` and calling ``on_exit()`` after each run ends. After ``minutes``
+    (0: no limit) the runs in flight are stopped cleanly (SIGTERM: checkpoint, exit 0) and no more
+    start; the next call resumes them."""
+    from benchmarks.machine import commit
+
+    runs_root.mkdir(parents=True, exist_ok=True)
+    log = runs_root / "study_log.jsonl"
+    todo = [q for q in plan if state(runs_root / q.name) != "finished"]
+    threads = 1 if parallel > 1 else 0
+    deadline = time.time() + minutes * 60 if minutes else None
+    active: list[tuple[Planned, subprocess.Popen, float]] = []
+    while todo or active:
+        while todo and len(active) < parallel and (deadline is None or time.time() < deadline):
+            q = todo.pop(0)
+            run_dir = runs_root / q.name
+            err = open(runs_root / f"{q.name}.stderr", "a")
+            proc = subprocess.Popen(command(q, run_dir, threads), cwd=ROOT, stdout=err,
+                                    stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            active.append((q, proc, time.time()))
+            log_line(log, {"run": q.name, "event": "start", "commit": commit(),
+                           "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                           "command": " ".join(command(q, run_dir, threads)[1:])})
+            print(f"started {q.name}", flush=True)
+        if not active:
+            break
+        time.sleep(5)
+        if deadline is not None and time.time() >= deadline:
+            for q, proc, _ in active:
+                if proc.poll() is None and not getattr(proc, "stopping", False):
+                    proc.send_signal(signal.SIGTERM)  # checkpoint and exit 0
+                    proc.stopping = True
+                    print(f"stopping {q.name} (--minutes={minutes} reached)", flush=True)
+        for item in list(active):
+            q, proc, t0 = item
+            if proc.poll() is None:
+                continue
+            active.remove(item)
+            entry = {"run": q.name, "event": "exit", "rc": proc.returncode,
+                     "wall_s": time.time() - t0, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            log_line(log, entry)
+            print(f"{q.name}: exit {proc.returncode} after {entry['wall_s'] / 60:.1f} min",
+                  flush=True)
+            if on_exit is not None:
+                on_exit()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default=str(ROOT / "runs" / "learning"))
@@ -254,47 +304,8 @@ def main(argv=None) -> int:
     if args.report_only:
         write_report(runs_root, out, whole)
         return 0
-    runs_root.mkdir(parents=True, exist_ok=True)
-    log = runs_root / "study_log.jsonl"
-    todo = [q for q in plan if state(runs_root / q.name) != "finished"]
-    threads = 1 if args.parallel > 1 else 0
-    deadline = time.time() + args.minutes * 60 if args.minutes else None
-    active: list[tuple[Planned, subprocess.Popen, float]] = []
-    from benchmarks.machine import commit
-
-    while todo or active:
-        while todo and len(active) < args.parallel and (deadline is None
-                                                        or time.time() < deadline):
-            q = todo.pop(0)
-            run_dir = runs_root / q.name
-            err = open(runs_root / f"{q.name}.stderr", "a")
-            proc = subprocess.Popen(command(q, run_dir, threads), cwd=ROOT, stdout=err,
-                                    stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-            active.append((q, proc, time.time()))
-            log_line(log, {"run": q.name, "event": "start", "commit": commit(),
-                           "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                           "command": " ".join(command(q, run_dir, threads)[1:])})
-            print(f"started {q.name}", flush=True)
-        if not active:
-            break
-        time.sleep(5)
-        if deadline is not None and time.time() >= deadline:
-            for q, proc, _ in active:
-                if proc.poll() is None and not getattr(proc, "stopping", False):
-                    proc.send_signal(signal.SIGTERM)  # checkpoint and exit 0
-                    proc.stopping = True
-                    print(f"stopping {q.name} (--minutes={args.minutes} reached)", flush=True)
-        for item in list(active):
-            q, proc, t0 = item
-            if proc.poll() is None:
-                continue
-            active.remove(item)
-            entry = {"run": q.name, "event": "exit", "rc": proc.returncode,
-                     "wall_s": time.time() - t0, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            log_line(log, entry)
-            print(f"{q.name}: exit {proc.returncode} after {entry['wall_s'] / 60:.1f} min",
-                  flush=True)
-            write_report(runs_root, out, whole)
+    run_plan(plan, runs_root, args.parallel, args.minutes,
+             on_exit=lambda: write_report(runs_root, out, whole))
     write_report(runs_root, out, whole)
     return 0
 

@@ -26,11 +26,21 @@ Task: ``envs/memory.py`` ``recall_K`` (cue bit at t=0, K blank steps, a query, t
 
 Update counts shrink with K to fit a CPU budget (one core): see ``PLAN`` and the notes written to
 the results. Numbers are whatever was measured; no backbone is favoured by the protocol.
+
+**POPGym** (``--kinds popgym``): ``worldrl train env=popgym`` runs, one per task of
+``POPGYM_TASKS`` and backbone, at ``POPGYM`` (the DreamerV3 agent at size XS; SSM imagination
+from exact states, ``imag_context=0``, as R2I), each in its own run directory under
+``--popgym-runs`` (default ``runs/memory``): resumable (``--minutes``: stop cleanly, the next start
+resumes), the runner of ``benchmarks.learning``. The report puts each run's final evaluation (10
+episodes; POPGym's returns lie in [-1, 1]) beside R2I's and DreamerV3's bars from R2I's POPGym
+figure (``benchmarks/r2i_popgym.json``: read off the figure, R2I gives no table; their budget is
+far larger than ours).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import time
@@ -42,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from agents.dreamer import DreamerAgent
+from benchmarks.learning import Planned, run_plan, state
 from benchmarks.machine import stamp, write_report
 from envs.memory import OBS_DIM, recall_episodes
 from worldrl.world_model import WorldModel
@@ -62,6 +73,39 @@ PLAN = {16: dict(wm=64, agent=32), 64: dict(wm=64, agent=16), 256: dict(wm=16, a
         1024: dict(wm=8, agent=4)}
 QUICK = {16: dict(wm=4, agent=4), 64: dict(wm=4, agent=None)}
 WM_LR, AGENT_LR, REW_SCALE = 3e-3, 2e-3, 10.0
+#: R2I's three POPGym tasks (its figure: RepeatPrevious, Autoencode, Concentration) and
+#: CountRecall, at Easy
+POPGYM_TASKS = ("RepeatPreviousEasy", "AutoencodeEasy", "ConcentrationEasy", "CountRecallEasy")
+#: the POPGym runs' settings: 20k env steps at R2I's POPGym train ratio (64: one 16 x 64 update
+#: per 16 env steps, ~1.25k updates, ~20 min per run on one thread)
+POPGYM = ("env=popgym", "size=xs", "steps=20000", "train.train_ratio=64", "eval.every=5000",
+          "eval.episodes=10")
+R2I_POPGYM = Path(__file__).with_name("r2i_popgym.json")
+
+
+def popgym_plan(tasks=POPGYM_TASKS, backbones=BACKBONES, seeds=(0,), extra=()) -> list[Planned]:
+    """The POPGym runs: one per task, backbone and seed (``extra``: overrides added to each)."""
+    return [Planned(f"popgym-{task}-{b}-s{seed}",
+                    (*POPGYM, f"env.task={task}", f"backbone={b}", f"seed={seed}",
+                     *(["agent.backbone.imag_context=0"] if b != "rssm" else []), *extra))
+            for task in tasks for b in backbones for seed in seeds]
+
+
+def popgym_cells(runs_root: Path, plan: list[Planned]) -> list[dict]:
+    """What each planned POPGym run has reached: state, env steps and its evaluations."""
+    cells = []
+    for q in plan:
+        run_dir = runs_root / q.name
+        kv = dict(o.split("=", 1) for o in q.overrides)  # the last of a key wins
+        evals = []
+        if (run_dir / "eval.csv").exists():
+            with open(run_dir / "eval.csv") as f:
+                evals = [[int(float(r["step"])), float(r["return_mean"])]
+                         for r in csv.DictReader(f)]
+        cells.append({"name": q.name, "task": kv["env.task"], "backbone": kv["backbone"],
+                      "seed": int(kv["seed"]), "state": state(run_dir), "evals": evals,
+                      "steps": int(kv["steps"])})
+    return cells
 
 
 def episode_batch(gap: int, n: int, rng: np.random.Generator, actions=None
@@ -103,17 +147,37 @@ def reward_accuracy(wm: WorldModel, data: dict[str, torch.Tensor], chunk: int = 
     return accuracy, float(pred[reward == 1].mean() - pred[reward == 0].mean())
 
 
+@torch.no_grad()
+def cue_signal(wm: WorldModel, gap: int, n: int = 64, seed: int = 5) -> float:
+    """How much the cue reaches the answer step: the mean relative change of ``deter`` at the
+    last step of ``n`` episodes when only their cue is flipped (0: the cue is forgotten)."""
+    data = episode_batch(gap, n, np.random.default_rng(seed))
+    flipped = {k: v.clone() for k, v in data.items()}
+    flipped["vector"][:, 0, :2] = data["vector"][:, 0, [1, 0]]
+    a = wm.observe(data, sample=False)[1]["deter"][:, -1]
+    b = wm.observe(flipped, sample=False)[1]["deter"][:, -1]
+    return float(((a - b).norm(dim=-1) / a.norm(dim=-1)).mean())
+
+
+def make_world_model(backbone: str, **backbone_cfg) -> WorldModel:
+    """The benchmark's world model: ``BACKBONE_CFG[backbone]`` updated by ``backbone_cfg``."""
+    return WorldModel(OBS_SPACE, 2, backbone, {**BACKBONE_CFG[backbone], **backbone_cfg},
+                      loss_scales={"rew": REW_SCALE}, **HEADS)
+
+
 def world_model_run(backbone: str, gap: int, seconds: float, batch: int, seed: int = 0,
-                    max_updates: int | None = None) -> dict:
-    """Train for ``seconds`` of wall-clock (or ``max_updates``), then measure the accuracy."""
+                    max_updates: int | None = None, curve_every: int | None = None,
+                    stop_at: float | None = None, backbone_cfg: dict | None = None) -> dict:
+    """Train for ``seconds`` of wall-clock (or ``max_updates``), then measure the accuracy;
+    ``curve_every``: also the separation every that many updates (``curve``: [updates, sep]),
+    stopping early once it reaches ``stop_at``; ``backbone_cfg`` updates ``BACKBONE_CFG``."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    wm = WorldModel(OBS_SPACE, 2, backbone, BACKBONE_CFG[backbone],
-                    loss_scales={"rew": REW_SCALE}, **HEADS)
+    wm = make_world_model(backbone, **(backbone_cfg or {}))
     opt = torch.optim.Adam(wm.parameters(), lr=WM_LR)
     test = episode_batch(gap, 256, np.random.default_rng(10_000 + seed))
     start = time.perf_counter()
-    losses = []
+    losses, curve = [], []
     updates = 0
     while time.perf_counter() - start < seconds and updates < (max_updates or 10**9):
         updates += 1
@@ -123,12 +187,17 @@ def world_model_run(backbone: str, gap: int, seconds: float, batch: int, seed: i
         torch.nn.utils.clip_grad_norm_(wm.parameters(), 100.0)
         opt.step()
         losses.append(float(terms["rew"][:, -1].mean().detach()))
+        if curve_every and updates % curve_every == 0:
+            curve.append([updates, round(reward_accuracy(wm, test)[1], 4)])
+            if stop_at is not None and curve[-1][1] >= stop_at:
+                break
     train_s = time.perf_counter() - start
     return {"backbone": backbone, "gap": gap, "updates": updates, "batch": batch,
             "seq_len": gap + 3, **dict(zip(("accuracy", "separation"),
                                            reward_accuracy(wm, test))),
             "final_reward_loss": float(np.mean(losses[-10:])) if losses else None,
-            "params": sum(p.numel() for p in wm.parameters()), "train_s": train_s}
+            "params": sum(p.numel() for p in wm.parameters()), "train_s": train_s,
+            **({"curve": curve} if curve_every else {})}
 
 
 def agent_config(backbone: str) -> dict:
@@ -194,24 +263,28 @@ def agent_run(backbone: str, gap: int, seconds: float, batch: int, seed: int = 0
 
 
 def _cell(kind: str, backbone: str, gap: int, seconds: float, batch: int, cap: int | None,
-          threads: int) -> tuple[str, dict]:
+          threads: int, stop_at: float | None = None) -> tuple[str, dict]:
     torch.set_num_threads(threads)
-    run = world_model_run if kind == "world_model" else agent_run
-    return kind, run(backbone, gap, seconds, batch, max_updates=cap)
+    if kind == "world_model":
+        return kind, world_model_run(backbone, gap, seconds, batch, max_updates=cap,
+                                     curve_every=100 if stop_at is not None else None,
+                                     stop_at=stop_at)
+    return kind, agent_run(backbone, gap, seconds, batch, max_updates=cap)
 
 
-def run_cells(cells: list[tuple], cap: int | None, jobs: int, threads: int):
-    """Yield ``(kind, result)`` per cell, in order; ``jobs > 1`` runs cells in worker processes
-    (spawned, ``threads`` torch threads each) so that a wall-clock budget is not shared."""
+def run_cells(cells: list[tuple], jobs: int, threads: int, stop_at: float | None = None):
+    """Yield ``(kind, result)`` per cell ``(kind, backbone, gap, seconds, batch, cap)``, in
+    order; ``jobs > 1`` runs cells in worker processes (spawned, ``threads`` torch threads each)
+    so that a wall-clock budget is not shared."""
     if jobs <= 1:
         for cell in cells:
-            yield _cell(*cell, cap, threads)
+            yield _cell(*cell, threads, stop_at)
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_cell, *cell, cap, threads) for cell in cells]
+        futures = [pool.submit(_cell, *cell, threads, stop_at) for cell in cells]
         for f in futures:
             yield f.result()
 
@@ -232,7 +305,19 @@ def merge(old: dict, new: dict) -> dict:
                 if (r["backbone"], r["gap"]) not in fresh]
         out[kind] = kept + [{**r, "run": r["run"] + len(runs)} for r in new[kind]]
         out[kind].sort(key=lambda r: (r["gap"], BACKBONES.index(r["backbone"])))
+    seen = {c["name"]: c for c in new.get("popgym", []) if c["state"] != "new"}
+    out["popgym"] = [seen.get(c["name"], c) for c in old.get("popgym", [])]
+    out["popgym"] += [c for c in new.get("popgym", []) if c["name"] not in
+                      {o["name"] for o in out["popgym"]}]
     return out
+
+
+def _budget(budget: dict, key: str, what: str) -> str:
+    if budget.get(f"{key}_updates"):
+        stop = budget.get("stop_at") if key == "wm" else None
+        return (f"{budget[f'{key}_updates']} updates per {what}"
+                + (f" (stopped once the separation reached {stop})" if stop is not None else ""))
+    return f"{budget[f'{key}_seconds']:.0f} s per {what}"
 
 
 def markdown(result: dict) -> str:
@@ -242,8 +327,9 @@ def markdown(result: dict) -> str:
     for i, run in enumerate(runs, 1):
         budget = run["budget"]
         kinds = budget.get("kinds", ["world_model", "agent"])
-        per = [f"{budget['wm_seconds']:.0f} s per world model" if "world_model" in kinds else "",
-               f"{budget['agent_seconds']:.0f} s per agent" if "agent" in kinds else ""]
+        per = [_budget(budget, "wm", "world model") if "world_model" in kinds else "",
+               _budget(budget, "agent", "agent") if "agent" in kinds else "",
+               "POPGym runs (below)" if "popgym" in kinds else ""]
         lines.append(
             f"Run {i}: `{run['command']}` — commit `{run['commit']}`, {run['date']}, "
             f"{run['machine']['cpu']} ({run['machine']['torch_threads']} thread per cell, "
@@ -251,8 +337,9 @@ def markdown(result: dict) -> str:
             f"{', '.join(x for x in per if x)}.")
         lines.append("")
     lines += [
-        "Within a run every cell of a kind trains for the same wall-clock budget on one CPU "
-        "thread; brackets: updates done x batch size" + (", run" if len(runs) > 1 else "") + ".",
+        "Within a run every cell of a kind trains for the same budget (wall-clock or updates) on "
+        "one CPU thread; brackets: updates done x batch size"
+        + (", run" if len(runs) > 1 else "") + ".",
         "",
         "## World-model reward prediction at the answer", "",
         "Accuracy of `pred > 0.5` (chance 0.50) / separation `mean pred | right - mean pred | "
@@ -274,8 +361,45 @@ def markdown(result: dict) -> str:
                  f"{ab[(b, g)]['batch']}{_run(ab[(b, g)], runs)})" if (b, g) in ab
                  else "not run" for b in BACKBONES]
         lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    if result.get("popgym"):
+        lines += popgym_markdown(result["popgym"])
     lines += ["", *[f"- {n}" for n in result["notes"]], ""]
     return "\n".join(lines)
+
+
+def _r2i(task: str) -> tuple[str, str]:
+    """R2I's and DreamerV3's bars for a POPGym task name (``RepeatPreviousEasy``), or ``""``."""
+    ref = json.loads(R2I_POPGYM.read_text())["scores"]
+    for family, levels in ref.items():
+        for level, methods in levels.items():
+            if task == family + level:
+                return tuple("" if methods.get(m) is None else f"{methods[m]:.2f}"
+                             for m in ("R2I", "DreamerV3"))
+    return "not reported", "not reported"
+
+
+def popgym_markdown(cells: list[dict]) -> list[str]:
+    lines = ["", "## POPGym: agent return (final evaluation, 10 episodes; returns in [-1, 1])", "",
+             "Settings: `worldrl train " + " ".join(POPGYM) + " env.task=T backbone=B seed=0` "
+             "(`agent.backbone.imag_context=0` for the SSMs), one thread per run; each run's "
+             "commits and dates: `runs/memory/study_log.jsonl`. R2I and DreamerV3: bar heights "
+             "read off R2I's POPGym figure (`benchmarks/r2i_popgym.json`), at R2I's budget, far "
+             "beyond ours.", "",
+             "| task | " + " | ".join(BACKBONES) + " | R2I | DreamerV3 |",
+             "|---|" + "---|" * (len(BACKBONES) + 2)]
+    by = {(c["task"], c["backbone"]): c for c in cells}
+    for task in dict.fromkeys(c["task"] for c in cells):
+        row = []
+        for b in BACKBONES:
+            c = by.get((task, b))
+            if c is None or not c["evals"]:
+                row.append("not run" if c is None or c["state"] == "new" else "started")
+                continue
+            step, ret = c["evals"][-1]
+            row.append(f"{ret:+.2f}" + ("" if c["state"] == "finished"
+                                        else f" (at {step // 1000}k, unfinished)"))
+        lines.append(f"| {task} | " + " | ".join(row) + " | " + " | ".join(_r2i(task)) + " |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,24 +409,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gaps", nargs="+", type=int, default=None)
     p.add_argument("--wm-seconds", type=float, default=60.0, help="budget per world model")
     p.add_argument("--agent-seconds", type=float, default=100.0, help="budget per agent")
+    p.add_argument("--wm-updates", type=int, default=None,
+                   help="budget per world model in updates (instead of --wm-seconds)")
+    p.add_argument("--agent-updates", type=int, default=None,
+                   help="budget per agent in updates (instead of --agent-seconds)")
+    p.add_argument("--stop-at", type=float, default=None,
+                   help="stop a world model once its separation (checked every 100 updates) "
+                        "reaches this")
     p.add_argument("--out", default="results/memory", help="path stem for .json and .md")
     p.add_argument("--kinds", nargs="+", default=["world_model", "agent"],
-                   choices=["world_model", "agent"], help="which measurements to run")
+                   choices=["world_model", "agent", "popgym"], help="which measurements to run")
+    p.add_argument("--popgym-tasks", nargs="+", default=list(POPGYM_TASKS))
+    p.add_argument("--popgym-runs", default="runs/memory",
+                   help="where the POPGym runs live (resumable)")
+    p.add_argument("--minutes", type=float, default=0,
+                   help="POPGym: stop the runs in flight cleanly after this long (resumable)")
+    p.add_argument("--popgym-extra", nargs="*", default=[],
+                   help="POPGym: overrides added to every run (e.g. steps=300 for a smoke test)")
     p.add_argument("--merge", action="store_true",
-                   help="keep the cells of the existing OUT.json that this command does not run")
+                   help="keep the cells of the existing OUT.json that this command does not run "
+                        "(implied when --kinds leaves out world_model or agent)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per cell")
     p.add_argument("--jobs", type=int, default=1,
                    help="cells run at once, each in its own process (jobs x threads <= cores)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     plan = QUICK if args.quick else PLAN
-    cap = 3 if args.quick else None
+    wm_cap, agent_cap = (3, 3) if args.quick else (args.wm_updates, args.agent_updates)
+    wm_s = float("inf") if wm_cap else args.wm_seconds
+    agent_s = float("inf") if agent_cap else args.agent_seconds
     gaps = args.gaps or sorted(plan)
     unknown = [g for g in gaps if g not in plan]
     if unknown:
         p.error(f"no plan for gap(s) {unknown}; choose from {sorted(plan)}")
     command = "python -m benchmarks.memory " + " ".join(argv if argv is not None else sys.argv[1:])
     budget = {"wm_seconds": args.wm_seconds, "agent_seconds": args.agent_seconds,
+              "wm_updates": wm_cap, "agent_updates": agent_cap, "stop_at": args.stop_at,
               "jobs": args.jobs, "kinds": list(args.kinds)}
     result = {"runs": [{**stamp(command.strip()), "budget": budget}], "world_model": [],
               "agent": [], "notes": [
@@ -317,19 +459,29 @@ def main(argv: list[str] | None = None) -> int:
         "the budget, not that the backbone cannot learn it.",
     ]}  # fmt: skip
     old = None
-    if args.merge:
-        path = Path(args.out).with_suffix(".json")
-        if not path.exists():
-            p.error(f"--merge: {path} does not exist")
-        old = json.loads(path.read_text())
+    path = Path(args.out).with_suffix(".json")
+    if args.merge and not path.exists():
+        p.error(f"--merge: {path} does not exist")
+    if args.merge or (path.exists() and not {"world_model", "agent"} <= set(args.kinds)):
+        old = json.loads(path.read_text())  # a partial study keeps the other kinds' cells
     cells = []
     if "world_model" in args.kinds:
-        cells += [("world_model", b, g, args.wm_seconds, plan[g]["wm"]) for g in gaps
+        cells += [("world_model", b, g, wm_s, plan[g]["wm"], wm_cap) for g in gaps
                   for b in args.backbones]
     if "agent" in args.kinds:
-        cells += [("agent", b, g, args.agent_seconds, plan[g]["agent"]) for g in gaps
+        cells += [("agent", b, g, agent_s, plan[g]["agent"], agent_cap) for g in gaps
                   if plan[g].get("agent") for b in args.backbones]
-    for kind, r in run_cells(cells, cap, args.jobs, args.threads):
+    popgym_root = Path(args.popgym_runs)
+    full = popgym_plan(args.popgym_tasks, args.backbones, extra=args.popgym_extra)
+
+    def report() -> None:
+        result["popgym"] = popgym_cells(popgym_root, full)
+        whole = merge(old, result) if old is not None else result
+        write_report(args.out, whole, markdown(whole))
+
+    if "popgym" in args.kinds:
+        run_plan(full, popgym_root, args.jobs, args.minutes, on_exit=report)
+    for kind, r in run_cells(cells, args.jobs, args.threads, args.stop_at):
         result[kind].append({**r, "run": 0})
         if kind == "world_model":
             print(f"world model {r['backbone']:6s} K={r['gap']:5d}: accuracy "
@@ -338,9 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"agent       {r['backbone']:6s} K={r['gap']:5d}: success {r['success']:.3f} "
                   f"({r['updates']} updates)", flush=True)
-    if old is not None:
-        result = merge(old, result)
-    write_report(args.out, result, markdown(result))
+        report()  # after every cell, so that a stopped study keeps what it measured
+    report()
     return 0
 
 
