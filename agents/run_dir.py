@@ -68,7 +68,8 @@ ADDED_KEYS = {
 #: backbone keys added with a default that changes what the backbone computes, per backbone
 #: name: a run made before them had these values (``upgrade_config`` fills them in, so its
 #: checkpoint loads and acts as it did; resuming it with the new default is a difference)
-ADDED_BACKBONE_KEYS = {"mamba": {"bc_norm": False, "gated_norm": False}}
+ADDED_BACKBONE_KEYS = {"mamba": {"bc_norm": False, "gated_norm": False},
+                       "mamba2": {"bc_norm": False}}
 
 
 #: keys that were removed; what they set never changed what a run did (DFS's imagination

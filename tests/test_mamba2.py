@@ -60,3 +60,30 @@ def test_exact_imagination_starts_across_chunks():
 
 def test_cli_trains_on_dmc(tmp_path):
     checks.cli_smoke(tmp_path, "mamba2", "dmc")
+
+
+@pytest.mark.parametrize("check", [checks.check_parallel_equals_recurrent,
+                                   checks.check_reset_equals_two_sequences,
+                                   checks.check_step_paths_agree,
+                                   checks.check_gradients_reach_every_parameter],
+                         ids=lambda c: c.__name__[len("check_"):])
+def test_contract_without_bc_norm(check):
+    """mamba_ssm's Mamba-2 mixer (bc_norm off) keeps the contract too."""
+    check("mamba2", bc_norm=False)
+
+
+def test_bc_norm():
+    """bc_norm: B and C of unit RMS over d_state per group; off: the conv's output as is."""
+    on = checks.make("mamba2", ngroups=2).mixers[0]
+    off = checks.make("mamba2", ngroups=2, bc_norm=False).mixers[0]
+    assert on.bc_norm and not off.bc_norm
+    xbc = torch.randn(5, on.conv_dim)
+    x, b, c = on._split_xbc(xbc)
+    for t in (b, c):
+        assert t.shape == (5, 2, on.d_state)
+        torch.testing.assert_close(t.square().mean(-1), torch.ones(5, 2), atol=1e-4, rtol=0)
+    x0, b0, c0 = off._split_xbc(xbc)
+    n = 2 * off.d_state
+    torch.testing.assert_close(x0, x)
+    torch.testing.assert_close(b0.flatten(-2), xbc[:, off.d_inner:off.d_inner + n])
+    torch.testing.assert_close(c0.flatten(-2), xbc[:, off.d_inner + n:])

@@ -1,6 +1,6 @@
-"""The recall task of ``benchmarks.memory`` (a cue bit, K blank steps, a query, the answer's reward):
-the cue reaches the answer step of every backbone's world model, and each learns the recall within
-a bounded number of updates (slow)."""
+"""The recall task of ``benchmarks.memory`` (a cue bit, K blank steps, a query, the answer's
+reward): the cue reaches the answer step of every backbone's world model, and each learns the
+recall within a bounded number of updates (slow); the POPGym part of its report."""
 
 import pytest
 import torch
@@ -17,10 +17,21 @@ GAP = 16
 @pytest.mark.parametrize("backbone", memory.BACKBONES)
 def test_the_cue_reaches_the_answer_step(backbone):
     """At init, flipping only the cue moves ``deter`` at the answer step, K + 2 steps later, by
-    more than 1e-4 (relative): rssm ~1e-1, s4 and mamba ~1e-2, mamba2 ~1e-3 over seeds."""
+    more than 1e-3 (relative): rssm ~1e-1, s4, mamba and mamba2 ~1e-2 over seeds."""
     for seed in range(3):
         torch.manual_seed(seed)
-        assert memory.cue_signal(memory.make_world_model(backbone), GAP) > 1e-4, seed
+        assert memory.cue_signal(memory.make_world_model(backbone), GAP) > 1e-3, seed
+
+
+def test_mamba2_without_bc_norm_carries_the_cue_weakly():
+    """mamba_ssm's Mamba-2 (B, C from the conv as they are): ~1e-3, below s4 by ~10x; with
+    bc_norm ~1e-2 (and the recall learned on seed 2, where it was not in 2,000 updates)."""
+    for seed in range(3):
+        torch.manual_seed(seed)
+        plain = memory.cue_signal(memory.make_world_model("mamba2", bc_norm=False), GAP)
+        torch.manual_seed(seed)
+        ours = memory.cue_signal(memory.make_world_model("mamba2"), GAP)
+        assert plain < 3e-3 and ours > 5 * plain, (seed, plain, ours)
 
 
 def test_drama_mamba_mixer_barely_carries_the_cue():

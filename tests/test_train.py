@@ -293,6 +293,9 @@ def test_old_mamba_run_keeps_its_mixer():
                                                    "agent.backbone.gated_norm: False -> True"]
     drama = ["agent.backbone.bc_norm=false", "agent.backbone.gated_norm=false"]
     assert config_diff(old, load_config([*base, *drama])) == []
+    m2 = OmegaConf.create(OmegaConf.to_container(load_config(["preset=debug", "backbone=mamba2"])))
+    del m2.agent.backbone["bc_norm"]
+    assert upgrade_config(m2).agent.backbone.bc_norm is False
     s4 = load_config(["preset=debug", "backbone=s4"])
     assert "bc_norm" not in upgrade_config(s4).agent.backbone  # other backbones: untouched
 
