@@ -35,7 +35,7 @@ def test_mamba2_without_bc_norm_carries_the_cue_weakly():
 
 
 def test_drama_mamba_mixer_barely_carries_the_cue():
-    """Why the Mamba world model never learned the recall: with ``B, C`` straight from ``x_proj``
+    """Why the Mamba world model rarely learned the recall: with ``B, C`` straight from ``x_proj``
     (RMS ~0.07) and no norm of the gated output, the cue moves the answer step's ``deter`` by
     ~2e-5, a hundredth of what the default mixer (``bc_norm``, ``gated_norm``) carries."""
     for seed in range(3):
