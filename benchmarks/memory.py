@@ -81,6 +81,12 @@ POPGYM_TASKS = ("RepeatPreviousEasy", "AutoencodeEasy", "ConcentrationEasy", "Co
 POPGYM = ("env=popgym", "size=xs", "steps=20000", "train.train_ratio=64", "eval.every=5000",
           "eval.episodes=10")
 R2I_POPGYM = Path(__file__).with_name("r2i_popgym.json")
+#: facts about cells of earlier runs, shown under every report
+STANDING_NOTES = (
+    "mamba cells of runs before commit 1eaa338 (2026-11-28) are Drama's Mamba-1 mixer (bc_norm "
+    "and gated_norm off: the cue reached the answer step ~1e3 weaker than in s4); mamba2 cells "
+    "before 459626e have no bc_norm (worldrl/backbones/mamba.py, benchmarks/mamba_recall.py).",
+)
 
 
 def popgym_plan(tasks=POPGYM_TASKS, backbones=BACKBONES, seeds=(0,), extra=()) -> list[Planned]:
@@ -363,7 +369,7 @@ def markdown(result: dict) -> str:
         lines.append(f"| {g} | " + " | ".join(cells) + " |")
     if result.get("popgym"):
         lines += popgym_markdown(result["popgym"])
-    lines += ["", *[f"- {n}" for n in result["notes"]], ""]
+    lines += ["", *[f"- {n}" for n in (*result["notes"], *STANDING_NOTES)], ""]
     return "\n".join(lines)
 
 
@@ -430,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="keep the cells of the existing OUT.json that this command does not run "
                         "(implied when --kinds leaves out world_model or agent)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per cell")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite OUT.md from OUT.json (and the POPGym runs there are)")
     p.add_argument("--jobs", type=int, default=1,
                    help="cells run at once, each in its own process (jobs x threads <= cores)")
     args = p.parse_args(argv)
@@ -460,6 +468,16 @@ def main(argv: list[str] | None = None) -> int:
     ]}  # fmt: skip
     old = None
     path = Path(args.out).with_suffix(".json")
+    if args.report_only:
+        if not path.exists():
+            p.error(f"--report-only: {path} does not exist")
+        whole = json.loads(path.read_text())
+        found = popgym_cells(Path(args.popgym_runs), popgym_plan(
+            args.popgym_tasks, args.backbones, extra=args.popgym_extra))
+        whole = merge(whole, {"runs": [], "world_model": [], "agent": [], "popgym": found,
+                              "notes": whole["notes"]})
+        write_report(args.out, whole, markdown(whole))
+        return 0
     if args.merge and not path.exists():
         p.error(f"--merge: {path} does not exist")
     if args.merge or (path.exists() and not {"world_model", "agent"} <= set(args.kinds)):
