@@ -1,4 +1,5 @@
-"""Benchmark the scans: ``python -m kernels.bench`` writes results/kernels.json and .png.
+"""Benchmark the scans: ``python -m kernels.bench`` writes results/kernels.json and .png
+(``--ops ssd_chunk_scan``: that op only, the others' entries of the JSON kept).
 
 For T in {64, 256, 1024, 4096, 16384} it times forward and forward+backward, reports the bytes that
 must move divided by the time (GB/s) and the peak memory of one call, for:
@@ -454,6 +455,10 @@ def plot(results: dict, path: Path) -> None:
 # ------------------------------------------------------------------------------ main
 
 
+#: the ops the benchmark times
+OPS = ("linear_scan", "selective_scan", "ssd_chunk_scan")
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -467,6 +472,9 @@ def main(argv=None) -> dict:
                    help="interleaved timing rounds per size (the fastest round is reported)")
     p.add_argument("--out", default="results/kernels.json")
     p.add_argument("--png", default="results/kernels.png")
+    p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS),
+                   help="ops to time; with a subset, the other ops' entries of an existing --out "
+                        "are kept (each measured op records its own machine, commit and date)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
@@ -485,6 +493,13 @@ def main(argv=None) -> dict:
     def log(msg):
         print(msg, flush=True)
 
+    out = Path(args.out)
+    kept = {}
+    if set(args.ops) != set(OPS) and out.exists():
+        old = json.loads(out.read_text())
+        if old.get("device") == str(device):
+            kept = {op: {"machine": old["machine"], **old[op]} for op in OPS
+                    if op not in args.ops and op in old}
     results = {"machine": machine_info(device), "device": str(device), "dtype": "float32",
                "seqlens": list(SEQLENS),
                "timing": f"fastest call of {args.rounds} interleaved rounds (each: warm-up, "
@@ -493,6 +508,26 @@ def main(argv=None) -> dict:
     log(f"machine: {results['machine']}")
     copy_bw = copy_bandwidth(device)
     results["copy_gb_per_s"] = copy_bw
+    if "linear_scan" in args.ops:
+        _bench_linear_scan(results, device, ls_sizes, args, log, copy_bw)
+    if "selective_scan" in args.ops:
+        _bench_selective_scan(results, device, ss_sizes, args, log)
+    if "ssd_chunk_scan" in args.ops:
+        _bench_ssd(results, device, ssd_sizes, args, log)
+    for op in args.ops:
+        results[op]["machine"] = results["machine"]
+    results.update(kept)
+    results["min_speedup_T_ge_256"] = {
+        op: _min_speedup(results[op]["rows"]) for op in ("linear_scan", "selective_scan")
+        if op in results}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, Path(args.png))
+    log(f"wrote {out} and {args.png}")
+    return results
+
+
+def _bench_linear_scan(results, device, ls_sizes, args, log, copy_bw):
     ls_rows = bench_linear_scan(device, ls_sizes, args.reps, args.budget, log, args.rounds)
     if copy_bw:
         for row in ls_rows:
@@ -505,6 +540,9 @@ def main(argv=None) -> dict:
         "ours": "kernels.linear_scan, backend auto (CUDA: Triton; CPU: "
                 f"{results['machine']['cpu_linear_scan_backend']})",
     }
+
+
+def _bench_selective_scan(results, device, ss_sizes, args, log):
     ss_rows = bench_selective_scan(device, ss_sizes, args.reps, args.budget, log, args.rounds)
     results["selective_scan"] = {
         "sizes": ss_sizes,
@@ -517,9 +555,9 @@ def main(argv=None) -> dict:
         "ours": "kernels.selective_scan, backend auto (CUDA: Triton; CPU: the PyTorch path, whose "
                 f"inner scan is linear_scan's {results['machine']['cpu_linear_scan_backend']})",
     }
-    results["min_speedup_T_ge_256"] = {
-        op: _min_speedup(results[op]["rows"]) for op in ("linear_scan", "selective_scan")
-    }
+
+
+def _bench_ssd(results, device, ssd_sizes, args, log):
     ssd_rows = bench_ssd(device, ssd_sizes, args.reps, args.budget, log, args.rounds)
     results["ssd_chunk_scan"] = {
         "sizes": ssd_sizes,
@@ -538,12 +576,6 @@ def main(argv=None) -> dict:
         # kept beside the op: the top-level min_speedup_T_ge_256 covers the two scans above
         "min_speedup_T_ge_256": _min_speedup(ssd_rows),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, Path(args.png))
-    log(f"wrote {out} and {args.png}")
-    return results
 
 
 if __name__ == "__main__":

@@ -49,3 +49,24 @@ def test_bench_writes_json_and_png(monkeypatch, tmp_path):
     ss_row = res["selective_scan"]["rows"][0]
     assert ss_row["speedup_vs_loop"]["fwd"] > 0 and "ours" in ss_row and "loop" in ss_row
     assert set(res["min_speedup_T_ge_256"]) == {"linear_scan", "selective_scan"}
+
+
+def test_bench_ops_subset_keeps_the_other_ops(monkeypatch, tmp_path):
+    """--ops times only the ops named; the other ops' entries of the existing --out stay, each
+    with the machine (commit, date) that measured it."""
+    monkeypatch.setattr(kb, "SEQLENS", (8,))
+    out, png = tmp_path / "k.json", tmp_path / "k.png"
+    common = ["--device", "cpu", "--rounds", "1", "--reps", "1", "--budget", "0.05",
+              "--out", str(out), "--png", str(png)]
+    kb.main([*common, "--ops", "linear_scan"])
+    first = json.loads(out.read_text())
+    assert "linear_scan" in first and "ssd_chunk_scan" not in first
+    first["linear_scan"]["machine"]["date"] = "then"  # told apart from the second run's
+    out.write_text(json.dumps(first))
+    kb.main([*common, "--ops", "ssd_chunk_scan"])
+    res = json.loads(out.read_text())
+    assert res["linear_scan"]["rows"] == first["linear_scan"]["rows"]
+    assert res["linear_scan"]["machine"]["date"] == "then"
+    assert res["ssd_chunk_scan"]["rows"][0]["T"] == 8
+    assert res["ssd_chunk_scan"]["machine"]["date"] != "then"
+    assert set(res["min_speedup_T_ge_256"]) == {"linear_scan"}
