@@ -50,6 +50,7 @@ class Run:
     method: str = ""
     method_key: str = ""
     extra: dict = field(default_factory=dict)
+    episodes: list[tuple[float, float]] = field(default_factory=list)  # training (step, return)
 
     @property
     def suite(self) -> str:
@@ -89,6 +90,17 @@ def _read_evals(path: Path) -> list[dict[str, float]]:
     return [r for r in rows if "step" in r and "return_mean" in r]
 
 
+def _read_episodes(path: Path) -> list[tuple[float, float]]:
+    """``episodes.csv``'s training episodes as ``(step it ended at, return)``."""
+    out = []
+    for row in read_csv(path):
+        try:
+            out.append((float(row["step"]), float(row["return"])))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
 def find_runs(paths: list[str | Path]) -> list[Run]:
     """Every run directory at or below ``paths`` (one with ``config.yaml``)."""
     from omegaconf import OmegaConf
@@ -112,7 +124,8 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
                 continue  # a Hydra output folder or another tool's config
             summary_file = run_dir / "summary.json"
             summary = json.loads(summary_file.read_text()) if summary_file.exists() else None
-            found[run_dir] = Run(run_dir, config, _read_evals(run_dir / "eval.csv"), summary)
+            found[run_dir] = Run(run_dir, config, _read_evals(run_dir / "eval.csv"), summary,
+                                 episodes=_read_episodes(run_dir / "episodes.csv"))
     runs = list(found.values())
     _name_methods(runs)
     return runs
@@ -218,6 +231,20 @@ def reference_curve(suite: str, task: str, reference: dict | None) -> tuple[list
     return list(x), list(entry["mean_return"])
 
 
+#: the windows of DreamerV3's curves (training episodes ending within +-window of x; the
+#: reference file's, in frames) in our agent steps
+TRAIN_WINDOW = {"atari100k": 4000 / 4, "dmc_proprio": 5000 / DREAMERV3_DMC_REPEAT,
+                "dmc": 10000 / DREAMERV3_DMC_REPEAT}
+
+
+def training_return(run: Run, at: float, window: float) -> float | None:
+    """The mean return of ``run``'s training episodes that ended within ``window`` steps of
+    ``at`` (at the end of a run: the last ``window`` steps), as DreamerV3's curves count; None
+    when none did."""
+    near = [r for s, r in run.episodes if abs(s - at) <= window]
+    return float(np.mean(near)) if near else None
+
+
 def _on_schedule(run: Run) -> dict[float, float]:
     """A run's evaluations keyed by the point of its schedule they belong to. An evaluation runs
     at the first collector batch at or past each interval (counted from the last one, also across
@@ -285,6 +312,17 @@ def report(paths: list[str | Path], out: str | Path, baselines_file: Path = BASE
         if suite == "atari100k" and task in baselines["games"]:
             row["hns"] = [human_normalised(task, f, baselines) for f in finals]
             row["hns_mean"] = float(np.mean(row["hns"]))
+        window = TRAIN_WINDOW.get(suite)
+        if window:  # like for like with DreamerV3's curves, which are training episodes
+            near = [training_return(r, r.env_steps, window) for r in group]
+            near = [v for v in near if v is not None]
+            if near:
+                row["train_end"] = {"mean": float(np.mean(near)), "runs": len(near),
+                                    "window": window}
+            xs = row["curve"]["x"]
+            per_x = [[training_return(r, x, window) for r in group] for x in xs]
+            row["train_curve"] = {"x": [x for x, v in zip(xs, per_x) if None not in v],
+                                  "mean": [float(np.mean(v)) for v in per_x if None not in v]}
         ref = reference_curve(suite, task, reference)
         if ref:
             steps = max(row["env_steps"])
@@ -328,8 +366,9 @@ def _ci(v: float, ci: list[float]) -> str:
 def render(result: dict) -> str:
     lines = ["| suite | task | method | runs | env steps | final eval: mean [95% CI], or the "
              "runs when fewer than 3 | "
-             "HNS | DreamerV3 at these steps | curve |",
-             "|---|---|---|---:|---:|---|---:|---:|---|"]
+             "HNS | training episodes near the end | DreamerV3 at these steps (training "
+             "episodes) | curve |",
+             "|---|---|---|---:|---:|---|---:|---:|---:|---|"]
     for r in result["rows"]:
         runs = f"{r['runs']}" + (f" ({len(r['unfinished'])} unfinished)" if r["unfinished"]
                                  else "")
@@ -341,9 +380,16 @@ def render(result: dict) -> str:
         else:
             final = _ci(r["final_mean"], r["final_ci"])
         ref = f"{r['reference']['at_our_steps']:.1f}" if "reference" in r else ""
+        train = f"{r['train_end']['mean']:.3g}" if "train_end" in r else ""
         png = f"[png]({Path(r['png']).name})" if r.get("png") else ""
         lines.append(f"| {r['suite']} | {r['task']} | {r['method']} | {runs} | {steps} | "
-                     f"{final} | {hns} | {ref} | {png} |")
+                     f"{final} | {hns} | {train} | {ref} | {png} |")
+    if any("train_end" in r for r in result["rows"]):
+        lines += ["", "Training episodes near the end: the mean return of the training episodes "
+                  "(the policy's samples) that ended in the last 1,000 agent steps (Atari100k; "
+                  "DMC proprio 2,500, vision 5,000), the window of DreamerV3's published curves, "
+                  "which are training episodes too; the final evaluation plays the policy's mode "
+                  "unless `eval.sample=true`."]
     differs = {r["method"]: r["differs"] for r in result["rows"] if r.get("differs")}
     if differs:
         lines += ["", "Methods that share a name differ in:"]
@@ -394,9 +440,14 @@ def _plot(row: dict, out: Path) -> Path:
         ax.set_xlabel(label)
         ax.set_ylabel("eval return")
         ax.grid(alpha=0.3)
+    if row.get("train_curve", {}).get("x"):
+        tc = row["train_curve"]
+        axes[0].plot(tc["x"], tc["mean"], ":", color="tab:orange",
+                     label="worldrl training episodes")
     if "reference" in row:
         ref = row["reference"]
-        axes[0].plot(ref["x"], ref["return"], "--", color="gray", label="DreamerV3 (published)")
+        axes[0].plot(ref["x"], ref["return"], "--", color="gray",
+                     label="DreamerV3 (published, training episodes)")
         axes[0].set_xlim(0, max(max(row["curve"]["x"] or [1]) * 1.05, 1))
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{row['suite']} / {row['task']}" + (" (unfinished runs)" if row["unfinished"]
