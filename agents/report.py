@@ -13,7 +13,8 @@ Reads every run directory below the paths (a directory with ``config.yaml``) and
 - DMC: the mean return over tasks.
 
 A *method* is a run's config without its seed, task and the keys that do not change what a run
-does (``RESUMABLE_KEYS``): runs that differ in anything else never share a cell; methods that share
+does (``RESUMABLE_KEYS``, but ``EVAL_MEANING``: greedy and sampled evaluations are two methods):
+runs that differ in anything else never share a cell; methods that share
 a name (agent-backbone-size) get a suffix and the report lists what differs. A run without
 ``summary.json`` is unfinished: it counts with its last evaluation and is marked.
 """
@@ -38,6 +39,9 @@ BASELINES = DATA / "atari100k_baselines.json"
 REFERENCE = DATA / "dreamerv3_curves.json"
 #: keys that never make two runs different methods (besides RESUMABLE_KEYS)
 PER_RUN = ("seed", "run_dir", "env.task", "overwrite")
+#: resumable keys that still change what an evaluation measures (the policy's mode or samples, the
+#: episode cap): runs that differ in them never share a cell
+EVAL_MEANING = ("eval.sample", "eval.max_steps")
 BOOTSTRAP_REPS = 2000
 
 
@@ -134,7 +138,7 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
 def _name_methods(runs: list[Run]) -> None:
     from agents.run_dir import ADDED_KEYS, RESUMABLE_KEYS
 
-    skip = set(RESUMABLE_KEYS) | set(PER_RUN)
+    skip = (set(RESUMABLE_KEYS) - set(EVAL_MEANING)) | set(PER_RUN)
     by_key: dict[str, dict] = {}
     for run in runs:
         # a run made before a key existed did what the key's ADDED_KEYS value does

@@ -206,3 +206,19 @@ def test_training_episodes_near_the_end_like_dreamerv3s_curves(tmp_path):
     assert "train_end" not in rows["krull"]
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| 22.5 |" in md and "Training episodes near the end" in md
+
+
+def test_runs_evaluated_by_mode_and_by_sampling_never_share_a_cell(tmp_path):
+    """eval.sample may change on resume (training is the same), but it changes what the
+    evaluation measures: a greedy and a sampling run are two methods; eval.every is not."""
+    from agents.report import report
+
+    for seed, ev in ((0, {"sample": False, "every": 10_000}),
+                     (1, {"sample": True, "every": 10_000}),
+                     (2, {"sample": False, "every": 5_000})):
+        path = make_run(tmp_path, "atari100k", "boxing", seed, [1.0, 2.0, 3.0])
+        cfg = yaml.safe_load((path / "config.yaml").read_text())
+        (path / "config.yaml").write_text(yaml.safe_dump({**cfg, "eval": ev}))
+    result = report([tmp_path], tmp_path / "out", plots=False)
+    rows = sorted((r["runs"], r["differs"]) for r in result["rows"])
+    assert rows == [(1, {"eval.sample": True}), (2, {"eval.sample": False})]
