@@ -104,7 +104,7 @@ def markdown(result: dict) -> str:
             cells.append(f"{r['steps_per_s']:,.0f} ({r['median_s'] * 1e3:.0f} ms)")
         lines.append(f"| {T} | " + " | ".join(cells) + " |")
     lines += ["", "Backbone parameters only in the headers; the rest of the world model "
-              "(encoder, decoder, heads) is the same for all three.", ""]
+              "(encoder, decoder, heads) is the same for all of them.", ""]
     return "\n".join(lines)
 
 
