@@ -56,3 +56,28 @@ def test_recall_learned_within_a_bounded_number_of_updates(backbone):
     r = memory.world_model_run(backbone, GAP, float("inf"), 64, seed=0, max_updates=2500,
                                curve_every=100, stop_at=0.9)
     assert r["separation"] > 0.9, r["curve"]
+
+
+def test_popgym_report_reads_runs_and_puts_r2i_beside(tmp_path):
+    """The POPGym part of the report: each planned run's last evaluation (marked while unfinished),
+    "not run" for a run without a directory, and R2I's / DreamerV3's bars where R2I has the task."""
+    plan = memory.popgym_plan(("RepeatPreviousEasy", "CountRecallEasy"), ("rssm", "s4"))
+    assert [q.name for q in plan][:2] == ["popgym-RepeatPreviousEasy-rssm-s0",
+                                           "popgym-RepeatPreviousEasy-s4-s0"]
+    assert "agent.backbone.imag_context=0" in plan[1].overrides  # SSMs: R2I's exact starts
+    assert not any("imag_context" in o for o in plan[0].overrides)
+    for name, rows, done in (("popgym-RepeatPreviousEasy-rssm-s0", [(5000, -0.5), (20000, 0.25)],
+                              True),
+                             ("popgym-CountRecallEasy-s4-s0", [(5000, -0.75)], False)):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "eval.csv").write_text("step,return_mean,return_std,episodes,wall_s\n" + "".join(
+            f"{s},{r},0.1,10,1.0\n" for s, r in rows))
+        (run / ("summary.json" if done else "checkpoint.pt")).write_text("{}")
+    cells = memory.popgym_cells(tmp_path, plan)
+    assert [c["state"] for c in cells] == ["finished", "new", "new", "started"]
+    md = "\n".join(memory.popgym_markdown(cells))
+    assert memory._r2i("RepeatPreviousEasy") == ("0.81", "0.09")  # benchmarks/r2i_popgym.json
+    assert "| RepeatPreviousEasy | +0.25 | not run | not run | not run | 0.81 | 0.09 |" in md
+    assert ("| CountRecallEasy | not run | -0.75 (at 5k, unfinished) | not run | not run | "
+            "not reported | not reported |") in md
