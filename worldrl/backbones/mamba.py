@@ -96,11 +96,14 @@ class ConvMixer(nn.Module):
         sw = seg.unfold(1, k - 1, 1)[:, 1:][:, steps]  # [B, n, k-1]
         return win * (sw == sw[..., -1:]).to(win.dtype)[:, :, None, :]
 
+    def _rms(self, t: Tensor) -> Tensor:
+        """``t`` scaled to unit RMS over its last dimension (no weight; ``norm_eps``)."""
+        return t * torch.rsqrt(t.square().mean(-1, keepdim=True) + self.norm_eps)
+
     def _gated_norm(self, y: Tensor, z: Tensor, groups: int = 1) -> Tensor:
         """``mamba_ssm``'s ``RMSNormGated`` (``norm_before_gate=False``): RMSNorm of ``y *
         silu(z)`` over each of ``groups`` equal parts of the features, times ``norm_scale``."""
-        g = (y * F.silu(z.float())).unflatten(-1, (groups, -1))
-        g = g * torch.rsqrt(g.square().mean(-1, keepdim=True) + self.norm_eps)
+        g = self._rms((y * F.silu(z.float())).unflatten(-1, (groups, -1)))
         return g.flatten(-2) * self.norm_scale
 
     def _conv_step(self, xi: Tensor, conv_state: Tensor) -> tuple[Tensor, Tensor]:
@@ -141,8 +144,7 @@ class MambaMixer(ConvMixer):
         over ``d_state`` with ``bc_norm``."""
         dt, b, c = self.x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], -1)
         if self.bc_norm:
-            b = b * torch.rsqrt(b.square().mean(-1, keepdim=True) + self.norm_eps)
-            c = c * torch.rsqrt(c.square().mean(-1, keepdim=True) + self.norm_eps)
+            b, c = self._rms(b), self._rms(c)
         return dt @ self.dt_proj.weight.t(), b, c
 
     def _gate(self, y: Tensor, z: Tensor) -> Tensor:

@@ -83,8 +83,7 @@ class Mamba2Mixer(ConvMixer):
         b = b.reshape(*lead, self.ngroups, self.d_state)
         c = c.reshape(*lead, self.ngroups, self.d_state)
         if self.bc_norm:
-            b = b * torch.rsqrt(b.square().mean(-1, keepdim=True) + self.norm_eps)
-            c = c * torch.rsqrt(c.square().mean(-1, keepdim=True) + self.norm_eps)
+            b, c = self._rms(b), self._rms(c)
         return x.reshape(*lead, self.nheads, self.headdim), b, c
 
     # ---------------------------------------------------------------------------------- layers
