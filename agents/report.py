@@ -6,7 +6,10 @@ Reads every run directory below the paths (a directory with ``config.yaml``) and
 - per task and method: the final evaluation (the last row of ``eval.csv``: mean and 95% CI over
   seeds, percentile bootstrap), and its learning curve (mean and CI band over seeds against env
   steps, and against wall-clock), with DreamerV3's published curve beside it where
-  ``agents/data/dreamerv3_curves.json`` has the task;
+  ``agents/data/dreamerv3_curves.json`` has the task; beside the final evaluation, the mean
+  return of the training episodes near the end (DreamerV3's curves are training episodes) and,
+  where ``worldrl eval RUN --sample`` wrote ``eval_checkpoint_sample.json`` at the run's last
+  step, the last checkpoint's evaluation with sampled actions (DreamerV3's evaluation policy);
 - Atari100k: the human-normalised score ``(score - random) / (human - random)`` per game and, over
   games, the mean, median, IQM and optimality gap with stratified-bootstrap 95% CIs and a
   performance profile, computed with ``rliable`` (Agarwal et al., 2021);
@@ -55,6 +58,15 @@ class Run:
     method_key: str = ""
     extra: dict = field(default_factory=dict)
     episodes: list[tuple[float, float]] = field(default_factory=list)  # training (step, return)
+    sampled: dict | None = None  # eval_checkpoint_sample.json: `worldrl eval RUN --sample`
+
+    @property
+    def sampled_final(self) -> float | None:
+        """The sampled-action evaluation of the run's last checkpoint, when it is of the step the
+        run ended at (else it belongs to another point of the run and is not shown)."""
+        if self.sampled and self.sampled.get("env_steps") == self.env_steps:
+            return float(self.sampled["return_mean"])
+        return None
 
     @property
     def suite(self) -> str:
@@ -128,8 +140,14 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
                 continue  # a Hydra output folder or another tool's config
             summary_file = run_dir / "summary.json"
             summary = json.loads(summary_file.read_text()) if summary_file.exists() else None
+            sampled_file = run_dir / "eval_checkpoint_sample.json"
+            try:
+                sampled = json.loads(sampled_file.read_text()) if sampled_file.exists() else None
+            except json.JSONDecodeError:
+                sampled = None
             found[run_dir] = Run(run_dir, config, _read_evals(run_dir / "eval.csv"), summary,
-                                 episodes=_read_episodes(run_dir / "episodes.csv"))
+                                 episodes=_read_episodes(run_dir / "episodes.csv"),
+                                 sampled=sampled)
     runs = list(found.values())
     _name_methods(runs)
     return runs
@@ -316,6 +334,10 @@ def report(paths: list[str | Path], out: str | Path, baselines_file: Path = BASE
         if suite == "atari100k" and task in baselines["games"]:
             row["hns"] = [human_normalised(task, f, baselines) for f in finals]
             row["hns_mean"] = float(np.mean(row["hns"]))
+        sampled = [r.sampled_final for r in group]
+        if any(v is not None for v in sampled):
+            row["sampled_final"] = {"runs": sampled, "mean": float(np.mean(
+                [v for v in sampled if v is not None]))}
         window = TRAIN_WINDOW.get(suite)
         if window:  # like for like with DreamerV3's curves, which are training episodes
             near = [training_return(r, r.env_steps, window) for r in group]
@@ -370,9 +392,9 @@ def _ci(v: float, ci: list[float]) -> str:
 def render(result: dict) -> str:
     lines = ["| suite | task | method | runs | env steps | final eval: mean [95% CI], or the "
              "runs when fewer than 3 | "
-             "HNS | training episodes near the end | DreamerV3 at these steps (training "
-             "episodes) | curve |",
-             "|---|---|---|---:|---:|---|---:|---:|---:|---|"]
+             "HNS | final eval, sampled actions | training episodes near the end | DreamerV3 at "
+             "these steps (training episodes) | curve |",
+             "|---|---|---|---:|---:|---|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
         runs = f"{r['runs']}" + (f" ({len(r['unfinished'])} unfinished)" if r["unfinished"]
                                  else "")
@@ -385,15 +407,24 @@ def render(result: dict) -> str:
             final = _ci(r["final_mean"], r["final_ci"])
         ref = f"{r['reference']['at_our_steps']:.1f}" if "reference" in r else ""
         train = f"{r['train_end']['mean']:.3g}" if "train_end" in r else ""
+        sampled = ""
+        if "sampled_final" in r:
+            have = [v for v in r["sampled_final"]["runs"] if v is not None]
+            sampled = f"{r['sampled_final']['mean']:.3g}" + (
+                "" if len(have) == r["runs"] else f" ({len(have)} of {r['runs']} runs)")
         png = f"[png]({Path(r['png']).name})" if r.get("png") else ""
         lines.append(f"| {r['suite']} | {r['task']} | {r['method']} | {runs} | {steps} | "
-                     f"{final} | {hns} | {train} | {ref} | {png} |")
+                     f"{final} | {hns} | {sampled} | {train} | {ref} | {png} |")
     if any("train_end" in r for r in result["rows"]):
         lines += ["", "Training episodes near the end: the mean return of the training episodes "
                   "(the policy's samples) that ended in the last 1,000 agent steps (Atari100k; "
                   "DMC proprio 2,500, vision 5,000), the window of DreamerV3's published curves, "
                   "which are training episodes too; the final evaluation plays the policy's mode "
                   "unless `eval.sample=true`."]
+    if any("sampled_final" in r for r in result["rows"]):
+        lines += ["", "Final eval, sampled actions: the run's last checkpoint evaluated again "
+                  "with actions sampled from the policy (`worldrl eval RUN --sample`, as "
+                  "DreamerV3 and sheeprl evaluate), its mean over the runs that have it."]
     differs = {r["method"]: r["differs"] for r in result["rows"] if r.get("differs")}
     if differs:
         lines += ["", "Methods that share a name differ in:"]

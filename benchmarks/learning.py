@@ -222,18 +222,19 @@ def peer_table(runs_root: Path, plan: list[Planned]) -> list[str]:
 
 
 def run_plan(plan: list[Planned], runs_root: Path, parallel: int = 1, minutes: float = 0,
-             on_exit=None) -> None:
+             on_exit=None, threads: int | None = None) -> None:
     """Run (or resume) the runs of ``plan`` not finished yet under ``runs_root``, ``parallel`` at
-    a time (1 torch thread each when ``parallel > 1``, else all), logging starts and exits to
-    ``runs_root/study_log.jsonl`` and calling ``on_exit()`` after each run ends. After ``minutes``
-    (0: no limit) the runs in flight are stopped cleanly (SIGTERM: checkpoint, exit 0) and no more
-    start; the next call resumes them."""
+    a time (``threads`` torch threads each; by default 1 when ``parallel > 1``, else all),
+    logging starts and exits to ``runs_root/study_log.jsonl`` and calling ``on_exit()`` after each
+    run ends. After ``minutes`` (0: no limit) the runs in flight are stopped cleanly (SIGTERM:
+    checkpoint, exit 0) and no more start; the next call resumes them."""
     from benchmarks.machine import commit
 
     runs_root.mkdir(parents=True, exist_ok=True)
     log = runs_root / "study_log.jsonl"
     todo = [q for q in plan if state(runs_root / q.name) != "finished"]
-    threads = 1 if parallel > 1 else 0
+    if threads is None:
+        threads = 1 if parallel > 1 else 0
     deadline = time.time() + minutes * 60 if minutes else None
     active: list[tuple[Planned, subprocess.Popen, float]] = []
     while todo or active:
@@ -271,6 +272,32 @@ def run_plan(plan: list[Planned], runs_root: Path, parallel: int = 1, minutes: f
                 on_exit()
 
 
+def sampled_evals(plan: list[Planned], runs_root: Path, threads: int = 0) -> list[str]:
+    """Evaluate each finished DreamerV3 run's final checkpoint again with sampled actions
+    (``worldrl eval RUN --sample``: DreamerV3's and sheeprl's evaluation policy; the study's
+    in-loop evaluations play the mode) into ``RUN/eval_checkpoint_sample.json``, which the report
+    shows beside the final evaluation. Runs whose file is already at their last step are skipped;
+    returns the runs evaluated."""
+    done = []
+    for q in plan:
+        run_dir = runs_root / q.name
+        if q.peer or "agent=random" in q.overrides or state(run_dir) != "finished":
+            continue
+        target = run_dir / "eval_checkpoint_sample.json"
+        steps = json.loads((run_dir / "summary.json").read_text())["env_steps"]
+        if target.exists() and json.loads(target.read_text()).get("env_steps") == steps:
+            continue
+        env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+        with open(runs_root / f"{q.name}.stderr", "a") as err:
+            rc = subprocess.run([sys.executable, "-m", "agents.cli", "eval", str(run_dir),
+                                 "--sample"], cwd=ROOT, stdout=err, stderr=err, env=env).returncode
+        print(f"sampled evaluation of {q.name}: {'done' if rc == 0 else f'failed (rc {rc})'}",
+              flush=True)
+        if rc == 0:
+            done.append(q.name)
+    return done
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default=str(ROOT / "runs" / "learning"))
@@ -279,11 +306,17 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", default=None, help="run names (see --list)")
     p.add_argument("--list", action="store_true", help="show the study's runs and their state")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--sampled-evals", action="store_true",
+                   help="only evaluate the finished runs' final checkpoints with sampled actions "
+                        "(done after every run anyway), then write the report")
     p.add_argument("--gpu", action="store_true", help="the GPU run instead of the CPU study")
     p.add_argument("--minutes", type=float, default=0,
                    help="after this long, stop the runs in flight cleanly (SIGTERM: they write a "
                         "checkpoint and exit; the next start resumes them) and start no more")
     p.add_argument("--extra", nargs="*", default=[], help="overrides added to every run")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per run (default: 1 with --parallel > 1, else all); "
+                        "e.g. 1 for one run beside other work")
     args = p.parse_args(argv)
     plan = [gpu_run()] if args.gpu else study()
     whole = plan  # the report always covers the whole study, whichever runs --only starts
@@ -304,9 +337,15 @@ def main(argv=None) -> int:
     if args.report_only:
         write_report(runs_root, out, whole)
         return 0
-    run_plan(plan, runs_root, args.parallel, args.minutes,
-             on_exit=lambda: write_report(runs_root, out, whole))
-    write_report(runs_root, out, whole)
+
+    def after_run():
+        sampled_evals(plan, runs_root, 1 if args.threads == 1 or args.parallel > 1 else 0)
+        write_report(runs_root, out, whole)
+
+    if not args.sampled_evals:
+        run_plan(plan, runs_root, args.parallel, args.minutes, threads=args.threads,
+                 on_exit=after_run)
+    after_run()
     return 0
 
 

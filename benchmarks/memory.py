@@ -498,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         write_report(args.out, whole, markdown(whole))
 
     if "popgym" in args.kinds:
-        run_plan(full, popgym_root, args.jobs, args.minutes, on_exit=report)
+        run_plan(full, popgym_root, args.jobs, args.minutes, on_exit=report, threads=args.threads)
     for kind, r in run_cells(cells, args.jobs, args.threads, args.stop_at):
         result[kind].append({**r, "run": 0})
         if kind == "world_model":

@@ -222,3 +222,27 @@ def test_runs_evaluated_by_mode_and_by_sampling_never_share_a_cell(tmp_path):
     result = report([tmp_path], tmp_path / "out", plots=False)
     rows = sorted((r["runs"], r["differs"]) for r in result["rows"])
     assert rows == [(1, {"eval.sample": True}), (2, {"eval.sample": False})]
+
+
+def test_sampled_evaluation_of_the_last_checkpoint_beside_the_final_one(tmp_path):
+    """``worldrl eval RUN --sample`` writes eval_checkpoint_sample.json; the report shows its mean
+    over the runs whose file is of the step the run ended at, and says how many runs have one."""
+    from agents.report import report
+
+    def sampled(path, steps, ret):
+        (path / "eval_checkpoint_sample.json").write_text(json.dumps(
+            {"env_steps": steps, "policy": "sample", "return_mean": ret}))
+
+    sampled(make_run(tmp_path, "atari100k", "boxing", 0, [1.0, 2.0, 3.0]), 30_000, 10.0)
+    sampled(make_run(tmp_path, "atari100k", "boxing", 1, [1.0, 2.0, 5.0]), 30_000, 20.0)
+    sampled(make_run(tmp_path, "atari100k", "krull", 0, [1.0, 2.0, 3.0]), 30_000, 7.0)
+    # of an earlier checkpoint than the run's end: not this run's final sampled evaluation
+    sampled(make_run(tmp_path, "atari100k", "krull", 1, [1.0, 2.0, 3.0]), 20_000, 99.0)
+    make_run(tmp_path, "atari100k", "pong", 0, [1.0, 2.0, 3.0])
+    result = report([tmp_path], tmp_path / "out", plots=False)
+    rows = {r["task"]: r for r in result["rows"]}
+    assert rows["boxing"]["sampled_final"] == {"runs": [10.0, 20.0], "mean": 15.0}
+    assert rows["krull"]["sampled_final"] == {"runs": [7.0, None], "mean": 7.0}
+    assert "sampled_final" not in rows["pong"]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| 15 |" in md and "| 7 (1 of 2 runs) |" in md and "sampled actions" in md
