@@ -160,7 +160,96 @@ def write_report(runs_root: Path, out: Path, plan: list[Planned]) -> None:
         lines += ["", (figs / "report.md").read_text().replace("](curve_", f"]({figs.name}/curve_")
                   .replace("](profile_", f"]({figs.name}/profile_")]
     lines += peer_table(runs_root, plan)
+    lines += diagnostics(runs_root, plan, out.parent / f"{out.name}_figs")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    """The update rows of ``metrics.jsonl`` (those with the world model's KL)."""
+    path = run_dir / "metrics.jsonl"
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        if "kl/dyn" in row:
+            rows.append(row)
+    return rows
+
+
+def openloop_still(gif: Path, out: Path, context_frame: int = 2, columns: int = 3) -> Path:
+    """A still of an open-loop GIF (rows truth / model / error, a column per batch entry): its
+    first ``columns`` entries at a frame inside the context (the posterior's reconstruction) and
+    at the last frame (the prior's prediction, open loop), side by side."""
+    from PIL import Image
+
+    im = Image.open(gif)
+    frames = []
+    for i in (context_frame, im.n_frames - 1):
+        im.seek(min(i, im.n_frames - 1))
+        frame = im.convert("RGB")
+        tile = frame.height // 3  # square tiles, three rows
+        frames.append(frame.crop((0, 0, min(frame.width, tile * columns), frame.height)))
+    w, h = frames[0].size
+    still = Image.new("RGB", (2 * w + 4, h), "white")
+    still.paste(frames[0], (0, 0))
+    still.paste(frames[1], (w + 4, 0))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    still.resize((still.width * 2, still.height * 2), Image.NEAREST).save(out)
+    return out
+
+
+def _first_last(first: dict, last: dict, key: str | None) -> str:
+    if key is None or key not in first or key not in last:
+        return ""
+    return f"{first[key]:.3g} → {last[key]:.3g}"
+
+
+def diagnostics(runs_root: Path, plan: list[Planned], figs: Path) -> list[str]:
+    """What the curves show, per DreamerV3 run of the study: from ``metrics.jsonl``, the first
+    and the last logged update's observation and reward losses, the world model's KL (DreamerV3's
+    free bits clip it at 1 nat), the actor's entropy, the imagined returns' 5-95 percentile range
+    and the return scale ``max(1, range)`` that divides the advantages, and the largest reward in
+    the batch beside the largest the reward head predicts; a still of the newest open-loop video
+    (context: the posterior's reconstruction; last frame: the prior's, open loop)."""
+    lines = []
+    for q in plan:
+        run_dir = runs_root / q.name
+        rows = _metrics(run_dir)
+        if q.peer or "agent=random" in q.overrides or not rows:
+            continue
+        first, last = rows[0], rows[-1]
+        obs = next((k for k in ("loss/pixels", "loss/vector") if k in last), None)
+
+        spread = last.get("actor/retnorm_hi", 0.0) - last.get("actor/retnorm_lo", 0.0)
+        still = ""
+        gifs = sorted((run_dir / "videos").glob("openloop-*-pixels.gif"))
+        if gifs:
+            png = openloop_still(gifs[-1], figs / f"openloop_{q.name}.png")
+            still = f"[{gifs[-1].stem.split('-')[1].lstrip('0')}]({figs.name}/{png.name})"
+        lines.append(f"| {q.name} | {last['step']:.0f} | {last.get('updates', 0):.0f} | "
+                     f"{obs.split('/')[1] + ' ' if obs else ''}{_first_last(first, last, obs)} | "
+                     f"{_first_last(first, last, 'loss/rew')} | "
+                     f"{_first_last(first, last, 'kl/dyn')} | "
+                     f"{_first_last(first, last, 'actor/entropy')} | "
+                     f"{spread:.3g} | {last.get('actor/return_scale', float('nan')):.3g} | "
+                     f"{last.get('reward_max_pred', float('nan')):.3g} / "
+                     f"{last.get('reward_max_data', float('nan')):.3g} | {still} |")
+    if not lines:
+        return []
+    return ["", "### What the curves show", "",
+            "Per DreamerV3 run, the first logged update → the last (`metrics.jsonl`; curves of "
+            "every metric: `tensorboard --logdir RUN/tb`). KL: the world model's dynamics KL, "
+            "which the free bits keep from mattering below 1 nat. Return range: the 5-95 "
+            "percentile spread of the imagined returns; the advantages are divided by "
+            "`max(1, range)`, so below 1 they stay as small as the returns' differences, next to "
+            "the entropy bonus (3e-4). Open loop: a still of the newest open-loop video, three "
+            "batch entries (rows: truth, model, error), left a frame inside the 5-step context "
+            "(the posterior's reconstruction), right the last frame (predicted open loop).", "",
+            "| run | agent steps | updates | observation loss | reward loss | KL | actor entropy "
+            "| return range | return scale | max reward: predicted / data | open loop at |",
+            "|---|---:|---:|---|---|---|---|---:|---:|---|---|", *lines]
 
 
 def _last_eval(run_dir: Path) -> dict | None:

@@ -32,3 +32,24 @@ def test_minutes_stops_runs_cleanly_and_they_resume(tmp_path):
     log = [json.loads(x) for x in (tmp_path / "runs" / "study_log.jsonl").read_text().splitlines()]
     assert log[-1]["event"] == "exit" and log[-1]["rc"] == 0  # SIGTERM: checkpoint, exit 0
     assert "| atari100k-pong-random-s0 | started |" in (tmp_path / "learning.md").read_text()
+
+
+def test_dreamer_runs_get_a_sampled_evaluation_and_diagnostics(tmp_path):
+    """After a DreamerV3 run finishes the study evaluates its last checkpoint again with sampled
+    actions (the report's column) and lists what its curves show, with an open-loop still."""
+    args = ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "learning"),
+            "--only", "atari100k-pong-dreamer-s0", "--extra", *TINY, "train.compile=false",
+            "train.train_ratio=2", "train.video_every=100"]
+    assert main(args) == 0
+    run = tmp_path / "runs" / "atari100k-pong-dreamer-s0"
+    sampled = json.loads((run / "eval_checkpoint_sample.json").read_text())
+    assert sampled["policy"] == "sample" and sampled["env_steps"] >= 200
+    md = (tmp_path / "learning.md").read_text()
+    row = next(x for x in md.splitlines() if x.startswith("| atari100k | pong | dreamer"))
+    assert f"| {sampled['return_mean']:.3g} |" in row  # the sampled column, filled
+    diag = next(x for x in md.splitlines() if x.startswith("| atari100k-pong-dreamer-s0 | 2"))
+    assert "pixels" in diag and "→" in diag and "openloop_atari100k-pong-dreamer-s0.png" in diag
+    assert (tmp_path / "learning_figs" / "openloop_atari100k-pong-dreamer-s0.png").exists()
+    mtime = (run / "eval_checkpoint_sample.json").stat().st_mtime
+    assert main([*args, "--sampled-evals"]) == 0  # up to date: not evaluated again
+    assert (run / "eval_checkpoint_sample.json").stat().st_mtime == mtime
