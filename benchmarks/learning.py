@@ -25,6 +25,10 @@ which is 50k of our agent steps (our step counter counts decisions); DMC proprio
 vector update at ratio 128 (one 16 x 64 update per 8 agent steps), and DMC vision, bounded by
 rendering (~37 env steps/s), ratio 64. All dreamer runs use ``train.compile=true`` (the
 update's graphs; the same function as eager, ``tests/test_update_paths.py``).
+
+One run is a diagnostic, not a cell of the study: ``dmc_proprio-cartpole_swingup-dreamer-r512-s0``
+(``RATIO_DIAGNOSTIC``), DMC proprio cartpole at DreamerV3's train ratio 512 for 25k agent steps,
+to tell whether the update budget is what keeps the study's runs below DreamerV3's curves.
 """
 
 from __future__ import annotations
@@ -90,7 +94,17 @@ def study() -> list[Planned]:
         runs.append(Planned(f"dmc-cartpole_swingup-dreamer-s{seed}",
                             (*DMC_VISION, "env.task=cartpole_swingup", f"seed={seed}")))
     runs.append(_peer("atari100k", "boxing", ATARI))  # ~10 s per update at 1 thread: last
+    runs.append(RATIO_DIAGNOSTIC)
     return runs
+
+
+#: not a cell of the study but a question about it: does DreamerV3's train ratio on DMC proprio
+#: (512) lift cartpole_swingup at the same size, to DreamerV3's 322 at 50k frames (25k agent
+#: steps), where our ratio 128 runs were at ~200? Four times the updates: ~4.5 h at one thread.
+RATIO_DIAGNOSTIC = Planned(
+    "dmc_proprio-cartpole_swingup-dreamer-r512-s0",
+    (*[o for o in DMC_PROPRIO if not o.startswith(("steps=", "train.train_ratio="))],
+     "steps=25000", "train.train_ratio=512", "env.task=cartpole_swingup", "seed=0"))
 
 
 def gpu_run() -> Planned:
