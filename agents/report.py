@@ -261,9 +261,13 @@ TRAIN_WINDOW = {"atari100k": 4000 / 4, "dmc_proprio": 5000 / DREAMERV3_DMC_REPEA
 
 def training_return(run: Run, at: float, window: float) -> float | None:
     """The mean return of ``run``'s training episodes that ended within ``window`` steps of
-    ``at`` (at the end of a run: the last ``window`` steps), as DreamerV3's curves count; None
-    when none did."""
-    near = [r for s, r in run.episodes if abs(s - at) <= window]
+    ``at``, as DreamerV3's curves count; None when none did. At the run's end, where no episode
+    comes after, the last ``2 * window`` steps: the same span of steps (an Atari game lasts up
+    to ~1,800 agent steps, more than one side of the window)."""
+    if at >= run.env_steps:
+        near = [r for s, r in run.episodes if at - 2 * window <= s <= at]
+    else:
+        near = [r for s, r in run.episodes if abs(s - at) <= window]
     return float(np.mean(near)) if near else None
 
 
@@ -417,8 +421,9 @@ def render(result: dict) -> str:
                      f"{final} | {hns} | {sampled} | {train} | {ref} | {png} |")
     if any("train_end" in r for r in result["rows"]):
         lines += ["", "Training episodes near the end: the mean return of the training episodes "
-                  "(the policy's samples) that ended in the last 1,000 agent steps (Atari100k; "
-                  "DMC proprio 2,500, vision 5,000), the window of DreamerV3's published curves, "
+                  "(the policy's samples) that ended in the last 2,000 agent steps (Atari100k; "
+                  "DMC proprio 5,000, vision 10,000), the span of the +-window of DreamerV3's "
+                  "published curves, "
                   "which are training episodes too; the final evaluation plays the policy's mode "
                   "unless `eval.sample=true`."]
     if any("sampled_final" in r for r in result["rows"]):
