@@ -427,7 +427,7 @@ def train(cfg: DictConfig) -> dict:
                 break
             if run.ready() and video(step):
                 run.video(step)
-            if evaluate(step):
+            if evaluate(step) and step < cfg.steps:  # at the end: the final evaluation, below
                 run.evaluate(step)
             if step < cfg.steps and save(step):  # the last checkpoint is the final one
                 run.checkpoint()

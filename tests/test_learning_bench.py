@@ -4,7 +4,7 @@ import json
 
 from benchmarks.learning import main
 
-TINY = ["preset=debug", "steps=200", "eval.every=100", "eval.episodes=1", "eval.max_steps=30"]
+TINY = ["preset=debug", "steps=200", "eval.every=40", "eval.episodes=1", "eval.max_steps=30"]
 
 
 def test_a_finished_run_is_reported_and_never_trained_again(tmp_path):
@@ -13,6 +13,8 @@ def test_a_finished_run_is_reported_and_never_trained_again(tmp_path):
     assert main(args) == 0
     run = tmp_path / "runs" / "atari100k-pong-random-s0"
     assert json.loads((run / "summary.json").read_text())["env_steps"] >= 200
+    steps = [line.split(",")[0] for line in (run / "eval.csv").read_text().splitlines()[1:]]
+    assert steps[-1] == "200" and len(set(steps)) == len(steps)  # the end evaluated once
     md = (tmp_path / "learning.md").read_text()
     assert "| atari100k-pong-random-s0 | finished |" in md
     assert "| atari100k | pong | random | 1 |" in md  # worldrl report's table
