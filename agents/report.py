@@ -261,11 +261,14 @@ TRAIN_WINDOW = {"atari100k": 4000 / 4, "dmc_proprio": 5000 / DREAMERV3_DMC_REPEA
 
 def training_return(run: Run, at: float, window: float) -> float | None:
     """The mean return of ``run``'s training episodes that ended within ``window`` steps of
-    ``at``, as DreamerV3's curves count; None when none did. At the run's end, where no episode
-    comes after, the last ``2 * window`` steps: the same span of steps (an Atari game lasts up
-    to ~1,800 agent steps, more than one side of the window)."""
-    if at >= run.env_steps:
-        near = [r for s, r in run.episodes if at - 2 * window <= s <= at]
+    ``at``, as DreamerV3's curves count; None when none did. Near a finished run's end, where
+    the window reaches past the last step and no episode comes after, the last ``2 * window``
+    steps instead: the same span of steps (an Atari game lasts up to ~1,800 agent steps, more
+    than one side of the window). An unfinished run's episodes go on past its last evaluation:
+    the window stays centred."""
+    end = run.env_steps
+    if run.finished and at + window > end:
+        near = [r for s, r in run.episodes if end - 2 * window <= s <= end]
     else:
         near = [r for s, r in run.episodes if abs(s - at) <= window]
     return float(np.mean(near)) if near else None

@@ -180,16 +180,10 @@ def write_report(runs_root: Path, out: Path, plan: list[Planned]) -> None:
 
 def _metrics(run_dir: Path) -> list[dict]:
     """The update rows of ``metrics.jsonl`` (those with the world model's KL)."""
+    from agents.logger import read_jsonl
+
     path = run_dir / "metrics.jsonl"
-    rows = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-        if "kl/dyn" in row:
-            rows.append(row)
-    return rows
+    return [r for r in read_jsonl(path) if "kl/dyn" in r] if path.exists() else []
 
 
 def openloop_still(gif: Path, out: Path, context_frame: int = 2, columns: int = 3) -> Path:
@@ -240,8 +234,11 @@ def diagnostics(runs_root: Path, plan: list[Planned], figs: Path) -> list[str]:
         still = ""
         gifs = sorted((run_dir / "videos").glob("openloop-*-pixels.gif"))
         if gifs:
-            png = openloop_still(gifs[-1], figs / f"openloop_{q.name}.png")
-            still = f"[{gifs[-1].stem.split('-')[1].lstrip('0')}]({figs.name}/{png.name})"
+            try:  # a run in flight may be writing its newest GIF
+                png = openloop_still(gifs[-1], figs / f"openloop_{q.name}.png")
+                still = f"[{gifs[-1].stem.split('-')[1].lstrip('0')}]({figs.name}/{png.name})"
+            except (OSError, ValueError, SyntaxError, EOFError):
+                still = ""
         lines.append(f"| {q.name} | {last['step']:.0f} | {last.get('updates', 0):.0f} | "
                      f"{obs.split('/')[1] + ' ' if obs else ''}{_first_last(first, last, obs)} | "
                      f"{_first_last(first, last, 'loss/rew')} | "
@@ -253,9 +250,12 @@ def diagnostics(runs_root: Path, plan: list[Planned], figs: Path) -> list[str]:
     if not lines:
         return []
     return ["", "### What the curves show", "",
-            "Per DreamerV3 run, the first logged update → the last (`metrics.jsonl`; curves of "
-            "every metric: `tensorboard --logdir RUN/tb`). KL: the world model's dynamics KL, "
-            "which the free bits keep from mattering below 1 nat. Return range: the 5-95 "
+            "Per DreamerV3 run, the first logged update → the last (`metrics.jsonl`, each value "
+            "a mean over its log interval; curves of every metric: `tensorboard --logdir "
+            "RUN/tb`). KL: the world model's dynamics KL itself; its loss is clipped below 1 nat "
+            "(DreamerV3's free bits), so below 1 nothing pushes it down. Max reward: the largest "
+            "absolute reward of each update's batch, in the data and in the reward head's "
+            "predictions. Return range: the 5-95 "
             "percentile spread of the imagined returns; the advantages are divided by "
             "`max(1, range)`, so below 1 they stay as small as the returns' differences, next to "
             "the entropy bonus (3e-4). Open loop: a still of the newest open-loop video, three "
@@ -297,7 +297,8 @@ def peer_table(runs_root: Path, plan: list[Planned]) -> list[str]:
     for peer in (p for p in plan if p.peer):
         kv = dict(zip(peer.overrides[0::2], peer.overrides[1::2]))
         suite, task = kv["--suite"], kv["--task"]
-        ours = [p for p in plan if not p.peer and p.name.startswith(f"{suite}-{task}-dreamer-")]
+        ours = [p for p in plan  # the study's runs at the peer's settings, not the diagnostic
+                if not p.peer and re.fullmatch(rf"{suite}-{task}-dreamer-s\d+", p.name)]
         rows = []
         for p in [*ours, peer]:
             last = _last_eval(runs_root / p.name)
@@ -388,8 +389,11 @@ def sampled_evals(plan: list[Planned], runs_root: Path, threads: int = 0) -> lis
             continue
         target = run_dir / "eval_checkpoint_sample.json"
         steps = json.loads((run_dir / "summary.json").read_text())["env_steps"]
-        if target.exists() and json.loads(target.read_text()).get("env_steps") == steps:
-            continue
+        try:
+            if target.exists() and json.loads(target.read_text()).get("env_steps") == steps:
+                continue
+        except json.JSONDecodeError:
+            pass  # cut short: evaluate again
         env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
         with open(runs_root / f"{q.name}.stderr", "a") as err:
             rc = subprocess.run([sys.executable, "-m", "agents.cli", "eval", str(run_dir),
@@ -411,7 +415,7 @@ def main(argv=None) -> int:
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--sampled-evals", action="store_true",
                    help="only evaluate the finished runs' final checkpoints with sampled actions "
-                        "(done after every run anyway), then write the report")
+                        "(done anyway once the runs end), then write the report")
     p.add_argument("--gpu", action="store_true", help="the GPU run instead of the CPU study")
     p.add_argument("--minutes", type=float, default=0,
                    help="after this long, stop the runs in flight cleanly (SIGTERM: they write a "
@@ -441,14 +445,17 @@ def main(argv=None) -> int:
         write_report(runs_root, out, whole)
         return 0
 
-    def after_run():
-        sampled_evals(plan, runs_root, 1 if args.threads == 1 or args.parallel > 1 else 0)
-        write_report(runs_root, out, whole)
-
-    if not args.sampled_evals:
-        run_plan(plan, runs_root, args.parallel, args.minutes, threads=args.threads,
-                 on_exit=after_run)
-    after_run()
+    threads = args.threads if args.threads is not None else (1 if args.parallel > 1 else 0)
+    deadline = time.time() + args.minutes * 60 if args.minutes else None
+    if not args.sampled_evals:  # the report after every run; the sampled evaluations after all
+        run_plan(plan, runs_root, args.parallel, args.minutes, threads=threads,
+                 on_exit=lambda: write_report(runs_root, out, whole))
+    if deadline is None or time.time() < deadline:
+        sampled_evals(plan, runs_root, threads)
+    else:
+        print("--minutes reached: sampled evaluations left for the next start (or "
+              "--sampled-evals)", flush=True)
+    write_report(runs_root, out, whole)
     return 0
 
 

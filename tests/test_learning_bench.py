@@ -45,13 +45,29 @@ def test_dreamer_runs_get_a_sampled_evaluation_and_diagnostics(tmp_path):
     assert main(args) == 0
     run = tmp_path / "runs" / "atari100k-pong-dreamer-s0"
     sampled = json.loads((run / "eval_checkpoint_sample.json").read_text())
-    assert sampled["policy"] == "sample" and sampled["env_steps"] >= 200
+    summary = json.loads((run / "summary.json").read_text())
+    assert sampled["policy"] == "sample" and sampled["env_steps"] == summary["env_steps"]
+    (row,) = json.loads((tmp_path / "learning_figs" / "report.json").read_text())["rows"]
+    assert row["sampled_final"] == {"runs": [sampled["return_mean"]],
+                                    "mean": sampled["return_mean"]}
     md = (tmp_path / "learning.md").read_text()
-    row = next(x for x in md.splitlines() if x.startswith("| atari100k | pong | dreamer"))
-    assert f"| {sampled['return_mean']:.3g} |" in row  # the sampled column, filled
     diag = next(x for x in md.splitlines() if x.startswith("| atari100k-pong-dreamer-s0 | 2"))
     assert "pixels" in diag and "→" in diag and "openloop_atari100k-pong-dreamer-s0.png" in diag
     assert (tmp_path / "learning_figs" / "openloop_atari100k-pong-dreamer-s0.png").exists()
     mtime = (run / "eval_checkpoint_sample.json").stat().st_mtime
     assert main([*args, "--sampled-evals"]) == 0  # up to date: not evaluated again
     assert (run / "eval_checkpoint_sample.json").stat().st_mtime == mtime
+
+
+def test_the_peer_table_holds_only_runs_at_the_peers_settings(tmp_path):
+    """The ratio-512 diagnostic is a cartpole dreamer run too, but not at sheeprl's settings."""
+    from benchmarks.learning import RATIO_DIAGNOSTIC, peer_table, study
+
+    names = ["dmc_proprio-cartpole_swingup-dreamer-s0", RATIO_DIAGNOSTIC.name,
+             "sheeprl-dmc_proprio-cartpole_swingup-s0"]
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.csv").write_text(
+            "step,return_mean,return_std,episodes,wall_s\n5000,10.0,0.0,10,60.0\n")
+    table = "\n".join(peer_table(tmp_path, study()))
+    assert names[0] in table and names[2] in table and RATIO_DIAGNOSTIC.name not in table

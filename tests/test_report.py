@@ -249,3 +249,18 @@ def test_sampled_evaluation_of_the_last_checkpoint_beside_the_final_one(tmp_path
     assert "sampled_final" not in rows["pong"]
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| 15 |" in md and "| 7 (1 of 2 runs) |" in md and "sampled actions" in md
+
+
+def test_an_unfinished_runs_last_point_keeps_a_centred_window(tmp_path):
+    """An unfinished run goes on training past its last evaluation: the episodes after it count
+    (+-window), not only those before (the end rule is for finished runs)."""
+    from agents.report import report
+
+    path = make_run(tmp_path, "atari100k", "boxing", 0, [1.0, 2.0, 3.0], finished=False)
+    eps = [(28_500, 1.0), (29_500, 2.0), (30_800, 9.0), (32_000, 50.0)]
+    (path / "episodes.csv").write_text("step,episode,return,length\n" + "".join(
+        f"{s},{i + 1},{r},100\n" for i, (s, r) in enumerate(eps)))
+    (row,) = report([tmp_path], tmp_path / "out", plots=False)["rows"]
+    # within +-1,000 of 30k: 29.5k and 30.8k (28.5k and 32k are outside)
+    assert row["train_end"]["mean"] == pytest.approx(5.5)
+    assert row["train_curve"]["mean"][-1] == pytest.approx(5.5)
