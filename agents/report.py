@@ -424,11 +424,11 @@ def render(result: dict) -> str:
                      f"{final} | {hns} | {sampled} | {train} | {ref} | {png} |")
     if any("train_end" in r for r in result["rows"]):
         lines += ["", "Training episodes near the end: the mean return of the training episodes "
-                  "(the policy's samples) that ended in the last 2,000 agent steps (Atari100k; "
-                  "DMC proprio 5,000, vision 10,000), the span of the +-window of DreamerV3's "
-                  "published curves, "
-                  "which are training episodes too; the final evaluation plays the policy's mode "
-                  "unless `eval.sample=true`."]
+                  "(the policy's samples) that ended in a finished run's last 2,000 agent steps "
+                  "(Atari100k; DMC proprio 5,000, vision 10,000), the span of the +-window of "
+                  "DreamerV3's published curves (an unfinished run: within that +-window of its "
+                  "last evaluation), which are training episodes too; the final evaluation "
+                  "plays the policy's mode unless `eval.sample=true`."]
     if any("sampled_final" in r for r in result["rows"]):
         lines += ["", "Final eval, sampled actions: the run's last checkpoint evaluated again "
                   "with actions sampled from the policy (`worldrl eval RUN --sample`, as "

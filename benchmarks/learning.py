@@ -216,11 +216,12 @@ def _first_last(first: dict, last: dict, key: str | None) -> str:
 
 def diagnostics(runs_root: Path, plan: list[Planned], figs: Path) -> list[str]:
     """What the curves show, per DreamerV3 run of the study: from ``metrics.jsonl``, the first
-    and the last logged update's observation and reward losses, the world model's KL (DreamerV3's
-    free bits clip it at 1 nat), the actor's entropy, the imagined returns' 5-95 percentile range
-    and the return scale ``max(1, range)`` that divides the advantages, and the largest reward in
-    the batch beside the largest the reward head predicts; a still of the newest open-loop video
-    (context: the posterior's reconstruction; last frame: the prior's, open loop)."""
+    and the last logged update's observation and reward losses, the world model's KL (its loss is
+    clipped below 1 nat, DreamerV3's free bits), the actor's entropy, the imagined returns' 5-95
+    percentile range and the return scale ``max(1, range)`` that divides the advantages, and the
+    largest reward in the batch beside the largest the reward head predicts; a still of the
+    newest open-loop video (context: the posterior's reconstruction; last frame: the prior's,
+    open loop)."""
     lines = []
     for q in plan:
         run_dir = runs_root / q.name
@@ -229,7 +230,6 @@ def diagnostics(runs_root: Path, plan: list[Planned], figs: Path) -> list[str]:
             continue
         first, last = rows[0], rows[-1]
         obs = next((k for k in ("loss/pixels", "loss/vector") if k in last), None)
-
         spread = last.get("actor/retnorm_hi", 0.0) - last.get("actor/retnorm_lo", 0.0)
         still = ""
         gifs = sorted((run_dir / "videos").glob("openloop-*-pixels.gif"))
