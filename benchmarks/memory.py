@@ -426,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kinds", nargs="+", default=["world_model", "agent"],
                    choices=["world_model", "agent", "popgym"], help="which measurements to run")
     p.add_argument("--popgym-tasks", nargs="+", default=list(POPGYM_TASKS))
+    p.add_argument("--popgym-only", nargs="+", default=None, metavar="RUN",
+                   help="POPGym: train only these runs of the plan (names as in the report's "
+                        "study log, e.g. popgym-AutoencodeEasy-s4-s0); the report keeps the rest")
     p.add_argument("--popgym-runs", default="runs/memory",
                    help="where the POPGym runs live (resumable)")
     p.add_argument("--minutes", type=float, default=0,
@@ -491,6 +494,14 @@ def main(argv: list[str] | None = None) -> int:
                   if plan[g].get("agent") for b in args.backbones]
     popgym_root = Path(args.popgym_runs)
     full = popgym_plan(args.popgym_tasks, args.backbones, extra=args.popgym_extra)
+    chosen = full
+    if args.popgym_only is not None:
+        names = [q.name for q in full]
+        unknown = [n for n in args.popgym_only if n not in names]
+        if unknown:
+            p.error(f"--popgym-only: no run(s) {unknown} in the plan of --popgym-tasks "
+                    f"{args.popgym_tasks} and --backbones {args.backbones}; choose from {names}")
+        chosen = [q for q in full if q.name in args.popgym_only]
 
     def report() -> None:
         result["popgym"] = popgym_cells(popgym_root, full)
@@ -498,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
         write_report(args.out, whole, markdown(whole))
 
     if "popgym" in args.kinds:
-        run_plan(full, popgym_root, args.jobs, args.minutes, on_exit=report, threads=args.threads)
+        run_plan(chosen, popgym_root, args.jobs, args.minutes, on_exit=report,
+                 threads=args.threads)
     for kind, r in run_cells(cells, args.jobs, args.threads, args.stop_at):
         result[kind].append({**r, "run": 0})
         if kind == "world_model":

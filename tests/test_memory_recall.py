@@ -2,6 +2,8 @@
 reward): the cue reaches the answer step of every backbone's world model, and each learns the
 recall within a bounded number of updates (slow); the POPGym part of its report."""
 
+import json
+
 import pytest
 import torch
 
@@ -81,3 +83,43 @@ def test_popgym_report_reads_runs_and_puts_r2i_beside(tmp_path):
     assert "| RepeatPreviousEasy | +0.25 | not run | not run | not run | 0.81 | 0.09 |" in md
     assert ("| CountRecallEasy | not run | -0.75 (at 5k, unfinished) | not run | not run | "
             "not reported | not reported |") in md
+
+
+def test_popgym_only_trains_the_named_runs_and_rejects_unknown_ones(tmp_path, monkeypatch, capsys):
+    """``--popgym-only``: the runner gets only the named runs (the report still covers the whole
+    plan and keeps the other cells of OUT.json); a name outside the plan is refused, naming the
+    choices, before anything is written."""
+    out = tmp_path / "memory"
+    machine = {"cpu": "AMD EPYC", "torch_threads": 1, "torch": "2.13.0+cpu"}
+    old = {"runs": [{"command": "c", "commit": "x", "date": "d", "machine": machine,
+                     "budget": {"jobs": 1, "kinds": ["popgym"]}}],
+           "world_model": [], "agent": [], "notes": [],
+           "popgym": [{"name": "popgym-AutoencodeEasy-rssm-s0", "task": "AutoencodeEasy",
+                       "backbone": "rssm", "seed": 0, "state": "finished",
+                       "evals": [[20000, -0.3]], "steps": 20000}]}
+    out.with_suffix(".json").write_text(json.dumps(old))
+    argv = ["--kinds", "popgym", "--popgym-tasks", "AutoencodeEasy", "--out", str(out),
+            "--popgym-runs", str(tmp_path / "runs")]
+    with pytest.raises(SystemExit) as e:
+        memory.main([*argv, "--popgym-only", "popgym-AutoencodeEasy-gru-s0"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "popgym-AutoencodeEasy-gru-s0" in err and "popgym-AutoencodeEasy-s4-s0" in err
+    assert not (tmp_path / "runs").exists()
+    assert not out.with_suffix(".md").exists()
+
+    seen = []
+
+    def fake_run_plan(plan, root, jobs, minutes, on_exit=None, threads=None):
+        seen.extend(q.name for q in plan)
+        on_exit()
+
+    monkeypatch.setattr(memory, "run_plan", fake_run_plan)
+    assert memory.main([*argv, "--popgym-only", "popgym-AutoencodeEasy-s4-s0",
+                        "popgym-AutoencodeEasy-mamba2-s0"]) == 0
+    assert seen == ["popgym-AutoencodeEasy-s4-s0", "popgym-AutoencodeEasy-mamba2-s0"]
+    written = json.loads(out.with_suffix(".json").read_text())
+    kept = {c["name"]: c["state"] for c in written["popgym"]}
+    assert kept["popgym-AutoencodeEasy-rssm-s0"] == "finished"  # the old cell survives
+    assert kept["popgym-AutoencodeEasy-s4-s0"] == "new"
+    assert "| AutoencodeEasy | -0.30 | not run |" in out.with_suffix(".md").read_text()
