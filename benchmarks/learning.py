@@ -117,9 +117,96 @@ def gpu_run() -> Planned:
 def state(run_dir: Path) -> str:
     if (run_dir / "summary.json").exists():
         return "finished"
-    if (run_dir / "checkpoint.pt").exists() or (run_dir / "segments.jsonl").exists():
-        return "started"
+    if any((run_dir / f).exists() for f in ("checkpoint.pt", "segments.jsonl", "eval.csv")):
+        return "started"  # eval.csv alone: a record of an unfinished run
     return "new"
+
+
+#: what a run's record keeps (``RECORDED`` plus the update rows of ``metrics.jsonl``, thinned,
+#: its lines of the study log and a still of its newest open-loop video): enough for the report,
+#: small enough to commit; checkpoints and replay stay in the run directory
+RECORDED = ("config.yaml", "eval.csv", "episodes.csv", "summary.json",
+            "eval_checkpoint_sample.json")
+METRIC_ROWS = 400
+
+
+def records_of(out: Path) -> Path:
+    """Where the study's run records live beside its report: ``results/learning_cpu_runs``."""
+    return out.parent / f"{out.name}_runs"
+
+
+def _evals_to(run_dir: Path) -> float:
+    from agents.report import _read_evals
+
+    rows = _read_evals(run_dir / "eval.csv")
+    return rows[-1]["step"] if rows else -1.0
+
+
+def where(q: Planned, runs_root: Path, records: Path | None) -> Path:
+    """The directory the report reads run ``q`` from: the run itself, or its committed record
+    when that is further along (a finished record, or one whose evaluations go further: the run
+    directory was lost with another machine, or a lost run is being trained again)."""
+    live = runs_root / q.name
+    if records is None or not (records / q.name / "eval.csv").exists():
+        return live
+    rec = records / q.name
+    if state(live) == "finished" or (state(rec) != "finished"
+                                     and _evals_to(live) >= _evals_to(rec)):
+        return live
+    return rec
+
+
+def record(q: Planned, runs_root: Path, records: Path) -> bool:
+    """Copy run ``q``'s record (see ``RECORDED``) from its run directory into ``records/NAME``,
+    unless the record there is further along; returns whether it wrote one."""
+    import shutil
+
+    live = runs_root / q.name
+    if not (live / "eval.csv").exists() or where(q, runs_root, records) != live:
+        return False
+    dst = records / q.name
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in RECORDED:
+        if (live / name).exists():
+            tmp = dst / f".{name}.tmp"
+            shutil.copyfile(live / name, tmp)
+            tmp.replace(dst / name)
+        elif (dst / name).exists():
+            (dst / name).unlink()
+    rows = _metrics(live)
+    if rows:
+        stride = max(1, -(-len(rows) // METRIC_ROWS))
+        kept = rows[::stride] + ([rows[-1]] if (len(rows) - 1) % stride else [])
+        tmp = dst / ".metrics.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp.replace(dst / "metrics.jsonl")
+    log = runs_root / "study_log.jsonl"
+    if log.exists():
+        mine = [line for line in log.read_text().splitlines()
+                if line.strip() and json.loads(line).get("run") == q.name]
+        (dst / "study_log.jsonl").write_text("".join(line + "\n" for line in mine))
+    gifs = sorted((live / "videos").glob("openloop-*-pixels.gif"))
+    if gifs:
+        try:  # a run in flight may be writing its newest GIF
+            openloop_still(gifs[-1], dst / f"{gifs[-1].stem}.png")
+            for old in dst.glob("openloop-*.png"):
+                if old.stem != gifs[-1].stem:
+                    old.unlink()
+        except (OSError, ValueError, SyntaxError, EOFError):
+            pass
+    return True
+
+
+def lost_runs(out: Path, runs_root: Path, plan: list[Planned]) -> list[str]:
+    """The runs that ``out``.md shows as finished or started but that neither ``runs_root`` nor
+    the records hold any more (their run directories went with another machine)."""
+    md = out.with_suffix(".md")
+    if not md.exists():
+        return []
+    records = records_of(out)
+    shown = dict(re.findall(r"^\| (\S+) \| (finished|started)", md.read_text(), re.M))
+    return [q.name for q in plan if q.name in shown
+            and state(where(q, runs_root, records)) == "new"]
 
 
 def command(p: Planned, run_dir: Path, threads: int) -> list[str]:
@@ -144,22 +231,33 @@ def _shown(path: Path) -> str:
 
 
 def write_report(runs_root: Path, out: Path, plan: list[Planned]) -> None:
-    """``worldrl report`` over the study's runs, with the settings, into ``out``.md."""
+    """``worldrl report`` over the study's runs, with the settings, into ``out``.md; first each
+    run's record is brought up to date (``record``), and a run whose directory is gone is read
+    from its record."""
     from benchmarks.machine import stamp
 
-    dirs = [runs_root / p.name for p in plan if (runs_root / p.name / "eval.csv").exists()]
+    records = records_of(out)
+    for q in plan:
+        record(q, runs_root, records)
+    at = {q.name: where(q, runs_root, records) for q in plan}
+    dirs = [at[q.name] for q in plan if (at[q.name] / "eval.csv").exists()]
     head = stamp("python -m benchmarks.learning " + " ".join(sys.argv[1:]))
     m = head["machine"]
     lines = ["# Learning: Atari100k and DMC at CPU scale", "",
              f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}. Report written at "
              f"commit `{head['commit']}`, {head['date']}; each run's own commits and dates are in "
-             f"`{_shown(runs_root / 'study_log.jsonl')}`.", "",
+             f"its record's study log, `{_shown(records)}/RUN/study_log.jsonl` (the records: "
+             "what the report reads, kept with the results, so that a run whose directory is "
+             "lost with its machine still counts).", "",
              "Settings (why: `benchmarks/learning.py`'s docstring):", "",
              f"- Atari100k: `{' '.join(ATARI)}`",
              f"- DMC proprio: `{' '.join(DMC_PROPRIO)}`",
              f"- DMC vision: `{' '.join(DMC_VISION)}`", "",
              "| run | state |", "|---|---|"]
-    lines += [f"| {p.name} | {state(runs_root / p.name)} |" for p in plan]
+    for q in plan:
+        lost = at[q.name].parent == records and state(at[q.name]) != "finished"
+        note = " (record only: its checkpoint went with another machine)" if lost else ""
+        lines.append(f"| {q.name} | {state(at[q.name])}{note} |")
     try:
         import rliable  # noqa: F401  (not on the GPU machine: report there, afterwards)
     except ImportError:
@@ -173,8 +271,8 @@ def write_report(runs_root: Path, out: Path, plan: list[Planned]) -> None:
         report(dirs, figs)
         lines += ["", (figs / "report.md").read_text().replace("](curve_", f"]({figs.name}/curve_")
                   .replace("](profile_", f"]({figs.name}/profile_")]
-    lines += peer_table(runs_root, plan)
-    lines += diagnostics(runs_root, plan, out.parent / f"{out.name}_figs")
+    lines += peer_table(at, plan)
+    lines += diagnostics(at, plan, out.parent / f"{out.name}_figs")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -214,7 +312,7 @@ def _first_last(first: dict, last: dict, key: str | None) -> str:
     return f"{first[key]:.3g} → {last[key]:.3g}"
 
 
-def diagnostics(runs_root: Path, plan: list[Planned], figs: Path) -> list[str]:
+def diagnostics(at: dict[str, Path], plan: list[Planned], figs: Path) -> list[str]:
     """What the curves show, per DreamerV3 run of the study: from ``metrics.jsonl``, the first
     and the last logged update's observation and reward losses, the world model's KL (its loss is
     clipped below 1 nat, DreamerV3's free bits), the actor's entropy, the imagined returns' 5-95
@@ -222,9 +320,11 @@ def diagnostics(runs_root: Path, plan: list[Planned], figs: Path) -> list[str]:
     largest reward in the batch beside the largest the reward head predicts; a still of the
     newest open-loop video (context: the posterior's reconstruction; last frame: the prior's,
     open loop)."""
+    import shutil
+
     lines = []
     for q in plan:
-        run_dir = runs_root / q.name
+        run_dir = at[q.name]
         rows = _metrics(run_dir)
         if q.peer or "agent=random" in q.overrides or not rows:
             continue
@@ -239,6 +339,11 @@ def diagnostics(runs_root: Path, plan: list[Planned], figs: Path) -> list[str]:
                 still = f"[{gifs[-1].stem.split('-')[1].lstrip('0')}]({figs.name}/{png.name})"
             except (OSError, ValueError, SyntaxError, EOFError):
                 still = ""
+        elif stills := sorted(run_dir.glob("openloop-*-pixels.png")):  # a record's still
+            png = figs / f"openloop_{q.name}.png"
+            figs.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(stills[-1], png)
+            still = f"[{stills[-1].stem.split('-')[1].lstrip('0')}]({figs.name}/{png.name})"
         lines.append(f"| {q.name} | {last['step']:.0f} | {last.get('updates', 0):.0f} | "
                      f"{obs.split('/')[1] + ' ' if obs else ''}{_first_last(first, last, obs)} | "
                      f"{_first_last(first, last, 'loss/rew')} | "
@@ -273,10 +378,12 @@ def _last_eval(run_dir: Path) -> dict | None:
     return rows[-1] if rows else None
 
 
-def _threads(runs_root: Path, name: str) -> str:
-    """The thread count of each process that worked on run ``name`` (``study_log.jsonl``), in
-    order, repeats merged: ``1``, ``1, all`` ..."""
-    log = runs_root / "study_log.jsonl"
+def _threads(run_dir: Path, name: str) -> str:
+    """The thread count of each process that worked on run ``name`` (the study log beside its
+    run directory, or in its record), in order, repeats merged: ``1``, ``1, all`` ..."""
+    log = run_dir / "study_log.jsonl"
+    if not log.exists():
+        log = run_dir.parent / "study_log.jsonl"
     seen: list[str] = []
     for line in log.read_text().splitlines() if log.exists() else []:
         entry = json.loads(line)
@@ -289,7 +396,7 @@ def _threads(runs_root: Path, name: str) -> str:
     return ", ".join(seen) or "?"
 
 
-def peer_table(runs_root: Path, plan: list[Planned]) -> list[str]:
+def peer_table(at: dict[str, Path], plan: list[Planned]) -> list[str]:
     """Ours beside sheeprl at equal settings: per task, each run's last evaluation, the
     wall-clock that reached it and the torch threads each part of the run had (from the study
     log: runs side by side get 1 thread each, a run alone gets all cores)."""
@@ -301,14 +408,14 @@ def peer_table(runs_root: Path, plan: list[Planned]) -> list[str]:
                 if not p.peer and re.fullmatch(rf"{suite}-{task}-dreamer-s\d+", p.name)]
         rows = []
         for p in [*ours, peer]:
-            last = _last_eval(runs_root / p.name)
+            last = _last_eval(at[p.name])
             if last is None:
                 continue
             who = "sheeprl 0.8.4 dreamer_v3_5 (XS dims)" if p.peer else "worldrl dreamer rssm xs"
             wall = last.get("wall_s", float("nan")) / 3600
-            rows.append(f"| {who} | {p.name} | {state(runs_root / p.name)} | {last['step']:.0f} "
+            rows.append(f"| {who} | {p.name} | {state(at[p.name])} | {last['step']:.0f} "
                         f"| {last['return_mean']:.1f} | {wall:.2f} | "
-                        f"{_threads(runs_root, p.name)} |")
+                        f"{_threads(at[p.name], p.name)} |")
         if rows:
             lines += ["", f"### Ours beside sheeprl: {suite} {task}", "",
                       "Last evaluation (10 episodes, the policy's mode) and the wall-clock that "
@@ -421,6 +528,8 @@ def main(argv=None) -> int:
                    help="after this long, stop the runs in flight cleanly (SIGTERM: they write a "
                         "checkpoint and exit; the next start resumes them) and start no more")
     p.add_argument("--extra", nargs="*", default=[], help="overrides added to every run")
+    p.add_argument("--drop-lost", action="store_true",
+                   help="rewrite OUT.md even if it shows runs that are no longer here")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per run (default: 1 with --parallel > 1, else all); "
                         "e.g. 1 for one run beside other work")
@@ -436,11 +545,24 @@ def main(argv=None) -> int:
     if args.extra:
         plan = [Planned(q.name, (*q.overrides, *args.extra)) for q in plan]
     runs_root = Path(args.runs)
+    out = Path(args.out)
+    records = records_of(out)
     if args.list:
         for q in plan:
-            print(f"{q.name:42s} {state(runs_root / q.name):9s} {' '.join(q.overrides)}")
+            at = where(q, runs_root, records)
+            print(f"{q.name:42s} {state(at):9s}{' (record)' if at.parent == records else ''} "
+                  f"{' '.join(q.overrides)}")
         return 0
-    out = Path(args.out)
+    lost = lost_runs(out, runs_root, whole)
+    if lost and not args.drop_lost:
+        print(f"{out.with_suffix('.md')} shows run(s) {lost} that neither {runs_root} nor "
+              f"{records} holds (their run directories went with another machine?): rewriting "
+              "it would drop them. Keep it by passing another --out, or --drop-lost to rewrite "
+              "it without them.", file=sys.stderr)
+        return 2
+    # a run finished on another machine counts from its record: not trained again
+    plan = [q for q in plan if state(where(q, runs_root, records)) != "finished"
+            or state(runs_root / q.name) == "finished"]
     if args.report_only:
         write_report(runs_root, out, whole)
         return 0

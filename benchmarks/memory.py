@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
                    choices=["world_model", "agent", "popgym"], help="which measurements to run")
     p.add_argument("--popgym-tasks", nargs="+", default=list(POPGYM_TASKS))
     p.add_argument("--popgym-only", nargs="+", default=None, metavar="RUN",
-                   help="POPGym: train only these runs of the plan (names as in the report's "
+                   help="POPGym: train only these runs of the plan, in this order (names as in the "
                         "study log, e.g. popgym-AutoencodeEasy-s4-s0); the report keeps the rest")
     p.add_argument("--popgym-runs", default="runs/memory",
                    help="where the POPGym runs live (resumable)")
@@ -501,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             p.error(f"--popgym-only: no run(s) {unknown} in the plan of --popgym-tasks "
                     f"{args.popgym_tasks} and --backbones {args.backbones}; choose from {names}")
-        chosen = [q for q in full if q.name in args.popgym_only]
+        by_name = {q.name: q for q in full}
+        chosen = [by_name[n] for n in dict.fromkeys(args.popgym_only)]  # in the order given
 
     def report() -> None:
         result["popgym"] = popgym_cells(popgym_root, full)

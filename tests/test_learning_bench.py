@@ -1,6 +1,7 @@
 """benchmarks.learning: the study runner resumes, never retrains a finished run, stops cleanly."""
 
 import json
+import shutil
 
 from benchmarks.learning import main
 
@@ -22,6 +23,37 @@ def test_a_finished_run_is_reported_and_never_trained_again(tmp_path):
     assert main(args) == 0
     log = [json.loads(x) for x in (tmp_path / "runs" / "study_log.jsonl").read_text().splitlines()]
     assert [e["event"] for e in log] == ["start", "exit"] and log[1]["rc"] == 0
+
+
+def test_a_run_lost_with_its_machine_counts_from_its_record(tmp_path, capsys):
+    """The report keeps a record of each run beside itself (results/learning_cpu_runs/RUN): when
+    the run directories are gone (another machine), the run is reported from its record and not
+    trained again; when the records are gone too, the study refuses to rewrite a report that
+    shows the run, unless --drop-lost."""
+    runs, out = tmp_path / "runs", tmp_path / "learning"
+    args = ["--runs", str(runs), "--out", str(out), "--only", "atari100k-pong-random-s0",
+            "--extra", *TINY]
+    assert main(args) == 0
+    rec = tmp_path / "learning_runs" / "atari100k-pong-random-s0"
+    assert (rec / "eval.csv").read_text() == (runs / rec.name / "eval.csv").read_text()
+    assert {"config.yaml", "summary.json", "study_log.jsonl"} <= {f.name for f in rec.iterdir()}
+    assert not list(rec.glob("*.pt"))  # no checkpoint, no replay: small enough to commit
+    before = (out.with_suffix(".md")).read_text()
+    shutil.rmtree(runs)
+    assert main(args) == 0
+    assert not (runs / rec.name).exists()  # not trained again
+    md = out.with_suffix(".md").read_text()
+    assert "| atari100k-pong-random-s0 | finished |" in md
+    row = next(x for x in before.splitlines() if x.startswith("| atari100k | pong | random |"))
+    assert row in md  # the same numbers, from the record
+    shutil.rmtree(rec)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "atari100k-pong-random-s0" in err and "--drop-lost" in err
+    assert out.with_suffix(".md").read_text() == md and not (runs / rec.name).exists()
+    assert main([*args, "--report-only", "--drop-lost"]) == 0
+    assert "| atari100k-pong-random-s0 | new |" in out.with_suffix(".md").read_text()
 
 
 def test_minutes_stops_runs_cleanly_and_they_resume(tmp_path):
@@ -57,6 +89,14 @@ def test_dreamer_runs_get_a_sampled_evaluation_and_diagnostics(tmp_path):
     mtime = (run / "eval_checkpoint_sample.json").stat().st_mtime
     assert main([*args, "--sampled-evals"]) == 0  # up to date: not evaluated again
     assert (run / "eval_checkpoint_sample.json").stat().st_mtime == mtime
+    # the run's record carries the diagnostics and the sampled evaluation past the run's loss
+    shutil.rmtree(tmp_path / "runs")
+    shutil.rmtree(tmp_path / "learning_figs")
+    assert main([*args, "--report-only"]) == 0
+    assert diag in (tmp_path / "learning.md").read_text().splitlines()
+    assert (tmp_path / "learning_figs" / "openloop_atari100k-pong-dreamer-s0.png").exists()
+    (row,) = json.loads((tmp_path / "learning_figs" / "report.json").read_text())["rows"]
+    assert row["sampled_final"]["runs"] == [sampled["return_mean"]]
 
 
 def test_the_peer_table_holds_only_runs_at_the_peers_settings(tmp_path):
@@ -69,5 +109,5 @@ def test_the_peer_table_holds_only_runs_at_the_peers_settings(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "eval.csv").write_text(
             "step,return_mean,return_std,episodes,wall_s\n5000,10.0,0.0,10,60.0\n")
-    table = "\n".join(peer_table(tmp_path, study()))
+    table = "\n".join(peer_table({q.name: tmp_path / q.name for q in study()}, study()))
     assert names[0] in table and names[2] in table and RATIO_DIAGNOSTIC.name not in table

@@ -115,9 +115,9 @@ def test_popgym_only_trains_the_named_runs_and_rejects_unknown_ones(tmp_path, mo
         on_exit()
 
     monkeypatch.setattr(memory, "run_plan", fake_run_plan)
-    assert memory.main([*argv, "--popgym-only", "popgym-AutoencodeEasy-s4-s0",
-                        "popgym-AutoencodeEasy-mamba2-s0"]) == 0
-    assert seen == ["popgym-AutoencodeEasy-s4-s0", "popgym-AutoencodeEasy-mamba2-s0"]
+    assert memory.main([*argv, "--popgym-only", "popgym-AutoencodeEasy-mamba2-s0",
+                        "popgym-AutoencodeEasy-s4-s0"]) == 0
+    assert seen == ["popgym-AutoencodeEasy-mamba2-s0", "popgym-AutoencodeEasy-s4-s0"]  # in order
     written = json.loads(out.with_suffix(".json").read_text())
     kept = {c["name"]: c["state"] for c in written["popgym"]}
     assert kept["popgym-AutoencodeEasy-rssm-s0"] == "finished"  # the old cell survives
