@@ -14,6 +14,15 @@ each run, and at the end, ``worldrl report`` over the finished and unfinished ru
 ``results/learning_cpu.md`` (tables, curves beside DreamerV3's published ones, Atari100k HNS with
 rliable), with the study's settings, commands, machine, commits and dates.
 
+Run directories live on one machine; the next session may get another. So each report first
+brings every run's *record* up to date in ``results/learning_cpu_runs/RUN`` (``RECORDED``: its
+evaluations, training episodes, summary and config, its metrics thinned to ``METRIC_ROWS`` rows,
+its lines of the study log, a still of its newest open-loop video; no checkpoint), committed with
+the report. A run whose directory is gone is reported from its record, and a finished one is not
+trained again; an unfinished one starts afresh (its checkpoint went with the machine) and
+replaces its record once its evaluations go further. A report that shows runs neither place
+holds any more is not rewritten (``--drop-lost`` to rewrite it anyway).
+
 **Settings, and why** (the same for every run of a suite). The DreamerV3 recipe (size S, train
 ratio 256 on Atari100k, 1024 on DMC proprio) costs ~8.6 s per size-S update on these 2 cores, i.e.
 ~60 h per Atari100k game: out of reach. Size XS (1M parameters on pixels) updates in ~1.0 s
