@@ -20,7 +20,7 @@ evaluations, training episodes, summary and config, its metrics thinned to ``MET
 its lines of the study log, a still of its newest open-loop video; no checkpoint), committed with
 the report. A run whose directory is gone is reported from its record, and a finished one is not
 trained again; an unfinished one starts afresh (its checkpoint went with the machine) and
-replaces its record once its evaluations go further. A report that shows runs neither place
+replaces its record once its evaluations go as far. A report that shows runs neither place
 holds any more is not rewritten (``--drop-lost`` to rewrite it anyway).
 
 **Settings, and why** (the same for every run of a suite). The DreamerV3 recipe (size S, train
@@ -144,13 +144,6 @@ def records_of(out: Path) -> Path:
     return out.parent / f"{out.name}_runs"
 
 
-def _evals_to(run_dir: Path) -> float:
-    from agents.report import _read_evals
-
-    rows = _read_evals(run_dir / "eval.csv")
-    return rows[-1]["step"] if rows else -1.0
-
-
 def where(q: Planned, runs_root: Path, records: Path | None) -> Path:
     """The directory the report reads run ``q`` from: the run itself, or its committed record
     when that is further along (a finished record, or one whose evaluations go further: the run
@@ -160,7 +153,7 @@ def where(q: Planned, runs_root: Path, records: Path | None) -> Path:
         return live
     rec = records / q.name
     if state(live) == "finished" or (state(rec) != "finished"
-                                     and _evals_to(live) >= _evals_to(rec)):
+                                     and _evals_to(live) >= _evals_to(rec)):  # a tie: live
         return live
     return rec
 
@@ -183,26 +176,24 @@ def record(q: Planned, runs_root: Path, records: Path) -> bool:
         elif (dst / name).exists():
             (dst / name).unlink()
     rows = _metrics(live)
-    if rows:
-        stride = max(1, -(-len(rows) // METRIC_ROWS))
-        kept = rows[::stride] + ([rows[-1]] if (len(rows) - 1) % stride else [])
-        tmp = dst / ".metrics.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        tmp.replace(dst / "metrics.jsonl")
+    stride = max(1, -(-len(rows) // METRIC_ROWS))
+    kept = rows[::stride] + ([rows[-1]] if rows and (len(rows) - 1) % stride else [])
+    tmp = dst / ".metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tmp.replace(dst / "metrics.jsonl")
     log = runs_root / "study_log.jsonl"
-    if log.exists():
-        mine = [line for line in log.read_text().splitlines()
-                if line.strip() and json.loads(line).get("run") == q.name]
-        (dst / "study_log.jsonl").write_text("".join(line + "\n" for line in mine))
+    mine = [line for line in (log.read_text().splitlines() if log.exists() else [])
+            if f'"run": "{q.name}"' in line]  # json.dumps' spacing (log_line)
+    (dst / "study_log.jsonl").write_text("".join(line + "\n" for line in mine))
     gifs = sorted((live / "videos").glob("openloop-*-pixels.gif"))
-    if gifs:
-        try:  # a run in flight may be writing its newest GIF
+    if gifs and not (dst / f"{gifs[-1].stem}.png").exists():
+        try:  # a run in flight may be writing its newest GIF: the next report tries again
             openloop_still(gifs[-1], dst / f"{gifs[-1].stem}.png")
-            for old in dst.glob("openloop-*.png"):
-                if old.stem != gifs[-1].stem:
-                    old.unlink()
         except (OSError, ValueError, SyntaxError, EOFError):
             pass
+    for old in dst.glob("openloop-*.png"):  # only the still of the run's newest GIF
+        if not gifs or old.stem != gifs[-1].stem:
+            old.unlink()
     return True
 
 
@@ -281,7 +272,7 @@ def write_report(runs_root: Path, out: Path, plan: list[Planned]) -> None:
         lines += ["", (figs / "report.md").read_text().replace("](curve_", f"]({figs.name}/curve_")
                   .replace("](profile_", f"]({figs.name}/profile_")]
     lines += peer_table(at, plan)
-    lines += diagnostics(at, plan, out.parent / f"{out.name}_figs")
+    lines += diagnostics(at, plan, out.parent / f"{out.name}_figs", records)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -321,14 +312,15 @@ def _first_last(first: dict, last: dict, key: str | None) -> str:
     return f"{first[key]:.3g} → {last[key]:.3g}"
 
 
-def diagnostics(at: dict[str, Path], plan: list[Planned], figs: Path) -> list[str]:
+def diagnostics(at: dict[str, Path], plan: list[Planned], figs: Path, records: Path
+                ) -> list[str]:
     """What the curves show, per DreamerV3 run of the study: from ``metrics.jsonl``, the first
     and the last logged update's observation and reward losses, the world model's KL (its loss is
     clipped below 1 nat, DreamerV3's free bits), the actor's entropy, the imagined returns' 5-95
     percentile range and the return scale ``max(1, range)`` that divides the advantages, and the
     largest reward in the batch beside the largest the reward head predicts; a still of the
     newest open-loop video (context: the posterior's reconstruction; last frame: the prior's,
-    open loop)."""
+    open loop), which ``record`` keeps in the run's record."""
     import shutil
 
     lines = []
@@ -341,14 +333,7 @@ def diagnostics(at: dict[str, Path], plan: list[Planned], figs: Path) -> list[st
         obs = next((k for k in ("loss/pixels", "loss/vector") if k in last), None)
         spread = last.get("actor/retnorm_hi", 0.0) - last.get("actor/retnorm_lo", 0.0)
         still = ""
-        gifs = sorted((run_dir / "videos").glob("openloop-*-pixels.gif"))
-        if gifs:
-            try:  # a run in flight may be writing its newest GIF
-                png = openloop_still(gifs[-1], figs / f"openloop_{q.name}.png")
-                still = f"[{gifs[-1].stem.split('-')[1].lstrip('0')}]({figs.name}/{png.name})"
-            except (OSError, ValueError, SyntaxError, EOFError):
-                still = ""
-        elif stills := sorted(run_dir.glob("openloop-*-pixels.png")):  # a record's still
+        if stills := sorted((records / q.name).glob("openloop-*-pixels.png")):
             png = figs / f"openloop_{q.name}.png"
             figs.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(stills[-1], png)
@@ -385,6 +370,12 @@ def _last_eval(run_dir: Path) -> dict | None:
 
     rows = _read_evals(run_dir / "eval.csv")
     return rows[-1] if rows else None
+
+
+def _evals_to(run_dir: Path) -> float:
+    """The step of ``run_dir``'s last evaluation (-1: none)."""
+    last = _last_eval(run_dir)
+    return last["step"] if last else -1.0
 
 
 def _threads(run_dir: Path, name: str) -> str:
