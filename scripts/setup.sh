@@ -2,7 +2,7 @@
 # Set up worldrl in a virtual environment (./.venv by default), idempotently.
 #
 #   bash scripts/setup.sh            # the library with Atari + DMC + POPGym + TensorBoard extras
-#   bash scripts/setup.sh dev        # the same plus pytest, ruff, scipy (for the tests)
+#   bash scripts/setup.sh dev        # the same plus pytest, pytest-xdist, ruff, scipy (for the tests)
 #
 # torch is installed first, on its own: on a machine with an NVIDIA driver (nvidia-smi works) pip's
 # default CUDA build, otherwise the CPU build. Without this step pip would resolve an unpinned

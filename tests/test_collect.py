@@ -155,7 +155,22 @@ def test_collector_workers_keep_their_carry_and_follow_the_learners_weights(back
                 agent.prefer[preferred] = 1.0
             policy.mode = "train"
             col.update_policy_weights_()
-            take(2)  # each worker may finish one batch with the weights it had
+            # a worker may have a batch queued and another half collected with the weights it
+            # had: skip each stream's batches until its first one acted wholly with the new ones
+            # (the preferred action at every step, and the train mode's count moving)
+            def new_weights(b, preferred=preferred):
+                actions = b["action"].argmax(-1).reshape(-1)
+                moved = (b["next", "carry", "count"] > 0).all()
+                return bool((actions == preferred).all() and moved)
+
+            switched = set()
+            for _ in range(12):
+                b = next(batches)
+                if new_weights(b):
+                    switched.update(streams_of(b))
+                if switched == {0, 1}:
+                    break
+            assert switched == {0, 1}, f"the workers did not switch to the new weights: {switched}"
             last = {}
             for b in take(6):
                 actions = b["action"].argmax(-1).reshape(-1)
