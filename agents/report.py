@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,10 +384,15 @@ def report(paths: list[str | Path], out: str | Path, baselines_file: Path = BASE
         aggregates.append({"suite": suite, "method": method, "tasks": len(tasks),
                            "unfinished_runs": sum(len(t["unfinished"]) for t in tasks),
                            "mean_return": float(np.mean([t["final_mean"] for t in tasks]))})
-    result = {"paths": [str(p) for p in paths], "rows": rows, "aggregates": aggregates}
+    def rel(p) -> str:  # paths relative to the report folder: a committed report moves
+        return os.path.relpath(Path(p).resolve(), out.resolve())
+
+    for row in rows:
+        row["unfinished"] = [rel(p) for p in row["unfinished"]]
+    result = {"paths": [rel(p) for p in paths], "rows": rows, "aggregates": aggregates}
     if plots:
         for row in rows:
-            row["png"] = str(_plot(row, out))
+            row["png"] = rel(_plot(row, out))
     (out / "report.json").write_text(json.dumps(result, indent=1))
     (out / "report.md").write_text(render(result))
     return result

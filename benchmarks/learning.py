@@ -6,6 +6,7 @@
     python -m benchmarks.learning --only atari100k-boxing-dreamer-s0 --parallel 1
     python -m benchmarks.learning --report-only        # results/learning_cpu.md from what is there
     python -m benchmarks.learning --minutes 150        # stop cleanly (SIGTERM: checkpoint) after
+    python -m benchmarks.learning --gpu                # the GPU run: results/learning_gpu.md
 
 Resumable by construction: every run is a ``worldrl train`` in its own run directory under
 ``--runs`` (default ``runs/learning``), so a killed study (or a killed session) picks each run up
@@ -20,8 +21,11 @@ evaluations, training episodes, summary and config, its metrics thinned to ``MET
 its lines of the study log, a still of its newest open-loop video; no checkpoint), committed with
 the report. A run whose directory is gone is reported from its record, and a finished one is not
 trained again; an unfinished one starts afresh (its checkpoint went with the machine) and
-replaces its record once its evaluations go as far. A report that shows runs neither place
-holds any more is not rewritten (``--drop-lost`` to rewrite it anyway).
+replaces its record once its evaluations go as far. A run whose settings differ from its
+record's (another ``--extra``, another recipe) never replaces it: the report keeps the record,
+says so, and names the keys (delete the record to take the new run). A report that shows runs
+neither place holds any more (a finished one, or a started one with evaluations) is not
+rewritten (``--drop-lost`` to rewrite it anyway). ``--gpu`` writes ``results/learning_gpu.md``.
 
 **Settings, and why** (the same for every run of a suite). The DreamerV3 recipe (size S, train
 ratio 256 on Atari100k, 1024 on DMC proprio) costs ~8.6 s per size-S update on these 2 cores, i.e.
@@ -144,14 +148,57 @@ def records_of(out: Path) -> Path:
     return out.parent / f"{out.name}_runs"
 
 
+#: config keys that may differ between the attempts at one run: where and how it ran
+PLACE_KEYS = ("run_dir", "overwrite", "device", "train.threads", "train.progress")
+
+
+def _settings(run_dir: Path) -> dict | None:
+    """``run_dir``'s config without ``PLACE_KEYS`` (None: no config there)."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return None
+    cfg = yaml.safe_load(path.read_text()) or {}
+    for key in PLACE_KEYS:
+        *parents, leaf = key.split(".")
+        node = cfg
+        for k in parents:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return cfg
+
+
+def settings_differ(a: Path, b: Path) -> list[str]:
+    """The config keys (dotted) whose values differ between run directories ``a`` and ``b``,
+    ``PLACE_KEYS`` aside; empty when either has no config."""
+    x, y = _settings(a), _settings(b)
+    if x is None or y is None:
+        return []
+
+    def flat(d, pre=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{pre}{k}.") if isinstance(v, dict) else {f"{pre}{k}": v})
+        return out
+
+    fx, fy = flat(x), flat(y)
+    return sorted(k for k in fx.keys() | fy.keys() if fx.get(k) != fy.get(k))
+
+
 def where(q: Planned, runs_root: Path, records: Path | None) -> Path:
     """The directory the report reads run ``q`` from: the run itself, or its committed record
     when that is further along (a finished record, or one whose evaluations go further: the run
-    directory was lost with another machine, or a lost run is being trained again)."""
+    directory was lost with another machine, or a lost run is being trained again). A run with
+    other settings than its record (``settings_differ``) never takes its place: the record is
+    the study's; delete it to take the new run."""
     live = runs_root / q.name
     if records is None or not (records / q.name / "eval.csv").exists():
         return live
     rec = records / q.name
+    if settings_differ(live, rec):
+        return rec
     if state(live) == "finished" or (state(rec) != "finished"
                                      and _evals_to(live) >= _evals_to(rec)):  # a tie: live
         return live
@@ -205,8 +252,21 @@ def lost_runs(out: Path, runs_root: Path, plan: list[Planned]) -> list[str]:
         return []
     records = records_of(out)
     shown = dict(re.findall(r"^\| (\S+) \| (finished|started)", md.read_text(), re.M))
-    return [q.name for q in plan if q.name in shown
-            and state(where(q, runs_root, records)) == "new"]
+    # a started run counts as lost only if the report showed its evaluations (an unfinished
+    # run of report.json); one started without any (sheeprl in flight, a run before its first
+    # evaluation) showed nothing that could be lost
+    figs = out.parent / f"{out.name}_figs" / "report.json"
+    shown_evals = set()
+    if figs.exists():
+        rows = json.loads(figs.read_text()).get("rows", [])
+        shown_evals = {Path(p).name for r in rows for p in r.get("unfinished", [])}
+    lost = []
+    for q in plan:
+        now = state(where(q, runs_root, records))
+        if (shown.get(q.name) == "finished" and now != "finished"
+                or shown.get(q.name) == "started" and now == "new" and q.name in shown_evals):
+            lost.append(q.name)
+    return lost
 
 
 def command(p: Planned, run_dir: Path, threads: int) -> list[str]:
@@ -255,8 +315,18 @@ def write_report(runs_root: Path, out: Path, plan: list[Planned]) -> None:
              f"- DMC vision: `{' '.join(DMC_VISION)}`", "",
              "| run | state |", "|---|---|"]
     for q in plan:
-        lost = at[q.name].parent == records and state(at[q.name]) != "finished"
-        note = " (record only: its checkpoint went with another machine)" if lost else ""
+        differ = (settings_differ(runs_root / q.name, at[q.name])
+                  if at[q.name].parent == records else [])
+        if differ:
+            note = (f" (record; the run in {_shown(runs_root)} has other settings, "
+                    f"{', '.join(differ[:4])}: not taken)")
+            print(f"run {q.name}: {runs_root / q.name} has other settings than its record "
+                  f"({', '.join(differ)}); the report keeps the record (delete "
+                  f"{at[q.name]} to take the new run)", file=sys.stderr)
+        elif at[q.name].parent == records and state(at[q.name]) != "finished":
+            note = " (record only: its checkpoint went with another machine)"
+        else:
+            note = ""
         lines.append(f"| {q.name} | {state(at[q.name])}{note} |")
     try:
         import rliable  # noqa: F401  (not on the GPU machine: report there, afterwards)
@@ -515,7 +585,9 @@ def sampled_evals(plan: list[Planned], runs_root: Path, threads: int = 0) -> lis
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default=str(ROOT / "runs" / "learning"))
-    p.add_argument("--out", default=str(ROOT / "results" / "learning_cpu"))
+    p.add_argument("--out", default=None,
+                   help="the report, OUT.md (default results/learning_cpu, with --gpu "
+                        "results/learning_gpu)")
     p.add_argument("--parallel", type=int, default=1, help="runs side by side (1 thread each)")
     p.add_argument("--only", nargs="+", default=None, help="run names (see --list)")
     p.add_argument("--list", action="store_true", help="show the study's runs and their state")
@@ -545,7 +617,7 @@ def main(argv=None) -> int:
     if args.extra:
         plan = [Planned(q.name, (*q.overrides, *args.extra)) for q in plan]
     runs_root = Path(args.runs)
-    out = Path(args.out)
+    out = Path(args.out or ROOT / "results" / ("learning_gpu" if args.gpu else "learning_cpu"))
     records = records_of(out)
     if args.list:
         for q in plan:

@@ -111,3 +111,90 @@ def test_the_peer_table_holds_only_runs_at_the_peers_settings(tmp_path):
             "step,return_mean,return_std,episodes,wall_s\n5000,10.0,0.0,10,60.0\n")
     table = "\n".join(peer_table({q.name: tmp_path / q.name for q in study()}, study()))
     assert names[0] in table and names[2] in table and RATIO_DIAGNOSTIC.name not in table
+
+
+def _run(path, evals, finished=False, seed=0, metrics=0, threads=1):
+    """A hand-written run directory: config.yaml, eval.csv with evaluations at ``evals``."""
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(f"seed: {seed}\nrun_dir: {path}\ndevice: auto\n"
+                                      f"env:\n  suite: dmc_proprio\n  task: cartpole_swingup\n"
+                                      f"agent:\n  name: random\n"
+                                      f"train:\n  threads: {threads}\n  train_ratio: 64\n")
+    (path / "eval.csv").write_text("step,return_mean,return_std,episodes,wall_s\n" + "".join(
+        f"{s},{s / 1000},0,10,{s / 10}\n" for s in evals))
+    if finished:
+        (path / "summary.json").write_text(json.dumps({"env_steps": evals[-1]}))
+    if metrics:
+        (path / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": 8 * i, "kl/dyn": float(i)}) + "\n" for i in range(metrics)))
+    return path
+
+
+def test_where_the_report_reads_a_run_from_live_or_record(tmp_path):
+    from benchmarks.learning import Planned, where
+
+    q = Planned("dmc_proprio-cartpole_swingup-dreamer-s0", ())
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    live, rec = runs / q.name, records / q.name
+    assert where(q, runs, records) == live  # no record
+    _run(rec, [10000, 20000])  # an unfinished record from a lost machine
+    assert where(q, runs, records) == rec  # no live run
+    _run(live, [10000], threads=2)  # trained afresh, not yet as far: the record still shows
+    assert where(q, runs, records) == rec
+    shutil.rmtree(live)
+    _run(live, [10000, 20000])  # as far: a tie goes to the live run
+    assert where(q, runs, records) == live
+    shutil.rmtree(rec)
+    _run(rec, [10000, 20000, 50000], finished=True)
+    assert where(q, runs, records) == rec  # a finished record beats an unfinished run
+    shutil.rmtree(live)
+    _run(live, [10000], finished=True)
+    assert where(q, runs, records) == live  # a finished run replaces its record
+    shutil.rmtree(live)
+    _run(live, [10000, 20000, 50000, 60000], finished=True, seed=1)
+    assert where(q, runs, records) == rec  # other settings never take the record's place
+
+
+def test_record_thins_metrics_and_keeps_a_record_with_other_settings(tmp_path, capsys):
+    from benchmarks.learning import METRIC_ROWS, Planned, record, write_report
+
+    q = Planned("dmc_proprio-cartpole_swingup-dreamer-s0", ())
+    runs, out = tmp_path / "runs", tmp_path / "learning"
+    records = tmp_path / "learning_runs"
+    _run(runs / q.name, [10000, 20000], metrics=3 * METRIC_ROWS + 7)
+    assert record(q, runs, records)
+    kept = [json.loads(x) for x in (records / q.name / "metrics.jsonl").read_text().splitlines()]
+    assert METRIC_ROWS // 2 < len(kept) <= METRIC_ROWS + 1
+    assert kept[0]["step"] == 0 and kept[-1]["step"] == 8 * (3 * METRIC_ROWS + 6)  # the ends
+    assert record(q, runs, records)  # again: the same record
+    before = (records / q.name / "eval.csv").read_text()
+    shutil.rmtree(runs / q.name)
+    _run(runs / q.name, [10000, 20000, 30000], finished=True, seed=7)
+    assert not record(q, runs, records)  # other settings: the record stays
+    assert (records / q.name / "eval.csv").read_text() == before
+    write_report(runs, out, [q])
+    assert "seed" in capsys.readouterr().err
+    md = out.with_suffix(".md").read_text()
+    assert f"| {q.name} | started (record; the run in" in md and "seed: not taken)" in md
+
+
+def test_a_started_run_without_evaluations_is_not_called_lost(tmp_path):
+    from benchmarks.learning import Planned, lost_runs
+
+    a, b, c = (Planned(f"atari100k-pong-dreamer-s{i}", ()) for i in range(3))
+    runs, out = tmp_path / "runs", tmp_path / "learning"
+    (tmp_path / "learning.md").write_text(
+        f"| run | state |\n|---|---|\n| {a.name} | started |\n| {b.name} | started |\n"
+        f"| {c.name} | finished |\n")
+    figs = tmp_path / "learning_figs"
+    figs.mkdir()
+    (figs / "report.json").write_text(json.dumps(
+        {"rows": [{"unfinished": [f"../runs/{b.name}"]}]}))
+    # a had no evaluations when the report was written; b had; c was finished
+    assert lost_runs(out, runs, [a, b, c]) == [b.name, c.name]
+    _run(runs / b.name, [10000])
+    _run(runs / c.name, [10000])  # c trained again, not finished: still lost
+    assert lost_runs(out, runs, [a, b, c]) == [c.name]
+    shutil.rmtree(runs / c.name)
+    _run(runs / c.name, [10000], finished=True)
+    assert lost_runs(out, runs, [a, b, c]) == []
