@@ -160,6 +160,10 @@ def _quiet_thread_disk_errors(command: str, storage_error) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "train" and not args.multirun and argv is None:
+        from agents.stop import catch_early
+
+        catch_early()  # a SIGTERM while the run starts up: the same clean stop as later
     from agents.run_dir import (
         DISK_ERRNOS,
         CheckpointError,

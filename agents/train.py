@@ -21,7 +21,6 @@ import json
 import math
 import os
 import signal
-import threading
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
@@ -48,6 +47,7 @@ from agents.run_dir import (
     set_rng_state,
     write_atomic,
 )
+from agents.stop import StopRequest, stop_request
 from worldrl.optim import check_schedule
 from worldrl.replay import Replay
 from worldrl.smoothing import make_smoother
@@ -546,7 +546,7 @@ def setup(cfg: DictConfig) -> Run | dict:
     run.collector = collect.make_collector(env, policy, cfg, env_seed, carry_primer(agent))
     run.logger = Logger(run_dir, start_step=state.env_steps) if world.main else NullLogger()
     run.pbar = _progress(cfg, state.env_steps) if world.main else None
-    run.stop = StopRequest(stop_signal_names(cfg))
+    run.stop = stop_request(stop_signal_names(cfg))  # caught since start-up when by the CLI
     run.start_time = time.time()
     return run
 
@@ -579,35 +579,6 @@ def _summary(counters: dict, final: list[float], replay_rows: int) -> dict:
 def _write_summary(run_dir: Path, summary: dict) -> None:
     text = json.dumps(summary, indent=1)
     write_atomic(run_dir / "summary.json", lambda tmp: tmp.write_text(text))
-
-
-class StopRequest:
-    """Catches the stop signals; the training loop polls :attr:`signal` (the first one's name),
-    finishes the update in flight, checkpoints and returns. After the first signal a second
-    Ctrl-C interrupts at once (the previous SIGINT handler); SIGTERM and the warning signal keep
-    asking for the clean stop (SLURM sends SIGTERM after its warning signal)."""
-
-    def __init__(self, names: list[str]):
-        self.names = names
-        self.signal: str | None = None
-        self._previous: dict[int, object] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # handlers can only be set from the main thread; the caller owns signals
-        for name in self.names:
-            sig = signal.Signals[name]
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.signal = self.signal or signal.Signals(signum).name
-        if signal.SIGINT in self._previous:
-            signal.signal(signal.SIGINT, self._previous.pop(signal.SIGINT))
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 
 
 def _progress(cfg, initial: int):

@@ -288,6 +288,37 @@ def test_a_stop_signal_checkpoints_and_exits_cleanly(tmp_path, sig, times):
     assert float(last[-1]) > ckpt["counters"]["wall_s"]
 
 
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (Linux: SigCgt in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_a_stop_while_the_run_starts_up_is_the_same_clean_stop(tmp_path):
+    """SIGTERM sent as soon as ``worldrl train`` can catch it, before torch is even imported: the
+    run still builds, takes one batch, checkpoints and exits 0 (not killed by the signal)."""
+    run = tmp_path / "run"
+    proc = _start(run)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None and not _catches(
+                proc.pid, signal.SIGTERM):
+            time.sleep(0.005)
+        assert not (run / "config.yaml").exists()  # caught long before the run directory
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "Traceback" not in err
+    line = next(x for x in out.splitlines() if x.startswith("stopped by SIGTERM"))
+    at = int(line.split("at env step ")[1].split()[0])
+    assert load_checkpoint(run)["counters"]["env_steps"] == at > 0
+
+
 def test_a_full_disk_while_logging_is_one_line_naming_the_log(tmp_path, monkeypatch, capsys):
     from agents.logger import Logger
 
