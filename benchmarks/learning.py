@@ -225,9 +225,12 @@ def record(q: Planned, runs_root: Path, records: Path) -> bool:
     rows = _metrics(live)
     stride = max(1, -(-len(rows) // METRIC_ROWS))
     kept = rows[::stride] + ([rows[-1]] if rows and (len(rows) - 1) % stride else [])
-    tmp = dst / ".metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    tmp.replace(dst / "metrics.jsonl")
+    if kept:
+        tmp = dst / ".metrics.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp.replace(dst / "metrics.jsonl")
+    elif (dst / "metrics.jsonl").exists():  # none (a random policy), or not the old attempt's
+        (dst / "metrics.jsonl").unlink()
     log = runs_root / "study_log.jsonl"
     mine = [line for line in (log.read_text().splitlines() if log.exists() else [])
             if f'"run": "{q.name}"' in line]  # json.dumps' spacing (log_line)

@@ -311,8 +311,13 @@ def merge(old: dict, new: dict) -> dict:
                 if (r["backbone"], r["gap"]) not in fresh]
         out[kind] = kept + [{**r, "run": r["run"] + len(runs)} for r in new[kind]]
         out[kind].sort(key=lambda r: (r["gap"], BACKBONES.index(r["backbone"])))
+    def reach(c):  # a POPGym cell is replaced only by one as far along (a run lost with its
+        # machine and started afresh does not hide what the lost one reached until it is)
+        return (c["state"] == "finished", c["evals"][-1][0] if c["evals"] else -1)
+
     seen = {c["name"]: c for c in new.get("popgym", []) if c["state"] != "new"}
-    out["popgym"] = [seen.get(c["name"], c) for c in old.get("popgym", [])]
+    out["popgym"] = [seen[c["name"]] if c["name"] in seen and reach(seen[c["name"]]) >= reach(c)
+                     else c for c in old.get("popgym", [])]
     out["popgym"] += [c for c in new.get("popgym", []) if c["name"] not in
                       {o["name"] for o in out["popgym"]}]
     return out

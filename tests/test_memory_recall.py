@@ -123,3 +123,26 @@ def test_popgym_only_trains_the_named_runs_and_rejects_unknown_ones(tmp_path, mo
     assert kept["popgym-AutoencodeEasy-rssm-s0"] == "finished"  # the old cell survives
     assert kept["popgym-AutoencodeEasy-s4-s0"] == "new"
     assert "| AutoencodeEasy | -0.30 | not run |" in out.with_suffix(".md").read_text()
+
+
+def test_merge_keeps_a_popgym_cell_until_a_new_run_goes_as_far():
+    """A POPGym run lost with its machine and trained afresh: memory.json keeps the old cell's
+    evaluations until the new run reaches as far (or finishes)."""
+    stamp = {"command": "c", "commit": "x", "date": "d", "machine": {}, "budget": {}}
+
+    def cell(state, evals):
+        return {"name": "popgym-AutoencodeEasy-s4-s0", "state": state, "evals": evals}
+
+    old = {**stamp, "world_model": [], "agent": [],
+           "popgym": [cell("finished", [[5000, -0.5], [20000, -0.25]])]}
+
+    def merged(new_cell):
+        new = {"runs": [], "world_model": [], "agent": [], "popgym": [new_cell]}
+        return memory.merge(old, new)["popgym"][0]
+
+    assert merged(cell("started", [[5000, -0.4]]))["evals"][-1] == [20000, -0.25]
+    assert merged(cell("new", []))["state"] == "finished"
+    assert merged(cell("finished", [[5000, -0.4], [20000, 0.1]]))["evals"][-1] == [20000, 0.1]
+    old["popgym"] = [cell("started", [[5000, -0.5]])]
+    assert merged(cell("started", [[5000, -0.6]]))["evals"] == [[5000, -0.6]]  # as far: new
+    assert merged(cell("started", []))["evals"] == [[5000, -0.5]]
