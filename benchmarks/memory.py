@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import sys
 import time
@@ -378,6 +379,42 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+#: episodes and seed of the POPGym floors (``popgym_floors``)
+FLOOR_EPISODES, FLOOR_SEED = 100, 0
+
+
+@functools.cache
+def popgym_floors(task: str) -> tuple[float, float]:
+    """The mean return over ``FLOOR_EPISODES`` seeded episodes of POPGym ``task`` of a uniform
+    random policy and of the constant policy "always action 0": what a run that learned nothing
+    gets (a greedy policy that collapsed to one action gets the second)."""
+    from envs.popgym import make_popgym
+
+    env = make_popgym(task)
+    rng = np.random.default_rng(FLOOR_SEED)
+    means = []
+    for uniform in (True, False):
+        returns = []
+        for episode in range(FLOOR_EPISODES):
+            env.reset(seed=FLOOR_SEED + episode)
+            ret, done = 0.0, False
+            while not done:
+                action = int(rng.integers(env.action_space.n)) if uniform else 0
+                _, reward, terminated, truncated, _ = env.step(action)
+                ret, done = ret + float(reward), terminated or truncated
+            returns.append(ret)
+        means.append(float(np.mean(returns)))
+    env.close()
+    return means[0], means[1]
+
+
+def _floors(task: str) -> tuple[str, str]:
+    try:
+        return tuple(f"{v:+.2f}" for v in popgym_floors(task))
+    except ImportError:  # popgym not installed where the report is written
+        return "n/a", "n/a"
+
+
 def _r2i(task: str) -> tuple[str, str]:
     """R2I's and DreamerV3's bars for a POPGym task name (``RepeatPreviousEasy``), or ``""``."""
     ref = json.loads(R2I_POPGYM.read_text())["scores"]
@@ -395,9 +432,13 @@ def popgym_markdown(cells: list[dict]) -> list[str]:
              "(`agent.backbone.imag_context=0` for the SSMs), one thread per run; each run's "
              "commits and dates: `runs/memory/study_log.jsonl`. R2I and DreamerV3: bar heights "
              "read off R2I's POPGym figure (`benchmarks/r2i_popgym.json`), at R2I's budget, far "
-             "beyond ours.", "",
-             "| task | " + " | ".join(BACKBONES) + " | R2I | DreamerV3 |",
-             "|---|" + "---|" * (len(BACKBONES) + 2)]
+             "beyond ours. Floors: the mean return of a uniform random policy and of the "
+             f"constant policy \"always action 0\", {FLOOR_EPISODES} seeded episodes each "
+             "(`popgym_floors`); a run at a floor learned nothing (a greedy policy that "
+             "collapsed to one action scores like the constant one).", "",
+             "| task | " + " | ".join(BACKBONES) + " | uniform random | always action 0 | R2I "
+             "| DreamerV3 |",
+             "|---|" + "---|" * (len(BACKBONES) + 4)]
     by = {(c["task"], c["backbone"]): c for c in cells}
     for task in dict.fromkeys(c["task"] for c in cells):
         row = []
@@ -409,7 +450,7 @@ def popgym_markdown(cells: list[dict]) -> list[str]:
             step, ret = c["evals"][-1]
             row.append(f"{ret:+.2f}" + ("" if c["state"] == "finished"
                                         else f" (at {step // 1000}k, unfinished)"))
-        lines.append(f"| {task} | " + " | ".join(row) + " | " + " | ".join(_r2i(task)) + " |")
+        lines.append(f"| {task} | " + " | ".join([*row, *_floors(task), *_r2i(task)]) + " |")
     return lines
 
 

@@ -80,9 +80,14 @@ def test_popgym_report_reads_runs_and_puts_r2i_beside(tmp_path):
     assert [c["state"] for c in cells] == ["finished", "new", "new", "started"]
     md = "\n".join(memory.popgym_markdown(cells))
     assert memory._r2i("RepeatPreviousEasy") == ("0.81", "0.09")  # benchmarks/r2i_popgym.json
-    assert "| RepeatPreviousEasy | +0.25 | not run | not run | not run | 0.81 | 0.09 |" in md
+    uniform, constant = memory.popgym_floors("RepeatPreviousEasy")
+    assert -0.6 < uniform < -0.4 and -0.6 < constant < -0.4  # a guess: right 1 time in 4
+    assert (f"| RepeatPreviousEasy | +0.25 | not run | not run | not run | {uniform:+.2f} | "
+            f"{constant:+.2f} | 0.81 | 0.09 |") in md
     assert ("| CountRecallEasy | not run | -0.75 (at 5k, unfinished) | not run | not run | "
-            "not reported | not reported |") in md
+            ) in md and "| not reported | not reported |" in md
+    # Concentration: the same card flipped twice is a failure, -2/104 per pair over 104 steps
+    assert memory.popgym_floors("ConcentrationEasy")[1] == pytest.approx(-1.0)
 
 
 def test_popgym_only_trains_the_named_runs_and_rejects_unknown_ones(tmp_path, monkeypatch, capsys):
