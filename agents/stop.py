@@ -18,21 +18,36 @@ class StopRequest:
     Ctrl-C interrupts at once (the previous SIGINT handler); SIGTERM and the warning signal keep
     asking for the clean stop (SLURM sends SIGTERM after its warning signal)."""
 
-    def __init__(self, names: list[str]):
+    def __init__(self, names: list[str], early: bool = False):
         self.names = names
         self.signal: str | None = None
+        self.early = early  # caught before the loop: a second signal then ends the process
         self._previous: dict[int, object] = {}
 
     def install(self) -> None:
-        """Catch ``names`` (again: only those not caught yet)."""
+        """Catch ``names``; the training loop's call also takes back a handler some library
+        may have set during start-up (the first saved handler is what ``restore`` puts back).
+        After a stop signal, Ctrl-C is left to interrupt at once."""
         if threading.current_thread() is not threading.main_thread():
             return  # handlers can only be set from the main thread; the caller owns signals
         for name in self.names:
             sig = signal.Signals[name]
-            if sig not in self._previous:
-                self._previous[sig] = signal.signal(sig, self._handle)
+            if sig == signal.SIGINT and self.signal is not None:
+                continue
+            if signal.getsignal(sig) is not self._handle:
+                previous = signal.signal(sig, self._handle)
+                self._previous.setdefault(sig, previous)
+
+    def start_loop(self) -> None:
+        """The loop has begun: from now on a second signal is the same clean stop."""
+        self.early = False
+        self.install()
 
     def _handle(self, signum, frame) -> None:
+        if self.early and self.signal is not None:  # asked twice during start-up (a hang?):
+            self.restore()  # the signal's own action, as if never caught
+            signal.raise_signal(signum)
+            return
         self.signal = self.signal or signal.Signals(signum).name
         if signal.SIGINT in self._previous:
             signal.signal(signal.SIGINT, self._previous.pop(signal.SIGINT))
@@ -47,10 +62,11 @@ _early: StopRequest | None = None
 
 
 def catch_early(names: tuple[str, ...] = ("SIGTERM",)) -> None:
-    """Catch ``names`` from now on; the next :func:`stop_request` takes over what arrived.
-    Ctrl-C (SIGINT) is left alone: during start-up it interrupts at once."""
+    """Catch ``names`` from now on; the next :func:`stop_request` takes over what arrived. A
+    second one before the loop begins ends the process (a start-up that hangs can still be
+    stopped). Ctrl-C (SIGINT) is left alone: during start-up it interrupts at once."""
     global _early
-    _early = StopRequest(list(names))
+    _early = StopRequest(list(names), early=True)
     _early.install()
 
 

@@ -413,7 +413,7 @@ def train(cfg: DictConfig) -> dict:
     save = Every(t.checkpoint_every, s, "last_checkpoint")
     stopped = None
     try:
-        run.stop.install()
+        run.stop.start_loop()
         for batch in run.collector:
             step = run.collect(batch)
             if step >= t.prefill and run.ready():

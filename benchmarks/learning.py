@@ -148,8 +148,11 @@ def records_of(out: Path) -> Path:
     return out.parent / f"{out.name}_runs"
 
 
-#: config keys that may differ between the attempts at one run: where and how it ran
-PLACE_KEYS = ("run_dir", "overwrite", "device", "train.threads", "train.progress")
+#: config keys that may differ between the attempts at one run: where and how it ran, what it
+#: logs and how often it checkpoints
+PLACE_KEYS = ("run_dir", "overwrite", "device", "train.threads", "train.progress",
+              "train.log_every", "train.video_every", "train.checkpoint_every",
+              "train.warning_signal")
 
 
 def _settings(run_dir: Path) -> dict | None:
@@ -171,8 +174,9 @@ def _settings(run_dir: Path) -> dict | None:
 
 
 def settings_differ(a: Path, b: Path) -> list[str]:
-    """The config keys (dotted) whose values differ between run directories ``a`` and ``b``,
-    ``PLACE_KEYS`` aside; empty when either has no config."""
+    """The config keys (dotted) set in both run directories ``a`` and ``b`` whose values differ,
+    ``PLACE_KEYS`` aside; empty when either has no config. A key only one side has is a key
+    added (or dropped) between the two attempts' commits: at its default, not a difference."""
     x, y = _settings(a), _settings(b)
     if x is None or y is None:
         return []
@@ -184,7 +188,7 @@ def settings_differ(a: Path, b: Path) -> list[str]:
         return out
 
     fx, fy = flat(x), flat(y)
-    return sorted(k for k in fx.keys() | fy.keys() if fx.get(k) != fy.get(k))
+    return sorted(k for k in fx.keys() & fy.keys() if fx[k] != fy[k])
 
 
 def where(q: Planned, runs_root: Path, records: Path | None) -> Path:
@@ -248,8 +252,11 @@ def record(q: Planned, runs_root: Path, records: Path) -> bool:
 
 
 def lost_runs(out: Path, runs_root: Path, plan: list[Planned]) -> list[str]:
-    """The runs that ``out``.md shows as finished or started but that neither ``runs_root`` nor
-    the records hold any more (their run directories went with another machine)."""
+    """The runs whose results ``out``.md shows but that neither ``runs_root`` nor the records
+    hold any more (their run directories went with another machine): a run shown finished that
+    is no longer finished, or one shown started with evaluations (an unfinished run of the
+    report's ``report.json``) of which nothing is left. ``report.json`` is written only where
+    rliable is installed; without it, a started run is never called lost."""
     md = out.with_suffix(".md")
     if not md.exists():
         return []
@@ -306,16 +313,22 @@ def write_report(runs_root: Path, out: Path, plan: list[Planned]) -> None:
     dirs = [at[q.name] for q in plan if (at[q.name] / "eval.csv").exists()]
     head = stamp("python -m benchmarks.learning " + " ".join(sys.argv[1:]))
     m = head["machine"]
-    lines = ["# Learning: Atari100k and DMC at CPU scale", "",
+    gpu = [q.name for q in plan] == [gpu_run().name]
+    if gpu:
+        title = "# Learning: one Atari100k game with the DreamerV3 recipe, on a GPU"
+        settings = [f"- `{' '.join(gpu_run().overrides)}`"]
+    else:
+        title = "# Learning: Atari100k and DMC at CPU scale"
+        settings = [f"- Atari100k: `{' '.join(ATARI)}`",
+                    f"- DMC proprio: `{' '.join(DMC_PROPRIO)}`",
+                    f"- DMC vision: `{' '.join(DMC_VISION)}`"]
+    lines = [title, "",
              f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}. Report written at "
              f"commit `{head['commit']}`, {head['date']}; each run's own commits and dates are in "
              f"its record's study log, `{_shown(records)}/RUN/study_log.jsonl` (the records: "
              "what the report reads, kept with the results, so that a run whose directory is "
              "lost with its machine still counts).", "",
-             "Settings (why: `benchmarks/learning.py`'s docstring):", "",
-             f"- Atari100k: `{' '.join(ATARI)}`",
-             f"- DMC proprio: `{' '.join(DMC_PROPRIO)}`",
-             f"- DMC vision: `{' '.join(DMC_VISION)}`", "",
+             "Settings (why: `benchmarks/learning.py`'s docstring):", "", *settings, "",
              "| run | state |", "|---|---|"]
     for q in plan:
         differ = (settings_differ(runs_root / q.name, at[q.name])
@@ -325,7 +338,8 @@ def write_report(runs_root: Path, out: Path, plan: list[Planned]) -> None:
                     f"{', '.join(differ[:4])}: not taken)")
             print(f"run {q.name}: {runs_root / q.name} has other settings than its record "
                   f"({', '.join(differ)}); the report keeps the record (delete "
-                  f"{at[q.name]} to take the new run)", file=sys.stderr)
+                  f"{at[q.name]} to take the new run, and pass --drop-lost once if the "
+                  "record was finished)", file=sys.stderr)
         elif at[q.name].parent == records and state(at[q.name]) != "finished":
             note = " (record only: its checkpoint went with another machine)"
         else:

@@ -301,8 +301,9 @@ def _run(cell: dict, runs: list) -> str:
 
 
 def merge(old: dict, new: dict) -> dict:
-    """``new``'s cells plus the cells of ``old`` that ``new`` did not re-run; old reports (one
-    top-level stamp, no ``runs``) are read as one run."""
+    """``new``'s cells plus the cells of ``old`` that ``new`` did not re-run (a POPGym cell:
+    that ``new`` has not brought as far); old reports (one top-level stamp, no ``runs``) are read
+    as one run."""
     runs = old.get("runs") or [{k: old[k] for k in ("command", "commit", "date", "machine",
                                                     "budget")}]
     out = {**new, "runs": runs + new["runs"]}

@@ -261,7 +261,7 @@ def test_budget_leaves_later_steps_their_minimum_and_skips_what_does_not_fit(tmp
     # first may use 5.5 - (1.0 + 0.7) - (0.5 + 0.7) = 2.6 s and is stopped; the others still run
     assert rec["first"]["status"] == "timeout"
     assert rec["first"]["timeout_s"] == pytest.approx(2.6, abs=0.1)
-    assert rec["first"]["wall_s"] < 2.6 + 0.5 + 1
+    assert rec["first"]["wall_s"] < 2.6 + 0.5 + 3  # timeout, grace, a loaded CPU
     assert rec["second"]["status"] == "ok" and rec["third"]["status"] == "ok"
     assert rec["second"]["timeout_s"] >= 1.0
     assert "second ran" in check.step_log("second")
@@ -286,7 +286,7 @@ def test_run_step_ok_failed_timeout_and_stopped(tmp_path):
     assert bad["status"] == "failed" and bad["rc"] == 3
     slow = dev.run_step(fake_step("c", "import time; print('go', flush=True); time.sleep(30)"),
                         1.0, log, grace=2, echo=None)
-    assert slow["status"] == "timeout" and slow["wall_s"] < 5
+    assert slow["status"] == "timeout" and slow["wall_s"] < 8
     assert not slow["attempts"][0]["killed"]
     run = dev.run_step(fake_step("d", "import time; time.sleep(30)", until_timeout=True),
                        1.0, log, grace=2, echo=None)

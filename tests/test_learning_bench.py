@@ -113,13 +113,14 @@ def test_the_peer_table_holds_only_runs_at_the_peers_settings(tmp_path):
     assert names[0] in table and names[2] in table and RATIO_DIAGNOSTIC.name not in table
 
 
-def _run(path, evals, finished=False, seed=0, metrics=0, threads=1):
+def _run(path, evals, finished=False, seed=0, metrics=0, threads=1, extra=""):
     """A hand-written run directory: config.yaml, eval.csv with evaluations at ``evals``."""
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(f"seed: {seed}\nrun_dir: {path}\ndevice: auto\n"
                                       f"env:\n  suite: dmc_proprio\n  task: cartpole_swingup\n"
                                       f"agent:\n  name: random\n"
-                                      f"train:\n  threads: {threads}\n  train_ratio: 64\n")
+                                      f"train:\n  threads: {threads}\n  train_ratio: 64\n"
+                                      + extra)
     (path / "eval.csv").write_text("step,return_mean,return_std,episodes,wall_s\n" + "".join(
         f"{s},{s / 1000},0,10,{s / 10}\n" for s in evals))
     if finished:
@@ -153,6 +154,11 @@ def test_where_the_report_reads_a_run_from_live_or_record(tmp_path):
     shutil.rmtree(live)
     _run(live, [10000, 20000, 50000, 60000], finished=True, seed=1)
     assert where(q, runs, records) == rec  # other settings never take the record's place
+    shutil.rmtree(live)
+    # a key the record's commit did not have yet, another log interval: the same settings
+    _run(live, [10000, 20000, 50000, 60000], finished=True, extra="  log_every: 7\neval:\n"
+         "  envs: 4\n")
+    assert where(q, runs, records) == live
 
 
 def test_record_thins_metrics_and_keeps_a_record_with_other_settings(tmp_path, capsys):
@@ -198,3 +204,14 @@ def test_a_started_run_without_evaluations_is_not_called_lost(tmp_path):
     shutil.rmtree(runs / c.name)
     _run(runs / c.name, [10000], finished=True)
     assert lost_runs(out, runs, [a, b, c]) == []
+
+
+def test_the_gpu_report_is_titled_and_set_as_the_gpu_run(tmp_path):
+    from benchmarks.learning import gpu_run
+
+    assert main(["--gpu", "--report-only", "--runs", str(tmp_path / "runs"),
+                 "--out", str(tmp_path / "gpu")]) == 0
+    md = (tmp_path / "gpu.md").read_text()
+    assert md.startswith("# Learning: one Atari100k game with the DreamerV3 recipe, on a GPU")
+    assert " ".join(gpu_run().overrides) in md and "DMC proprio" not in md
+    assert f"| {gpu_run().name} | new |" in md

@@ -269,7 +269,7 @@ def test_a_stop_signal_checkpoints_and_exits_cleanly(tmp_path, sig, times):
     finally:
         proc.kill()
     assert proc.returncode == 0, err[-2000:]
-    assert took < 10
+    assert took < 30  # the update in flight, a checkpoint, the envs closed (CPU shared)
     assert "Traceback" not in err and "leaked semaphore" not in err
     line = next(x for x in out.splitlines() if x.startswith(f"stopped by {sig}"))
     at = int(line.split("at env step ")[1].split()[0])
@@ -297,9 +297,11 @@ def _catches(pid: int, sig: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
-def test_a_stop_while_the_run_starts_up_is_the_same_clean_stop(tmp_path):
+@pytest.mark.parametrize("times", [1, 2])
+def test_a_stop_while_the_run_starts_up_is_the_same_clean_stop(tmp_path, times):
     """SIGTERM sent as soon as ``worldrl train`` can catch it, before torch is even imported: the
-    run still builds, takes one batch, checkpoints and exits 0 (not killed by the signal)."""
+    run still builds, takes one batch, checkpoints and exits 0 (not killed by the signal). A
+    second one before the loop begins ends the process (a start-up that hangs stays stoppable)."""
     run = tmp_path / "run"
     proc = _start(run)
     try:
@@ -308,10 +310,15 @@ def test_a_stop_while_the_run_starts_up_is_the_same_clean_stop(tmp_path):
                 proc.pid, signal.SIGTERM):
             time.sleep(0.005)
         assert not (run / "config.yaml").exists()  # caught long before the run directory
-        proc.send_signal(signal.SIGTERM)
+        for _ in range(times):
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.05)
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
+    if times == 2:
+        assert proc.returncode == -signal.SIGTERM and not (run / "checkpoint.pt").exists()
+        return
     assert proc.returncode == 0, err[-2000:]
     assert "Traceback" not in err
     line = next(x for x in out.splitlines() if x.startswith("stopped by SIGTERM"))
