@@ -156,21 +156,17 @@ PLACE_KEYS = ("run_dir", "overwrite", "device", "train.threads", "train.progress
 
 
 def _settings(run_dir: Path) -> dict | None:
-    """``run_dir``'s config without ``PLACE_KEYS`` (None: no config there)."""
-    import yaml
+    """``run_dir``'s config by dotted key (``worldrl report``'s reading: upgraded to the current
+    layout), ``PLACE_KEYS`` aside (None: no config there)."""
+    from omegaconf import OmegaConf
+
+    from agents.run_dir import flat_config, upgrade_config
 
     path = run_dir / "config.yaml"
     if not path.exists():
         return None
-    cfg = yaml.safe_load(path.read_text()) or {}
-    for key in PLACE_KEYS:
-        *parents, leaf = key.split(".")
-        node = cfg
-        for k in parents:
-            node = node.get(k) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return cfg
+    flat = flat_config(upgrade_config(OmegaConf.load(path)))
+    return {k: v for k, v in flat.items() if k not in PLACE_KEYS}
 
 
 def settings_differ(a: Path, b: Path) -> list[str]:
@@ -180,15 +176,7 @@ def settings_differ(a: Path, b: Path) -> list[str]:
     x, y = _settings(a), _settings(b)
     if x is None or y is None:
         return []
-
-    def flat(d, pre=""):
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{pre}{k}.") if isinstance(v, dict) else {f"{pre}{k}": v})
-        return out
-
-    fx, fy = flat(x), flat(y)
-    return sorted(k for k in fx.keys() & fy.keys() if fx[k] != fy[k])
+    return sorted(k for k in x.keys() & y.keys() if x[k] != y[k])
 
 
 def where(q: Planned, runs_root: Path, records: Path | None) -> Path:
