@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from benchmarks.quickstart import main
 
 SMALL = ["preset=debug", "train.threads=1", "eval.episodes=2"]
@@ -21,3 +23,21 @@ def test_parallel_seeds_match_sequential_ones(tmp_path):
         assert a[key] == b[key], key
     assert [e["return_mean"] for e in a["evals"]] == [e["return_mean"] for e in b["evals"]]
     assert "Seeds run 2 at a time." in (tmp_path / "par_report.md").read_text()
+
+
+def test_resume_reads_finished_seeds_and_a_new_study_refuses_their_directory(tmp_path):
+    runs = str(tmp_path / "runs")
+    assert main(["--seeds", "3", "--runs", runs, "--out", str(tmp_path / "first"), *SMALL]) == 0
+    with pytest.raises(SystemExit, match=r"seeds \[3\].*--resume"):
+        main(["--seeds", "5", "3", "--runs", runs, "--out", str(tmp_path / "again"), *SMALL])
+    assert not (tmp_path / "runs" / "s5").exists()  # refused before any seed ran
+    with pytest.raises(SystemExit, match="--resume needs --runs"):
+        main(["--seeds", "3", "--resume", *SMALL])
+    assert main(["--seeds", "3", "--resume", "--runs", runs, "--out", str(tmp_path / "second"),
+                 *SMALL]) == 0
+    first = json.loads((tmp_path / "first.json").read_text())["results"][0]
+    second = json.loads((tmp_path / "second.json").read_text())["results"][0]
+    assert not first["resumed"] and first["wall_s"] > 0
+    assert second["resumed"] and second["wall_s"] is None
+    assert second["evals"] == first["evals"] and second["updates"] == first["updates"]
+    assert "resumed:" in (tmp_path / "second.md").read_text()
