@@ -508,12 +508,15 @@ def peer_table(at: dict[str, Path], plan: list[Planned]) -> list[str]:
 
 
 def run_plan(plan: list[Planned], runs_root: Path, parallel: int = 1, minutes: float = 0,
-             on_exit=None, threads: int | None = None) -> None:
+             on_exit=None, threads: int | None = None, grace: float = 600) -> str | None:
     """Run (or resume) the runs of ``plan`` not finished yet under ``runs_root``, ``parallel`` at
     a time (``threads`` torch threads each; by default 1 when ``parallel > 1``, else all),
     logging starts and exits to ``runs_root/study_log.jsonl`` and calling ``on_exit()`` after each
-    run ends. After ``minutes`` (0: no limit) the runs in flight are stopped cleanly (SIGTERM:
-    checkpoint, exit 0) and no more start; the next call resumes them."""
+    run ends. After ``minutes`` (0: no limit), or when this process gets SIGTERM or SIGINT, the
+    runs in flight are stopped cleanly (SIGTERM: one batch, a checkpoint, exit 0) and no more
+    start; the next call resumes them. A run that has not exited ``grace`` seconds after its
+    SIGTERM is killed (SIGKILL; it resumes from its last checkpoint). Returns the name of the
+    signal that stopped the study, or None."""
     from benchmarks.machine import commit
 
     runs_root.mkdir(parents=True, exist_ok=True)
@@ -522,14 +525,42 @@ def run_plan(plan: list[Planned], runs_root: Path, parallel: int = 1, minutes: f
     if threads is None:
         threads = 1 if parallel > 1 else 0
     deadline = time.time() + minutes * 60 if minutes else None
+    asked: list[str] = []  # the signal that asked this process to stop
+
+    def ask_stop(signum, frame):
+        if not asked:
+            print(f"{signal.Signals(signum).name}: stopping the runs in flight cleanly "
+                  "(they resume on the next call)", flush=True)
+        asked.append(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, ask_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        _run_plan_loop(todo, runs_root, log, parallel, threads, deadline, minutes, asked, grace,
+                       on_exit, commit)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return asked[0] if asked else None
+
+
+def _run_plan_loop(todo, runs_root, log, parallel, threads, deadline, minutes, asked, grace,
+                   on_exit, commit) -> None:
     active: list[tuple[Planned, subprocess.Popen, float]] = []
+    stopped_at: dict[int, float] = {}  # pid -> when it was sent SIGTERM
+
+    def stopping() -> bool:
+        return bool(asked) or (deadline is not None and time.time() >= deadline)
+
     while todo or active:
-        while todo and len(active) < parallel and (deadline is None or time.time() < deadline):
+        while todo and len(active) < parallel and not stopping():
             q = todo.pop(0)
             run_dir = runs_root / q.name
-            err = open(runs_root / f"{q.name}.stderr", "a")
-            proc = subprocess.Popen(command(q, run_dir, threads), cwd=ROOT, stdout=err,
-                                    stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            with open(runs_root / f"{q.name}.stderr", "a") as err:
+                # a run of its own process group: a Ctrl-C at the terminal reaches this process
+                # only, which stops the runs as --minutes does
+                proc = subprocess.Popen(command(q, run_dir, threads), cwd=ROOT, stdout=err,
+                                        stderr=err, start_new_session=True,
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
             active.append((q, proc, time.time()))
             log_line(log, {"run": q.name, "event": "start", "commit": commit(),
                            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -537,13 +568,23 @@ def run_plan(plan: list[Planned], runs_root: Path, parallel: int = 1, minutes: f
             print(f"started {q.name}", flush=True)
         if not active:
             break
-        time.sleep(5)
-        if deadline is not None and time.time() >= deadline:
+        time.sleep(0.5 if stopping() else 5)
+        if stopping():
+            why = f"{asked[0]} received" if asked else f"--minutes={minutes} reached"
             for q, proc, _ in active:
-                if proc.poll() is None and not getattr(proc, "stopping", False):
+                if proc.poll() is not None:
+                    continue
+                if proc.pid not in stopped_at:
                     proc.send_signal(signal.SIGTERM)  # checkpoint and exit 0
-                    proc.stopping = True
-                    print(f"stopping {q.name} (--minutes={minutes} reached)", flush=True)
+                    stopped_at[proc.pid] = time.time()
+                    print(f"stopping {q.name} ({why})", flush=True)
+                elif time.time() - stopped_at[proc.pid] > grace:
+                    proc.kill()
+                    proc.wait()
+                    log_line(log, {"run": q.name, "event": "killed", "grace_s": grace,
+                                   "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                    print(f"killed {q.name}: not stopped {grace:.0f} s after SIGTERM (it "
+                          "resumes from its last checkpoint)", flush=True)
         for item in list(active):
             q, proc, t0 = item
             if proc.poll() is None:
@@ -646,14 +687,16 @@ def main(argv=None) -> int:
 
     threads = args.threads if args.threads is not None else (1 if args.parallel > 1 else 0)
     deadline = time.time() + args.minutes * 60 if args.minutes else None
+    stopped = None
     if not args.sampled_evals:  # the report after every run; the sampled evaluations after all
-        run_plan(plan, runs_root, args.parallel, args.minutes, threads=threads,
-                 on_exit=lambda: write_report(runs_root, out, whole))
-    if deadline is None or time.time() < deadline:
+        stopped = run_plan(plan, runs_root, args.parallel, args.minutes, threads=threads,
+                           on_exit=lambda: write_report(runs_root, out, whole))
+    if stopped is None and (deadline is None or time.time() < deadline):
         sampled_evals(plan, runs_root, threads)
     else:
-        print("--minutes reached: sampled evaluations left for the next start (or "
-              "--sampled-evals)", flush=True)
+        why = f"{stopped} received" if stopped else "--minutes reached"
+        print(f"{why}: sampled evaluations left for the next start (or --sampled-evals)",
+              flush=True)
     write_report(runs_root, out, whole)
     return 0
 

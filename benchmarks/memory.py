@@ -557,8 +557,11 @@ def main(argv: list[str] | None = None) -> int:
         write_report(args.out, whole, markdown(whole))
 
     if "popgym" in args.kinds:
-        run_plan(chosen, popgym_root, args.jobs, args.minutes, on_exit=report,
-                 threads=args.threads)
+        stopped = run_plan(chosen, popgym_root, args.jobs, args.minutes, on_exit=report,
+                           threads=args.threads)
+        if stopped and cells:
+            print(f"{stopped} received: the recall cells are not run", flush=True)
+            cells = []
     for kind, r in run_cells(cells, args.jobs, args.threads, args.stop_at):
         result[kind].append({**r, "run": 0})
         if kind == "world_model":

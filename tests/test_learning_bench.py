@@ -215,3 +215,65 @@ def test_the_gpu_report_is_titled_and_set_as_the_gpu_run(tmp_path):
     assert md.startswith("# Learning: one Atari100k game with the DreamerV3 recipe, on a GPU")
     assert " ".join(gpu_run().overrides) in md and "DMC proprio" not in md
     assert f"| {gpu_run().name} | new |" in md
+
+
+# a stand-in for a run: SIGTERM -> write "stopped" and exit 0 (the clean stop), or ignore it
+_CHILD = """
+import signal, sys, time, pathlib
+out = pathlib.Path(sys.argv[1])
+def stop(signum, frame):
+    out.write_text("stopped")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop if sys.argv[2] == "clean" else signal.SIG_IGN)
+out.write_text("running")
+time.sleep(120)
+"""
+
+
+def _fake_runs(monkeypatch, tmp_path, behaviour):
+    import sys
+
+    import benchmarks.learning as learning
+
+    monkeypatch.setattr(learning, "command", lambda q, run_dir, threads: [
+        sys.executable, "-c", _CHILD, str(tmp_path / f"{q.name}.out"), behaviour])
+    return [learning.Planned(f"fake-{i}", ()) for i in range(3)], learning.run_plan
+
+
+def _log(root):
+    return [json.loads(x) for x in (root / "study_log.jsonl").read_text().splitlines()]
+
+
+def test_a_stop_signal_to_the_study_stops_its_runs_cleanly_and_starts_no_more(tmp_path,
+                                                                             monkeypatch):
+    import os
+    import signal
+    import threading
+    import time
+
+    plan, run_plan = _fake_runs(monkeypatch, tmp_path, "clean")
+    before = signal.getsignal(signal.SIGTERM)
+    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    t0 = time.time()
+    run_plan(plan, tmp_path / "runs", parallel=2)
+    assert time.time() - t0 < 30  # not the children's 120 s
+    assert [(tmp_path / f"fake-{i}.out").read_text() for i in (0, 1)] == ["stopped"] * 2
+    assert not (tmp_path / "fake-2.out").exists()  # no run starts after the signal
+    log = _log(tmp_path / "runs")
+    assert sorted(e["run"] for e in log if e["event"] == "exit") == ["fake-0", "fake-1"]
+    assert all(e["rc"] == 0 for e in log if e["event"] == "exit")
+    assert signal.getsignal(signal.SIGTERM) is before  # the study's handler is taken back
+
+
+def test_a_run_that_ignores_its_stop_is_killed_after_the_grace(tmp_path, monkeypatch):
+    import time
+
+    plan, run_plan = _fake_runs(monkeypatch, tmp_path, "ignore")
+    t0 = time.time()
+    run_plan(plan[:1], tmp_path / "runs", minutes=2 / 60, grace=2)
+    assert 4 <= time.time() - t0 < 30
+    assert (tmp_path / "fake-0.out").read_text() == "running"  # it never stopped by itself
+    log = _log(tmp_path / "runs")
+    assert [e["event"] for e in log] == ["start", "killed", "exit"]
+    assert log[-1]["rc"] == -9
