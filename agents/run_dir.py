@@ -17,6 +17,12 @@ you made yourself.
 synced and renamed over the old one: a kill, a full disk or a read-only file system leaves the
 previous file intact, removes the partial one and raises :class:`StorageError`, one line naming
 the path and the cause.
+
+**One process per run directory.** ``worldrl train`` holds a lock on ``RUN_DIR/.lock``
+(``fcntl.flock``) from before it reads the directory until it returns; a second process started
+on the same directory (the same command twice, a sweep launched again while a job still runs)
+is refused with the holder's pid, before it changes anything. The system releases the lock when
+the process ends in any way, SIGKILL included, so a killed run never leaves a stale lock.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from worldrl.config import MOVED_KEYS, fill_null_sizes
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
+LOCK_FILE = ".lock"
 CHECKPOINT_VERSION = 2
 #: set to 1 to load version-1 checkpoints (pickled objects; only for files you trust)
 TRUST_ENV = "WORLDRL_TRUST_CHECKPOINTS"
@@ -224,7 +231,7 @@ def inspect(cfg: DictConfig) -> list[str] | None:
     path = Path(cfg.run_dir)
     config_file = path / CONFIG_FILE
     if not config_file.exists():
-        if path.exists() and any(path.iterdir()):
+        if path.exists() and any(p.name != LOCK_FILE for p in path.iterdir()):
             raise RunDirError(f"run directory {path} is not empty and holds no {CONFIG_FILE}; "
                               "pick another run_dir (nothing was changed)")
         return None
@@ -240,12 +247,75 @@ def inspect(cfg: DictConfig) -> list[str] | None:
     return config_diff(old, cfg)
 
 
-def prepare(cfg: DictConfig) -> tuple[Path, bool]:
-    """Make or reopen ``cfg.run_dir``; returns ``(path, resuming)``.
+_held: dict[Path, Any] = {}  # run directory -> the open lock file this process holds
 
-    Raises :class:`RunDirError` when the directory holds a different run and ``overwrite`` is off.
+
+def lock(path: Path) -> None:
+    """Hold ``path``'s lock (``path/.lock``) for this process, making ``path`` if needed; raises
+    :class:`RunDirError` naming the holder's pid when another process holds it."""
+    key = Path(os.path.abspath(path))
+    if key in _held:
+        return
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): no guard
+        return
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        f = open(path / LOCK_FILE, "a+")
+    except OSError as err:
+        raise storage_error(path, err) from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise RunDirError(
+            f"run directory {path} is in use by another process (pid {holder}): one process "
+            "per run. Wait for it to end, or stop it (SIGTERM: it checkpoints and exits) and "
+            "run the command again to resume; nothing was changed.") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    _held[key] = f
+
+
+def release(path: Path, remove: bool = False) -> None:
+    """Let go of ``path``'s lock if this process holds it (``remove``: delete the file too)."""
+    f = _held.pop(Path(os.path.abspath(path)), None)
+    if f is None:
+        return
+    if remove:
+        Path(f.name).unlink(missing_ok=True)
+    f.close()
+
+
+def prepare(cfg: DictConfig) -> tuple[Path, bool]:
+    """Make or reopen ``cfg.run_dir``, holding its lock (:func:`lock`; :func:`release` lets it
+    go); returns ``(path, resuming)``.
+
+    Raises :class:`RunDirError` when the directory holds a different run and ``overwrite`` is off,
+    or is in use by another process.
     """
     path = Path(cfg.run_dir)
+    existed = path.exists()
+    fresh_lock = not (path / LOCK_FILE).exists()
+    lock(path)
+    try:
+        return _prepare(cfg, path)
+    except BaseException:
+        release(path, remove=fresh_lock)  # leave the directory as it was
+        if not existed:
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+def _prepare(cfg: DictConfig, path: Path) -> tuple[Path, bool]:
     config_file = path / CONFIG_FILE
     diff = inspect(cfg)
     if diff == []:
@@ -265,7 +335,10 @@ def prepare(cfg: DictConfig) -> tuple[Path, bool]:
             path.rename(aside)
         except OSError as err:
             raise storage_error(aside, err) from None
+        release(path, remove=False)  # the lock file went aside with the old run
+        (aside / LOCK_FILE).unlink(missing_ok=True)
         print(f"moved the previous run in {path} to {aside}")
+        lock(path)  # makes the directory again
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:

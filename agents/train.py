@@ -42,6 +42,7 @@ from agents.run_dir import (
     check_checkpoint_config,
     load_checkpoint,
     prepare,
+    release,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -402,7 +403,15 @@ class Run:
 
 
 def train(cfg: DictConfig) -> dict:
-    """Train (or resume) the run described by ``cfg``; returns the final summary."""
+    """Train (or resume) the run described by ``cfg``; returns the final summary. The run
+    directory is locked to this process until it returns (:func:`agents.run_dir.lock`)."""
+    try:
+        return _train(cfg)
+    finally:
+        release(Path(cfg.run_dir))
+
+
+def _train(cfg: DictConfig) -> dict:
     run = setup(cfg)
     if isinstance(run, dict):
         return run  # already trained

@@ -10,7 +10,9 @@
 
 Resumable by construction: every run is a ``worldrl train`` in its own run directory under
 ``--runs`` (default ``runs/learning``), so a killed study (or a killed session) picks each run up
-from its last checkpoint when started again, and a finished run is never trained again. After
+from its last checkpoint when started again, and a finished run is never trained again. SIGTERM
+or Ctrl-C to the study stops its runs as ``--minutes`` does (each checkpoints and exits 0); a run
+still alive 10 minutes after its SIGTERM is killed (it resumes from its last checkpoint). After
 each run, and at the end, ``worldrl report`` over the finished and unfinished runs is written to
 ``results/learning_cpu.md`` (tables, curves beside DreamerV3's published ones, Atari100k HNS with
 rliable), with the study's settings, commands, machine, commits and dates.

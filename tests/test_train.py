@@ -123,6 +123,49 @@ def test_different_config_is_refused_and_overwrite_moves_aside(tmp_path, capsys)
                  "overwrite=true", *QUIET]) == 0
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
     assert len(aside) == 1 and (aside[0] / "checkpoint.pt").read_bytes() == before
+    assert not (aside[0] / ".lock").exists()  # no lock file travels with the old run
+    assert not (run / ".lock").read_text().strip() == ""  # the new run's holder wrote its pid
+    # a refused config leaves no lock file in the other run's directory
+    (run / ".lock").unlink()
+    assert main(["train", "preset=debug", "agent=random", f"run_dir={run}", "seed=2",
+                 *QUIET]) == 2
+    assert not (run / ".lock").exists()
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from agents.run_dir import lock
+lock(Path(sys.argv[1]))
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_one_process_per_run_directory(tmp_path, capsys):
+    """A second process on a run directory in use is refused with the holder's pid and changes
+    nothing; the lock goes with its holder, even killed with SIGKILL."""
+    run = tmp_path / "run"
+    args = ["train", "preset=debug", "agent=random", f"run_dir={run}", *QUIET]
+    assert main([*args, "steps=200"]) == 0
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run)], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main([*args, "steps=400"]) == 2
+        err = capsys.readouterr().err
+        assert f"in use by another process (pid {holder.pid})" in err
+        after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+        assert after == files
+        out = worldrl(*args, "steps=400")  # the CLI in a process of its own: the same refusal
+        assert out.returncode == 2 and f"pid {holder.pid}" in out.stderr
+        assert "Traceback" not in out.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main([*args, "steps=400"]) == 0  # no stale lock after the kill: it resumes
+    assert json.loads((run / "summary.json").read_text())["env_steps"] >= 400
 
 
 @pytest.mark.parametrize("override,message", [
