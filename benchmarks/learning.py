@@ -55,6 +55,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -535,7 +536,9 @@ def run_plan(plan: list[Planned], runs_root: Path, parallel: int = 1, minutes: f
                   "(they resume on the next call)", flush=True)
         asked.append(signal.Signals(signum).name)
 
-    previous = {sig: signal.signal(sig, ask_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    main_thread = threading.current_thread() is threading.main_thread()  # handlers live there
+    previous = ({sig: signal.signal(sig, ask_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+                if main_thread else {})
     try:
         _run_plan_loop(todo, runs_root, log, parallel, threads, deadline, minutes, asked, grace,
                        on_exit, commit)
