@@ -1,4 +1,5 @@
-"""benchmarks.quickstart: seeds side by side give the same runs as one after the other."""
+"""benchmarks.quickstart: seeds side by side give the same runs as one after the other; a
+stopped study resumes."""
 
 import json
 
@@ -9,7 +10,7 @@ from benchmarks.quickstart import main
 SMALL = ["preset=debug", "train.threads=1", "eval.episodes=2"]
 
 
-def test_parallel_seeds_match_sequential_ones(tmp_path):
+def test_parallel_seeds_match_sequential_ones_and_resume_reads_them(tmp_path):
     assert main(["--seeds", "3", "4", "--parallel", "2", "--runs", str(tmp_path / "par"),
                  "--out", str(tmp_path / "par_report"), *SMALL]) == 0
     assert main(["--seeds", "3", "--runs", str(tmp_path / "seq"),
@@ -24,20 +25,17 @@ def test_parallel_seeds_match_sequential_ones(tmp_path):
     assert [e["return_mean"] for e in a["evals"]] == [e["return_mean"] for e in b["evals"]]
     assert "Seeds run 2 at a time." in (tmp_path / "par_report.md").read_text()
 
-
-def test_resume_reads_finished_seeds_and_a_new_study_refuses_their_directory(tmp_path):
-    runs = str(tmp_path / "runs")
-    assert main(["--seeds", "3", "--runs", runs, "--out", str(tmp_path / "first"), *SMALL]) == 0
+    # the study again with --resume: the finished seed is read, not trained again
+    runs = str(tmp_path / "seq")
     with pytest.raises(SystemExit, match=r"seeds \[3\].*--resume"):
         main(["--seeds", "5", "3", "--runs", runs, "--out", str(tmp_path / "again"), *SMALL])
-    assert not (tmp_path / "runs" / "s5").exists()  # refused before any seed ran
+    assert not (tmp_path / "seq" / "s5").exists()  # refused before any seed ran
     with pytest.raises(SystemExit, match="--resume needs --runs"):
         main(["--seeds", "3", "--resume", *SMALL])
-    assert main(["--seeds", "3", "--resume", "--runs", runs, "--out", str(tmp_path / "second"),
+    assert main(["--seeds", "3", "--resume", "--runs", runs, "--out", str(tmp_path / "resumed"),
                  *SMALL]) == 0
-    first = json.loads((tmp_path / "first.json").read_text())["results"][0]
-    second = json.loads((tmp_path / "second.json").read_text())["results"][0]
-    assert not first["resumed"] and first["wall_s"] > 0
-    assert second["resumed"] and second["wall_s"] is None
-    assert second["evals"] == first["evals"] and second["updates"] == first["updates"]
-    assert "resumed:" in (tmp_path / "second.md").read_text()
+    again = json.loads((tmp_path / "resumed.json").read_text())["results"][0]
+    assert not b["resumed"] and b["wall_s"] > 0
+    assert again["resumed"] and again["wall_s"] is None
+    assert again["evals"] == b["evals"] and again["updates"] == b["updates"]
+    assert "resumed:" in (tmp_path / "resumed.md").read_text()
