@@ -530,10 +530,7 @@ def run_plan(plan: list[Planned], runs_root: Path, parallel: int = 1, minutes: f
     deadline = time.time() + minutes * 60 if minutes else None
     asked: list[str] = []  # the signal that asked this process to stop
 
-    def ask_stop(signum, frame):
-        if not asked:
-            print(f"{signal.Signals(signum).name}: stopping the runs in flight cleanly "
-                  "(they resume on the next call)", flush=True)
+    def ask_stop(signum, frame):  # only records: printing here could re-enter a print
         asked.append(signal.Signals(signum).name)
 
     main_thread = threading.current_thread() is threading.main_thread()  # handlers live there
