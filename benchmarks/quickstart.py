@@ -61,6 +61,11 @@ def finish_seed(seed: int, run_root: Path, proc: subprocess.Popen, started: floa
             "evals": evals, "run_dir": str(run_dir), "resumes": summary.get("resumes", 0)}
 
 
+def seconds(r: dict) -> float:
+    """A seed's wall-clock: its process's, or for a resumed seed its training's over processes."""
+    return r["evals"][-1]["wall_s"] if r["wall_s"] is None else r["wall_s"]
+
+
 def plot(rows: list[dict], out: Path) -> None:
     import matplotlib
 
@@ -71,8 +76,7 @@ def plot(rows: list[dict], out: Path) -> None:
     for r in rows:
         x = [e["step"] for e in r["evals"]]
         y = [e["return_mean"] for e in r["evals"]]
-        minutes = r["evals"][-1]["wall_s"] if r["wall_s"] is None else r["wall_s"]
-        ax.plot(x, y, "o-", label=f"seed {r['seed']} ({minutes / 60:.1f} min)")
+        ax.plot(x, y, "o-", label=f"seed {r['seed']} ({seconds(r) / 60:.1f} min)")
     ax.axhline(475, color="gray", ls="--", label="475")
     ax.set_xlabel("env steps")
     ax.set_ylabel("eval return (mean of 10)")
@@ -165,10 +169,9 @@ def main(argv=None) -> int:
                    for seed in batch]
         for seed, resumed, proc, t in started:
             r = finish_seed(seed, runs, proc, t, resumed)
-            minutes = r["evals"][-1]["wall_s"] if r["wall_s"] is None else r["wall_s"]
             print(f"seed {seed}: final eval {r['final_eval_mean']:.1f} +- "
                   f"{r['final_eval_std']:.1f}, first >= 475 at {r['first_step_eval_ge_475']}, "
-                  f"{minutes / 60:.1f} min{' (resumed)' if resumed else ''}", flush=True)
+                  f"{seconds(r) / 60:.1f} min{' (resumed)' if resumed else ''}", flush=True)
             rows.append(r)
             write_report(rows, args, out)
     return 0
