@@ -5,7 +5,9 @@
 
 Each scenario starts a training run, kills it (``SIGKILL``: no handler runs) at random moments
 while it trains, during a checkpoint write (the process is made to write its checkpoint slowly and
-is killed half-way through the temporary file) and with the replay's FIFO wrapped, restarts the
+is killed half-way through the temporary file) and, last of the random kills, with the replay's
+FIFO wrapped and rows written after the checkpoint (that kill waits for both, not for a clock, so
+a slow machine cannot miss it), restarts the
 same command after every kill and finally lets it finish. After each restart it checks:
 
 - the run resumed at the checkpoint's counters (the ``resumed ... at env step N`` line);
@@ -174,6 +176,23 @@ def stale_windows(run: Path, batches: int = 20) -> dict:
             "sampled_after_checkpoint": bad}
 
 
+def wrapped_and_past(run: Path) -> bool:
+    """Whether the last complete checkpoint's replay has wrapped (more rows added per env than
+    it holds) and the running process has logged env steps past that checkpoint."""
+    from agents.run_dir import CHECKPOINT_FILE, load_checkpoint
+
+    if not (run / CHECKPOINT_FILE).exists():
+        return False
+    try:
+        ckpt = load_checkpoint(run)
+    except Exception:  # the file replaced while it was read: ask again on the next poll
+        return False
+    num_envs = int(ckpt["config"]["env"]["num_envs"])
+    steps = int(ckpt["config"]["replay"]["capacity"]) // num_envs  # the storage's max_size
+    wrapped = ckpt["replay"]["rows_added"] // num_envs > steps
+    return wrapped and progress(run) > ckpt["counters"]["env_steps"]
+
+
 def check_logs(run: Path) -> list[str]:
     """Problems with the logs: any step or episode number that goes backwards or repeats."""
     problems = []
@@ -202,6 +221,7 @@ def chaos(run: Path, overrides: list[str], kills: int, seed: int = 0,
     rng = random.Random(seed)
     args = [*overrides, *COMMON, f"run_dir={run}", f"seed={seed}"]
     at_ckpt = set(rng.sample(range(kills), min(checkpoint_kills, kills)))
+    last_random = max(set(range(kills)) - at_ckpt, default=None)
     events, problems = [], []
 
     def counters():
@@ -226,7 +246,11 @@ def chaos(run: Path, overrides: list[str], kills: int, seed: int = 0,
             # past what the killed process had logged: this one has cut the logs and trained
             past = max(start, reached)
             ok = proc.wait_for(lambda past=past: progress(run) > past, timeout)
-            time.sleep(rng.uniform(*delay))
+            pause = rng.uniform(*delay)
+            if i == last_random:
+                ok = ok and proc.wait_for(lambda: wrapped_and_past(run), timeout)
+            else:
+                time.sleep(pause)
         else:
             ok = proc.wait_for(lambda p=proc: MARKER in p.lines, timeout)
         finished = proc.p.poll() is not None
