@@ -80,28 +80,19 @@ def audio_rollout(checkpoint: str | Path, out: str | Path, context: int = 8, hor
     import torch
     from omegaconf import OmegaConf
 
-    from agents.acting import ActingModule, carry_primer
-    from agents.run_dir import CheckpointError, load_checkpoint, upgrade_config
-    from agents.train import build_agent, build_env, load_agent_state
+    from agents.acting import ActingModule
+    from agents.evaluate import read_checkpoint, trained_agent
     from envs.atari_av import LogMel, mel_filterbank
     from worldrl import audio as wav
 
     if context < 1 or horizon < 1:
         raise ValueError(f"--context and --horizon must be >= 1, got {context}, {horizon}")
-    payload = load_checkpoint(checkpoint)
-    cfg = upgrade_config(payload["config"])
-    torch.manual_seed(seed)
-    env = build_env(cfg.env, seed=seed, num_envs=1)
-    agent, obs_keys = build_agent(cfg, env, torch.device("cpu"))
+    payload, cfg = read_checkpoint(checkpoint)
+    env, agent, obs_keys = trained_agent(checkpoint, payload, cfg, seed, 1, torch.device("cpu"))
     if "audio" not in getattr(getattr(agent, "wm", None), "audio_keys", ()):
         env.close()
         raise ValueError(f"{checkpoint}: the agent has no world model of 'audio' observations "
                          f"(env suite {cfg.env.suite!r}); train on env=atari100k_av")
-    env.append_transform(carry_primer(agent))
-    try:
-        load_agent_state(agent, payload["agent"])
-    except (RuntimeError, KeyError) as err:
-        raise CheckpointError(f"{checkpoint}: the weights do not fit its config: {err}") from None
     policy = ActingModule(agent, obs_keys, env.action_spec, mode="eval")
     with torch.no_grad():
         td = env.rollout(context + horizon, policy, break_when_any_done=True)

@@ -20,28 +20,44 @@ from agents.train import (
 )
 
 
+def read_checkpoint(path: str | Path):
+    """A checkpoint and its run's config in today's layout: ``(payload, cfg)``."""
+    payload = load_checkpoint(path)
+    if "config" not in payload:
+        raise CheckpointError(f"{path} has no config entry")
+    return payload, upgrade_config(payload["config"])
+
+
+def trained_agent(path: str | Path, payload: dict, cfg, seed: int, num_envs: int = 1,
+                  device: torch.device | None = None):
+    """The checkpoint's agent with its weights, on a fresh env of its run: ``(env, agent,
+    obs_keys)``. The env carries the agent's recurrent-state primer; ``device`` defaults to the
+    run's. Raises :class:`CheckpointError` (the env closed) when the weights do not fit."""
+    torch.manual_seed(seed)
+    env = build_env(cfg.env, seed=seed, num_envs=num_envs)
+    agent, obs_keys = build_agent(cfg, env, device or resolve_device(cfg.device))
+    env.append_transform(carry_primer(agent))
+    try:
+        load_agent_state(agent, payload["agent"])
+    except (RuntimeError, KeyError) as err:
+        env.close()
+        raise CheckpointError(
+            f"{path}: the weights do not fit the agent of its config: {err}"
+        ) from None
+    return env, agent, obs_keys
+
+
 def evaluate_checkpoint(path: str | Path, episodes: int | None = None,
                         max_steps: int | None = None, seed: int = 12345,
                         sample: bool | None = None) -> dict:
     """Evaluate a checkpoint with its run's env; ``sample`` (default: the run's ``eval.sample``)
     samples actions instead of taking the policy's mode. Writes ``eval_checkpoint.json`` (or
     ``eval_checkpoint_sample.json``) beside the checkpoint."""
-    payload = load_checkpoint(path)
-    if "config" not in payload:
-        raise CheckpointError(f"{path} has no config entry")
-    cfg = upgrade_config(payload["config"])
-    torch.manual_seed(seed)
+    payload, cfg = read_checkpoint(path)
     episodes = episodes or cfg.eval.episodes
     # checkpoints of runs made before eval.envs / eval.sample existed lack those keys
-    env = build_env(cfg.env, seed=seed, num_envs=eval_copies(episodes, cfg.eval.get("envs")))
-    agent, obs_keys = build_agent(cfg, env, resolve_device(cfg.device))
-    env.append_transform(carry_primer(agent))
-    try:
-        load_agent_state(agent, payload["agent"])
-    except (RuntimeError, KeyError) as err:
-        raise CheckpointError(
-            f"{path}: the weights do not fit the agent of its config: {err}"
-        ) from None
+    env, agent, obs_keys = trained_agent(path, payload, cfg, seed,
+                                         eval_copies(episodes, cfg.eval.get("envs")))
     if sample is None:
         sample = bool(cfg.eval.get("sample", False))
     returns = evaluate(agent, obs_keys, env, episodes, max_steps or cfg.eval.max_steps,

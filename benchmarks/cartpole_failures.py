@@ -35,18 +35,14 @@ def why_ended(obs, steps: int, max_steps: int) -> str:
 
 
 def load_agent(checkpoint: Path):
-    from agents.run_dir import load_checkpoint, upgrade_config
-    from agents.train import build_agent, build_env, load_agent_state
+    from agents.evaluate import read_checkpoint, trained_agent
 
-    payload = load_checkpoint(checkpoint)
-    cfg = upgrade_config(payload["config"])
+    payload, cfg = read_checkpoint(checkpoint)
     if cfg.env.suite != "gym" or cfg.env.task != "CartPole-v1":
         raise SystemExit(f"{checkpoint} is a {cfg.env.suite}/{cfg.env.task} run, not "
                          "gym/CartPole-v1")
-    env = build_env(cfg.env, seed=0)
-    agent, _ = build_agent(cfg, env, torch.device("cpu"))
+    env, agent, _ = trained_agent(checkpoint, payload, cfg, 0, 1, torch.device("cpu"))
     env.close()
-    load_agent_state(agent, payload["agent"])
     agent.eval()
     return agent, payload["counters"]["env_steps"]
 

@@ -206,6 +206,24 @@ def test_corrupt_checkpoint_is_reported_and_left_alone(tmp_path, capsys):
     assert "corrupt" in capsys.readouterr().err
 
 
+def test_weights_that_do_not_fit_their_config_are_reported_and_left_alone(tmp_path, capsys):
+    from agents.run_dir import save_checkpoint
+
+    run = tmp_path / "run"
+    assert main(["train", "preset=debug", "steps=40", "train.prefill=16", f"run_dir={run}",
+                 *QUIET]) == 0
+    ckpt = load_checkpoint(run)
+    ckpt["config"]["agent"]["actor"]["units"] = 48  # the weights were made with 32
+    save_checkpoint(run / "checkpoint.pt", {k: v for k, v in ckpt.items() if k != "version"})
+    saved = (run / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["eval", str(run), "--episodes", "1", "--max-steps", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit the agent of its config" in err and "Traceback" not in err
+    assert (run / "checkpoint.pt").read_bytes() == saved
+    assert not (run / "eval_checkpoint.json").exists()
+
+
 def test_eval_and_plot_commands(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "preset=debug", "agent=random", f"run_dir={run}", *QUIET]) == 0
