@@ -452,7 +452,30 @@ def popgym_markdown(cells: list[dict]) -> list[str]:
             row.append(f"{ret:+.2f}" + ("" if c["state"] == "finished"
                                         else f" (at {step // 1000}k, unfinished)"))
         lines.append(f"| {task} | " + " | ".join([*row, *_floors(task), *_r2i(task)]) + " |")
-    return lines
+    return lines + ["", above_floor_line(cells)]
+
+
+#: a finished POPGym run "learned" when its final evaluation beats the better floor by this much
+LEARNED_MARGIN = 0.05
+
+
+def above_floor_line(cells: list[dict]) -> str:
+    """One sentence on which finished runs beat both floors by ``LEARNED_MARGIN`` (none: the
+    table cannot rank the backbones)."""
+    finished = [c for c in cells if c["state"] == "finished" and c["evals"]]
+    if not finished:
+        return "No POPGym run has finished yet."
+    try:
+        above = [f"{c['backbone']} on {c['task']} ({c['evals'][-1][1]:+.2f})" for c in finished
+                 if c["evals"][-1][1] > max(popgym_floors(c["task"])) + LEARNED_MARGIN]
+    except ImportError:
+        return "Floors not computed (popgym is not installed here)."
+    if not above:
+        return (f"None of the {len(finished)} finished runs beats the better floor by more than "
+                f"{LEARNED_MARGIN}: at this budget no backbone learned a POPGym task, so the table "
+                "does not rank the backbones (R2I's bars come from far longer training).")
+    return (f"{len(above)} of {len(finished)} finished runs beat the better floor by more than "
+            f"{LEARNED_MARGIN}: " + ", ".join(above) + ".")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,6 +87,10 @@ def test_popgym_report_reads_runs_and_puts_r2i_beside(tmp_path):
     u, c = memory.popgym_floors("CountRecallEasy")
     assert (f"| CountRecallEasy | not run | -0.75 (at 5k, unfinished) | not run | not run | "
             f"{u:+.2f} | {c:+.2f} | not reported | not reported |") in md
+    assert ("1 of 1 finished runs beat the better floor by more than 0.05: rssm on "
+            "RepeatPreviousEasy (+0.25).") in md
+    cells[0]["evals"][-1] = (20000, max(uniform, constant) + 0.01)  # at a floor
+    assert "None of the 1 finished runs beats the better floor" in memory.above_floor_line(cells)
     # Concentration: the same card flipped twice is a failure, -2/104 per pair over 104 steps
     assert memory.popgym_floors("ConcentrationEasy")[1] == pytest.approx(-1.0)
 
