@@ -80,7 +80,6 @@ def time_updates(wm: WorldModel, data, repeats: int, device) -> list[float]:
 
 
 def markdown(result: dict) -> str:
-    lengths = result["lengths"]
     m = result["machine"]
     lines = [
         "# World-model training speed vs sequence length (" + " / ".join(BACKBONES) + ")", "",
@@ -93,19 +92,25 @@ def markdown(result: dict) -> str:
         "(B x T / update time), higher is better; update time in brackets."
         + (f" The scans run on kernels' `{result['cpu_scan']}` CPU path."
            if result.get("device", "cpu") == "cpu" and "cpu_scan" in result else ""), "",
-        "| T | " + " | ".join(f"{b} ({result['params'][b] / 1e3:.0f}k params)"
-                             for b in result["backbones"]) + " |",
-        "|---|" + "---|" * len(result["backbones"]),
+        *table_lines(result), "",
+        "Backbone parameters only in the headers; the rest of the world model "
+        "(encoder, decoder, heads) is the same for all of them.", "",
     ]
-    for T in lengths:
+    return "\n".join(lines)
+
+
+def table_lines(result: dict) -> list[str]:
+    """The speed table: one row per sequence length, one column per backbone."""
+    lines = ["| T | " + " | ".join(f"{b} ({result['params'][b] / 1e3:.0f}k params)"
+                                   for b in result["backbones"]) + " |",
+             "|---|" + "---|" * len(result["backbones"])]
+    for T in result["lengths"]:
         cells = []
         for b in result["backbones"]:
             r = next(x for x in result["rows"] if x["backbone"] == b and x["T"] == T)
             cells.append(f"{r['steps_per_s']:,.0f} ({r['median_s'] * 1e3:.0f} ms)")
         lines.append(f"| {T} | " + " | ".join(cells) + " |")
-    lines += ["", "Backbone parameters only in the headers; the rest of the world model "
-              "(encoder, decoder, heads) is the same for all of them.", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

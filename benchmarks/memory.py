@@ -82,6 +82,7 @@ POPGYM_TASKS = ("RepeatPreviousEasy", "AutoencodeEasy", "ConcentrationEasy", "Co
 POPGYM = ("env=popgym", "size=xs", "steps=20000", "train.train_ratio=64", "eval.every=5000",
           "eval.episodes=10")
 R2I_POPGYM = Path(__file__).with_name("r2i_popgym.json")
+ROOT = Path(__file__).resolve().parents[1]
 #: facts about cells of earlier runs, shown under every report
 STANDING_NOTES = (
     "mamba cells of runs before commit 1eaa338 (2026-11-28) are Drama's Mamba-1 mixer (bc_norm "
@@ -376,7 +377,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {g} | " + " | ".join(cells) + " |")
     if result.get("popgym"):
         lines += popgym_markdown(result["popgym"])
-    lines += ["", *[f"- {n}" for n in (*result["notes"], *STANDING_NOTES)], ""]
+    lines += ["", *[f"- {n}" for n in (*result["notes"], *STANDING_NOTES)]]
+    lines += [*speed_markdown(), ""]
     return "\n".join(lines)
 
 
@@ -425,6 +427,26 @@ def _r2i(task: str) -> tuple[str, str]:
                 return tuple("" if methods.get(m) is None else f"{methods[m]:.2f}"
                              for m in ("R2I", "DreamerV3"))
     return "not reported", "not reported"
+
+
+#: the backbones' world-model training speed, measured by ``benchmarks.backbone_speed``
+SPEED = ROOT / "results" / "backbone_speed_cpu.json"
+
+
+def speed_markdown(path: Path = SPEED) -> list[str]:
+    """The backbone speed table of ``benchmarks.backbone_speed`` with its provenance (nothing
+    when it has not been measured)."""
+    from benchmarks.backbone_speed import table_lines
+
+    if not path.exists():
+        return []
+    speed = json.loads(path.read_text())
+    return ["", "## World-model training speed per backbone (CPU)", "",
+            f"From `{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}` "
+            f"(`{speed['command']}`, commit `{speed['commit'][:7]}`, {speed['date'][:10]}, "
+            f"{speed['machine']['torch_threads']} thread): size {speed['size']}, batch "
+            f"{speed['batch']}, sequence steps per second of one world-model update, update "
+            "time in brackets.", "", *table_lines(speed)]
 
 
 def popgym_markdown(cells: list[dict]) -> list[str]:

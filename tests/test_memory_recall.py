@@ -156,3 +156,22 @@ def test_merge_keeps_a_popgym_cell_until_a_new_run_goes_as_far():
     old["popgym"] = [cell("started", [[5000, -0.5]])]
     assert merged(cell("started", [[5000, -0.6]]))["evals"] == [[5000, -0.6]]  # as far: new
     assert merged(cell("started", []))["evals"] == [[5000, -0.5]]
+
+
+def test_memory_report_carries_the_backbone_speed_table(tmp_path):
+    """memory.md shows benchmarks.backbone_speed's table (one row per T, one column per backbone,
+    steps/s and update time) with where it came from; nothing when it was never measured."""
+    rows = [{"backbone": b, "T": T, "median_s": T / rate, "steps_per_s": 4 * rate}
+            for b, rate in (("rssm", 1000.0), ("mamba2", 8000.0)) for T in (64, 1024)]
+    speed = {"command": "python -m benchmarks.backbone_speed", "commit": "abcdef0123",
+             "date": "2026-11-28T14:15:16+0000", "machine": {"torch_threads": 1}, "size": "xs",
+             "batch": 4, "lengths": [64, 1024], "backbones": ["rssm", "mamba2"],
+             "params": {"rssm": 290176, "mamba2": 103520}, "rows": rows}
+    path = tmp_path / "speed.json"
+    path.write_text(json.dumps(speed))
+    md = "\n".join(memory.speed_markdown(path))
+    assert "commit `abcdef0`, 2026-11-28" in md
+    assert "| T | rssm (290k params) | mamba2 (104k params) |" in md
+    assert "| 64 | 4,000 (64 ms) | 32,000 (8 ms) |" in md
+    assert "| 1024 | 4,000 (1024 ms) | 32,000 (128 ms) |" in md
+    assert memory.speed_markdown(tmp_path / "none.json") == []
