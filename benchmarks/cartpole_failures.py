@@ -92,13 +92,15 @@ def replay_terminations(run_dir: Path) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", type=Path)
+    p.add_argument("checkpoint", type=Path, help="a checkpoint.pt or its run directory")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--max-steps", type=int, default=500)
     p.add_argument("--trace", action="store_true", help="print the first episode step by step")
     p.add_argument("--replay", action="store_true", help="split the replay's terminations too")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
+    if args.checkpoint.is_dir():  # a run directory, as `worldrl eval` takes
+        args.checkpoint = args.checkpoint / "checkpoint.pt"
     if not args.checkpoint.is_file():
         raise SystemExit(f"no checkpoint at {args.checkpoint}")
     torch.set_num_threads(1)

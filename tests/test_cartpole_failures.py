@@ -36,6 +36,8 @@ def test_failures_of_a_trained_checkpoint(tmp_path, capsys):
     rep = result["replay"]
     assert rep["terminations"] > 0 and rep["position"] + rep["angle"] == rep["terminations"]
     assert "ended: angle" in capsys.readouterr().out
+    assert main([str(run), "--episodes", "1"]) == 0  # the run directory names its checkpoint
+    assert f"{run / 'checkpoint.pt'}: trained for" in capsys.readouterr().out
 
 
 def test_missing_checkpoint_is_named(tmp_path):
