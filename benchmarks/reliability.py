@@ -26,6 +26,7 @@ same code on a short run (``tests/test_chaos.py``).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import json
@@ -179,18 +180,26 @@ def stale_windows(run: Path, batches: int = 20) -> dict:
 def wrapped_and_past(run: Path) -> bool:
     """Whether the last complete checkpoint's replay has wrapped (more rows added per env than
     it holds) and the running process has logged env steps past that checkpoint."""
-    from agents.run_dir import CHECKPOINT_FILE, load_checkpoint
+    from agents.run_dir import CHECKPOINT_FILE
 
-    if not (run / CHECKPOINT_FILE).exists():
-        return False
     try:
-        ckpt = load_checkpoint(run)
-    except Exception:  # the file replaced while it was read: ask again on the next poll
+        mtime = (run / CHECKPOINT_FILE).stat().st_mtime_ns
+        wrapped, env_steps = _checkpoint_wrapped(run, mtime)
+    except Exception:  # none yet, or replaced while it was read: ask again on the next poll
         return False
+    return wrapped and progress(run) > env_steps
+
+
+@functools.lru_cache(maxsize=8)
+def _checkpoint_wrapped(run: Path, mtime_ns: int) -> tuple[bool, int]:
+    """(replay wrapped, env steps) of the checkpoint file as it was at ``mtime_ns`` (read once
+    per version, not at every poll)."""
+    from agents.run_dir import load_checkpoint
+
+    ckpt = load_checkpoint(run)
     num_envs = int(ckpt["config"]["env"]["num_envs"])
     steps = int(ckpt["config"]["replay"]["capacity"]) // num_envs  # the storage's max_size
-    wrapped = ckpt["replay"]["rows_added"] // num_envs > steps
-    return wrapped and progress(run) > ckpt["counters"]["env_steps"]
+    return ckpt["replay"]["rows_added"] // num_envs > steps, int(ckpt["counters"]["env_steps"])
 
 
 def check_logs(run: Path) -> list[str]:
