@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agents.run_dir import CHECKPOINT_FILE
+
 X_LIMIT, ANGLE_LIMIT = 2.4, 12 * 2 * np.pi / 360  # gymnasium's CartPole-v1 thresholds
 
 
@@ -100,7 +102,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
     if args.checkpoint.is_dir():  # a run directory, as `worldrl eval` takes
-        args.checkpoint = args.checkpoint / "checkpoint.pt"
+        args.checkpoint = args.checkpoint / CHECKPOINT_FILE
     if not args.checkpoint.is_file():
         raise SystemExit(f"no checkpoint at {args.checkpoint}")
     torch.set_num_threads(1)

@@ -7,8 +7,8 @@ Each scenario starts a training run, kills it (``SIGKILL``: no handler runs) at 
 while it trains, during a checkpoint write (the process is made to write its checkpoint slowly and
 is killed half-way through the temporary file) and, last of the random kills, with the replay's
 FIFO wrapped and rows written after the checkpoint (that kill waits for both, not for a clock, so
-a slow machine cannot miss it), restarts the
-same command after every kill and finally lets it finish. After each restart it checks:
+a slow machine cannot miss it); it restarts the same command after every kill and finally lets it
+finish. After each restart it checks:
 
 - the run resumed at the checkpoint's counters (the ``resumed ... at env step N`` line);
 - no log goes backwards (``metrics.jsonl`` and ``eval.csv`` steps, ``episodes.csv`` episode
@@ -255,7 +255,7 @@ def chaos(run: Path, overrides: list[str], kills: int, seed: int = 0,
             # past what the killed process had logged: this one has cut the logs and trained
             past = max(start, reached)
             ok = proc.wait_for(lambda past=past: progress(run) > past, timeout)
-            pause = rng.uniform(*delay)
+            pause = rng.uniform(*delay)  # drawn for every random kill: the same seeds as before
             if i == last_random:
                 ok = ok and proc.wait_for(lambda: wrapped_and_past(run), timeout)
             else:
