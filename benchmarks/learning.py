@@ -138,6 +138,27 @@ def state(run_dir: Path) -> str:
     return "new"
 
 
+def progress_note(run_dir: Path, q: Planned, recent: int = 10) -> str:
+    """Where an unfinished run is: env steps reached of its budget, its last evaluation, and
+    the hours left at the pace of its last ``recent`` logged rows (``""`` for peer runs and
+    runs without logs)."""
+    from agents.logger import read_csv, read_jsonl
+
+    budget = next((int(o.split("=", 1)[1]) for o in q.overrides if o.startswith("steps=")), None)
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "wall_s" in r and "step" in r]
+    if q.peer or budget is None or not rows:
+        return ""
+    note = f"{rows[-1]['step']:,}/{budget:,} steps"
+    evals = read_csv(run_dir / "eval.csv")
+    if evals:
+        note += f", last eval {float(evals[-1]['return_mean']):.1f} at {int(evals[-1]['step']):,}"
+    a, b = rows[-min(recent, len(rows))], rows[-1]
+    if b["step"] > a["step"] and b["wall_s"] > a["wall_s"]:
+        per_step = (b["wall_s"] - a["wall_s"]) / (b["step"] - a["step"])
+        note += f", ~{max(0, budget - b['step']) * per_step / 3600:.1f} h left at its recent pace"
+    return note
+
+
 #: what a run's record keeps (``RECORDED`` plus the update rows of ``metrics.jsonl``, thinned,
 #: its lines of the study log and a still of its newest open-loop video): enough for the report,
 #: small enough to commit; checkpoints and replay stay in the run directory
@@ -670,8 +691,10 @@ def main(argv=None) -> int:
     if args.list:
         for q in plan:
             at = where(q, runs_root, records)
-            print(f"{q.name:42s} {state(at):9s}{' (record)' if at.parent == records else ''} "
-                  f"{' '.join(q.overrides)}")
+            st = state(at)
+            where_note = progress_note(at, q) if st == "started" else ""
+            print(f"{q.name:42s} {st:9s}{' (record)' if at.parent == records else ''} "
+                  f"{' '.join(q.overrides)}" + (f"\n{'':52s}{where_note}" if where_note else ""))
         return 0
     lost = lost_runs(out, runs_root, whole)
     if lost and not args.drop_lost:

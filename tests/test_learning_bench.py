@@ -277,3 +277,25 @@ def test_a_run_that_ignores_its_stop_is_killed_after_the_grace(tmp_path, monkeyp
     log = _log(tmp_path / "runs")
     assert [e["event"] for e in log] == ["start", "killed", "exit"]
     assert log[-1]["rc"] == -9
+
+
+def test_list_says_where_a_started_run_is_and_how_long_it_has_left(tmp_path):
+    """``--list`` under a started run: env steps of its budget, last evaluation, and the hours
+    left at the pace of its last logged rows (an older, slower stretch does not count)."""
+    from benchmarks.learning import Planned, progress_note
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": 1000, "wall_s": 50.0}, {"step": 2000, "wall_s": 100.0},
+            {"step": 3000, "wall_s": 9000.0},  # a slow stretch, before the last 10 rows
+            *({"step": 3000 + 1000 * k, "wall_s": 9000.0 + 360.0 * k} for k in range(1, 11))]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows)
+                                       + '{"step": 14')  # a half-written last line
+    (run / "eval.csv").write_text("step,return_mean,return_std,episodes,wall_s\n"
+                                  "10000,209.34,5.0,10,9000.0\n")
+    q = Planned("x", ("env=dmc_proprio", "steps=50000", "seed=0"))
+    # 10 rows of 1,000 steps in 360 s each: 0.36 s per step, 37,000 steps left -> 3.7 h
+    assert progress_note(run, q) == ("13,000/50,000 steps, last eval 209.3 at 10,000, ~3.7 h "
+                                     "left at its recent pace")
+    assert progress_note(run, Planned("p", q.overrides, peer=True)) == ""
+    assert progress_note(tmp_path / "none", q) == ""
