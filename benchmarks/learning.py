@@ -1,6 +1,6 @@
 """The CPU-scale learning study: Atari100k and DMC runs of DreamerV3 beside random-policy floors.
 
-    python -m benchmarks.learning --list               # every run of the study and its state
+    python -m benchmarks.learning --list               # every run, its state, steps and hours left
     python -m benchmarks.learning                      # run (or resume) what is left, one at a time
     python -m benchmarks.learning --parallel 2         # two single-thread runs side by side
     python -m benchmarks.learning --only atari100k-boxing-dreamer-s0 --parallel 1
