@@ -171,8 +171,7 @@ def stale_windows(run: Path, batches: int = 20) -> dict:
             sampled += raw.numel()
             bad += int(((raw["generation"] != replay.generation)
                         & (raw["serial"] >= replay.resume_serial)).sum())
-    return {"wrapped": ckpt["replay"]["rows_added"] // cfg.env.num_envs
-            > replay.storage.max_size,
+    return {"wrapped": replay_wrapped(ckpt),
             "rows_after_checkpoint": after, "hole": replay.sampler.hole, "sampled": sampled,
             "sampled_after_checkpoint": bad}
 
@@ -197,9 +196,15 @@ def _checkpoint_wrapped(run: Path, mtime_ns: int) -> tuple[bool, int]:
     from agents.run_dir import load_checkpoint
 
     ckpt = load_checkpoint(run)
+    return replay_wrapped(ckpt), int(ckpt["counters"]["env_steps"])
+
+
+def replay_wrapped(ckpt: dict) -> bool:
+    """Whether a checkpoint's replay FIFO has wrapped: more rows added per env copy than its
+    storage holds (``Replay``'s ``capacity // num_envs`` steps)."""
     num_envs = int(ckpt["config"]["env"]["num_envs"])
-    steps = int(ckpt["config"]["replay"]["capacity"]) // num_envs  # the storage's max_size
-    return ckpt["replay"]["rows_added"] // num_envs > steps, int(ckpt["counters"]["env_steps"])
+    return (ckpt["replay"]["rows_added"] // num_envs
+            > int(ckpt["config"]["replay"]["capacity"]) // num_envs)
 
 
 def check_logs(run: Path) -> list[str]:
