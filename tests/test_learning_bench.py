@@ -100,17 +100,28 @@ def test_dreamer_runs_get_a_sampled_evaluation_and_diagnostics(tmp_path):
 
 
 def test_the_peer_table_holds_only_runs_at_the_peers_settings(tmp_path):
-    """The ratio-512 diagnostic is a cartpole dreamer run too, but not at sheeprl's settings."""
-    from benchmarks.learning import RATIO_DIAGNOSTIC, peer_table, study
+    """The diagnostics (ratio 512, learning rate 3e-4) are cartpole dreamer runs too, but not at
+    sheeprl's settings."""
+    from benchmarks.learning import DIAGNOSTICS, peer_table, study
 
-    names = ["dmc_proprio-cartpole_swingup-dreamer-s0", RATIO_DIAGNOSTIC.name,
-             "sheeprl-dmc_proprio-cartpole_swingup-s0"]
+    assert [q.name for q in study()[-len(DIAGNOSTICS):]] == [q.name for q in DIAGNOSTICS]
+    names = ["dmc_proprio-cartpole_swingup-dreamer-s0", "sheeprl-dmc_proprio-cartpole_swingup-s0",
+             *[q.name for q in DIAGNOSTICS]]
     for name in names:
         (tmp_path / name).mkdir()
         (tmp_path / name / "eval.csv").write_text(
             "step,return_mean,return_std,episodes,wall_s\n5000,10.0,0.0,10,60.0\n")
     table = "\n".join(peer_table({q.name: tmp_path / q.name for q in study()}, study()))
-    assert names[0] in table and names[2] in table and RATIO_DIAGNOSTIC.name not in table
+    assert names[0] in table and names[1] in table
+    assert not any(q.name in table for q in DIAGNOSTICS)
+
+
+def test_the_learning_rate_diagnostic_differs_from_its_cell_only_in_the_learning_rate():
+    from benchmarks.learning import LR_DIAGNOSTIC, study
+
+    (cell,) = [q for q in study() if q.name == "dmc_proprio-cartpole_swingup-dreamer-s0"]
+    assert set(LR_DIAGNOSTIC.overrides) ^ set(cell.overrides) == {
+        "agent.optim.lr=3e-4", "agent.optim.warmup=100"}
 
 
 def _run(path, evals, finished=False, seed=0, metrics=0, threads=1, extra=""):
