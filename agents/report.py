@@ -187,15 +187,23 @@ def _name_methods(runs: list[Run]) -> None:
 
 
 def _estimates(scores: np.ndarray, func, reps: int, seed: int):
-    """rliable's stratified-bootstrap point and interval estimates of ``func(scores)``."""
+    """rliable's stratified-bootstrap point and interval estimates of ``func(scores)``, the same
+    for the same ``seed``. rliable 1.2 hands ``random_state`` to arch but draws its resamples
+    from NumPy's global generator (``StratifiedBootstrap.update_indices``), so that generator is
+    seeded here for the call and given back its state afterwards."""
     import warnings
 
     from rliable import library as rly
 
-    with warnings.catch_warnings():  # arch's notice about rliable's RandomState argument
-        warnings.simplefilter("ignore", FutureWarning)
-        point, interval = rly.get_interval_estimates(
-            {"m": scores}, func, reps=reps, random_state=np.random.RandomState(seed))
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():  # arch's notice about rliable's RandomState argument
+            warnings.simplefilter("ignore", FutureWarning)
+            point, interval = rly.get_interval_estimates(
+                {"m": scores}, func, reps=reps, random_state=np.random.RandomState(seed))
+    finally:
+        np.random.set_state(state)
     return point["m"], interval["m"]
 
 

@@ -141,6 +141,26 @@ def test_the_95_percent_ci_over_seeds_covers_the_true_mean():
     assert 0.7 <= np.mean(hits) <= 1.0
 
 
+def test_the_bootstrap_is_the_same_for_the_same_seed_whatever_numpy_drew_before():
+    """rliable resamples from NumPy's global generator whatever ``random_state`` it is given: a
+    report's CIs must not depend on it, and the report must not move it."""
+    from agents.report import atari_aggregates
+
+    hns = np.random.default_rng(0).normal(0.5, 0.3, size=(3, 4))
+    np.random.seed(1)
+    first = atari_aggregates(hns, reps=300), bootstrap_ci(hns[:, 0], reps=300)
+    after = np.random.random()
+    np.random.seed(1)
+    np.random.random(17)  # another state going in
+    again = atari_aggregates(hns, reps=300), bootstrap_ci(hns[:, 0], reps=300)
+    assert first == again
+    np.random.seed(1)
+    atari_aggregates(hns, reps=300)
+    assert np.random.random() == after  # the global generator as it was
+    other = atari_aggregates(hns, reps=300, seed=5)
+    assert other["mean"]["ci"] != first[0]["mean"]["ci"]
+
+
 def test_curves_line_up_seeds_that_evaluated_a_few_steps_apart():
     from agents.report import Run, curves
 
