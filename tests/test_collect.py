@@ -148,8 +148,11 @@ def test_collector_workers_keep_their_carry_and_follow_the_learners_weights(back
         def take(n):
             return [next(batches) for _ in range(n)]
 
-        first = take(4)
-        assert {s for b in first for s in streams_of(b)} == {0, 1}  # both workers deliver
+        first, seen, deadline = [], set(), time.time() + 120
+        while seen != {0, 1} and time.time() < deadline:  # both workers deliver (one may start
+            first.append(next(batches))                    # batches ahead of the other)
+            seen.update(streams_of(first[-1]))
+        assert seen == {0, 1}, f"only stream(s) {seen} delivered in {len(first)} batches"
         assert all(b["carry", "count"].abs().sum() == 0 for b in first)  # random mode: untouched
         for preferred in (1, 0):
             with torch.no_grad():
