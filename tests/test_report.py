@@ -161,6 +161,30 @@ def test_the_bootstrap_is_the_same_for_the_same_seed_whatever_numpy_drew_before(
     assert other["mean"]["ci"] != first[0]["mean"]["ci"]
 
 
+@pytest.mark.parametrize("runs", [1, 3])
+def test_runs_all_alike_give_rliables_interval_without_resampling(runs):
+    """One run per game, or equal runs: the report skips the resampling loop; its point and
+    interval are what rliable's stratified bootstrap gives for the same scores."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    from agents.report import _estimates, atari_aggregates
+
+    hns = np.repeat(np.array([[0.1, 0.7, -0.2, 1.4]]), runs, axis=0)
+
+    def aggregate(x):
+        return np.array([metrics.aggregate_mean(x), metrics.aggregate_median(x),
+                         metrics.aggregate_iqm(x), metrics.aggregate_optimality_gap(x)])
+
+    point, interval = rly.get_interval_estimates({"m": hns}, aggregate, reps=200)
+    mine_point, mine_interval = _estimates(hns, aggregate, 200, 0)
+    np.testing.assert_allclose(mine_point, point["m"])
+    np.testing.assert_allclose(mine_interval, interval["m"])
+    assert atari_aggregates(hns)["median"] == {"value": pytest.approx(0.4), "ci": [
+        pytest.approx(0.4), pytest.approx(0.4)]}
+    assert bootstrap_ci(hns[:, 1]) == pytest.approx((0.7, 0.7, 0.7))
+
+
 def test_curves_line_up_seeds_that_evaluated_a_few_steps_apart():
     from agents.report import Run, curves
 
