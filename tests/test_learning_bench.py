@@ -73,7 +73,7 @@ def test_dreamer_runs_get_a_sampled_evaluation_and_diagnostics(tmp_path):
     actions (the report's column) and lists what its curves show, with an open-loop still."""
     args = ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "learning"),
             "--only", "atari100k-pong-dreamer-s0", "--extra", *TINY, "train.compile=false",
-            "train.train_ratio=2", "train.video_every=100"]
+            "train.train_ratio=2", "train.video_every=100", "eval.every=100"]
     assert main(args) == 0
     run = tmp_path / "runs" / "atari100k-pong-dreamer-s0"
     sampled = json.loads((run / "eval_checkpoint_sample.json").read_text())
