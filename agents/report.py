@@ -391,7 +391,7 @@ def report(paths: list[str | Path], out: str | Path, baselines_file: Path = BASE
                            "unfinished_runs": sum(len(g["unfinished"]) for g in games),
                            **atari_aggregates(hns)})
         if plots:
-            _profile(hns, method, out / f"profile_{method}.png")
+            _profile(hns, method, out / _figure_name("profile", method))
     for suite, method in sorted({(r["suite"], r["method"]) for r in rows
                                  if r["suite"].startswith("dmc")}):
         tasks = [r for r in rows if (r["suite"], r["method"]) == (suite, method)]
@@ -516,10 +516,18 @@ def _plot(row: dict, out: Path) -> Path:
     fig.suptitle(f"{row['suite']} / {row['task']}" + (" (unfinished runs)" if row["unfinished"]
                                                       else ""))
     fig.tight_layout()
-    path = out / f"curve_{row['suite']}_{row['task']}_{row['method']}.png"
+    path = out / _figure_name("curve", row["suite"], row["task"], row["method"])
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def _figure_name(*parts: str) -> str:
+    """A PNG's file name from ``parts``, with what a Markdown link or a shell would misread
+    (the ``#`` of a method numbered by its config, ``/``, spaces) made ``_``."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", "_".join(parts)) + ".png"
 
 
 def _profile(hns: np.ndarray, method: str, path: Path) -> None:

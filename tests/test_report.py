@@ -103,8 +103,9 @@ def test_unfinished_runs_are_marked_and_configs_never_share_a_cell(tmp_path):
     # their x counts frames (action repeat 2), ours agent steps: 30k ours = 60k of theirs
     assert mixed["reference"]["at_our_steps"] == pytest.approx(
         np.interp(60_000, ref["x"], curve))
-    assert all((tmp_path / "out" / p).exists() for p in
-               [f"curve_dmc_proprio_cartpole_swingup_{m}.png" for m in rows])
+    assert all((tmp_path / "out" / p).exists() for p in  # no "#": a link would cut there
+               [f"curve_dmc_proprio_cartpole_swingup_{m.replace('#', '_')}.png" for m in rows])
+    assert "#" not in "".join(r["png"] for r in result["rows"])
 
 
 def test_runs_moved_aside_and_other_configs_are_not_runs(tmp_path):
