@@ -14,7 +14,8 @@
    8 x 8 latent, 128 units, CNN multiplier 8: its layer graph keeps stride-1 convolutions with
    max-pooling, which no option changes), our budget in agent steps (sheeprl's ``policy_step``),
    our train ratio as its ``replay_ratio`` (ratio / (16 x 64) gradient steps per policy step),
-   batch 16 x 64, 1,000 random steps first, one environment, our thread count. Everything else
+   batch 16 x 64, 1,000 random steps first, one environment, our thread count, and the study's
+   learning rate and warm-up (``--lr``, ``--warmup``: its LaProp is ours). Everything else
    is sheeprl's recipe as it ships it (``replay_context: 1``, the online queue of the Atari
    experiment). A checkpoint every ``--checkpoint-every`` steps, all kept.
 3. Resumable: a new start resumes from the newest checkpoint (sheeprl's
@@ -64,8 +65,10 @@ def atari_id(task: str) -> str:
 
 def sheeprl_overrides(suite: str, task: str, seed: int, steps: int, train_ratio: float,
                       checkpoint_every: int, threads: int, prefill: int = 1000,
-                      batch: int = 16, seq_len: int = 64) -> list[str]:
-    """sheeprl's command-line overrides for one run at the study's settings."""
+                      batch: int = 16, seq_len: int = 64, lr: float | None = None,
+                      warmup: int | None = None) -> list[str]:
+    """sheeprl's command-line overrides for one run at the study's settings; ``lr`` and
+    ``warmup`` set its optimiser's (LaProp, as ours; None keeps sheeprl's 4e-5 and 1,000)."""
     if suite == "atari100k":
         env = ["exp=dreamer_v3_5_100k_ms_pacman", f"env.id={atari_id(task)}"]
     elif suite == "dmc_proprio":
@@ -84,6 +87,8 @@ def sheeprl_overrides(suite: str, task: str, seed: int, steps: int, train_ratio:
             "algo.run_test=False", f"checkpoint.every={checkpoint_every}",
             "checkpoint.keep_last=1000", "buffer.checkpoint=True", "metric.log_every=1000",
             "fabric.accelerator=cpu", "fabric.devices=1", "fabric.precision=32-true",
+            *([f"algo.optimizer.lr={lr}"] if lr is not None else []),
+            *([f"algo.optimizer.warmup={warmup}"] if warmup is not None else []),
             *([f"num_threads={threads}"] if threads else [])]
 
 
@@ -160,7 +165,8 @@ def train(run_dir: Path, args, python: Path) -> int:
     n_ep = len(episodes.read_text().splitlines()) - 1
     cmd = [str(python.parent / "sheeprl"),
            *sheeprl_overrides(args.suite, args.task, args.seed, args.steps, args.train_ratio,
-                              args.checkpoint_every, args.threads),
+                              args.checkpoint_every, args.threads, lr=args.lr,
+                              warmup=args.warmup),
            f"root_dir={run_dir / 'sheeprl'}", "run_name=run", f"hydra.run.dir={run_dir / 'hydra'}",
            *([f"checkpoint.resume_from={ckpts[done]}"] if ckpts else [])]
     start = time.time()
@@ -247,7 +253,10 @@ def write_config(run_dir: Path, args) -> None:
            "peer": {"package": "sheeprl==0.8.4", "algo": "dreamer_v3_5",
                     "overrides": " ".join(sheeprl_overrides(
                         args.suite, args.task, args.seed, args.steps, args.train_ratio,
-                        args.checkpoint_every, 0))}}
+                        args.checkpoint_every, 0, lr=args.lr, warmup=args.warmup))}}
+    optim = {k: v for k, v in (("lr", args.lr), ("warmup", args.warmup)) if v is not None}
+    if optim:  # named as ours are, so that the report's cells tell the two settings apart
+        cfg["agent"]["optim"] = optim
     from omegaconf import OmegaConf
 
     OmegaConf.save(OmegaConf.create(cfg), run_dir / "config.yaml")
@@ -266,6 +275,10 @@ def main(argv=None) -> int:
     p.add_argument("--max-steps", type=int, default=27000, help="cap per evaluation episode")
     p.add_argument("--checkpoint-every", type=int, default=2500)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--lr", type=float, default=None,
+                   help="LaProp's learning rate (default: sheeprl's, 4e-5)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="warm-up updates of the learning rate (default: sheeprl's, 1000)")
     p.add_argument("--venv", default=str(DEFAULT_VENV))
     args = p.parse_args(argv)
     if args.checkpoint_every <= 0 or args.eval_every % args.checkpoint_every:

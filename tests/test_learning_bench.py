@@ -100,8 +100,8 @@ def test_dreamer_runs_get_a_sampled_evaluation_and_diagnostics(tmp_path):
 
 
 def test_the_peer_table_holds_only_runs_at_the_peers_settings(tmp_path):
-    """The diagnostics (ratio 512, learning rate 3e-4) are cartpole dreamer runs too, but not at
-    sheeprl's settings."""
+    """The diagnostic arm (DreamerV3's learning rate) has cartpole and boxing dreamer runs too,
+    but not at sheeprl's settings."""
     from benchmarks.learning import DIAGNOSTICS, peer_table, study
 
     assert [q.name for q in study()[-len(DIAGNOSTICS):]] == [q.name for q in DIAGNOSTICS]
@@ -116,12 +116,21 @@ def test_the_peer_table_holds_only_runs_at_the_peers_settings(tmp_path):
     assert not any(q.name in table for q in DIAGNOSTICS)
 
 
-def test_the_learning_rate_diagnostic_differs_from_its_cell_only_in_the_learning_rate():
-    from benchmarks.learning import LR_DIAGNOSTIC, study
+def test_the_diagnostic_arm_is_its_cells_at_dreamerv3s_optimiser_defaults():
+    """Each diagnostic differs from its study cell only in the learning rate and warm-up, and
+    those are the config's defaults (DreamerV3's): the study's first runs, made before the
+    study set its rate, are these runs."""
+    from benchmarks.learning import DIAGNOSTICS, DREAMERV3_LR, LR, study
+    from worldrl.config import load_config
 
-    (cell,) = [q for q in study() if q.name == "dmc_proprio-cartpole_swingup-dreamer-s0"]
-    assert set(LR_DIAGNOSTIC.overrides) ^ set(cell.overrides) == {
-        "agent.optim.lr=3e-4", "agent.optim.warmup=100"}
+    cells = {q.name: q for q in study()}
+    for diag in DIAGNOSTICS:
+        cell = cells[diag.name.replace("-lr4e-5", "")]
+        assert set(diag.overrides) ^ set(cell.overrides) == {*LR, *DREAMERV3_LR}
+        plain = [o for o in diag.overrides if o not in DREAMERV3_LR]
+        assert load_config(diag.overrides) == load_config(plain)
+        assert load_config(cell.overrides).agent.optim.lr == 3e-4
+    assert load_config(DIAGNOSTICS[0].overrides).agent.optim.lr == 4e-5
 
 
 def _run(path, evals, finished=False, seed=0, metrics=0, threads=1, extra=""):
@@ -310,3 +319,20 @@ def test_list_says_where_a_started_run_is_and_how_long_it_has_left(tmp_path):
                                      "left at its recent pace")
     assert progress_note(run, Planned("p", q.overrides, peer=True)) == ""
     assert progress_note(tmp_path / "none", q) == ""
+
+
+def test_every_planned_run_is_a_config_worldrl_train_accepts():
+    """One run of each kind (suite, agent, diagnostic): a random policy has no optimiser, so
+    the study's learning rate must not reach it."""
+    from benchmarks.learning import study
+    from worldrl.config import load_config
+
+    kinds = {}
+    for q in study():
+        if not q.peer:
+            kinds.setdefault(tuple(o for o in q.overrides
+                                   if not o.startswith(("env.task=", "seed="))), q)
+    assert len(kinds) >= 5
+    for q in kinds.values():
+        cfg = load_config(q.overrides)
+        assert (cfg.agent.name == "random") == ("agent=random" in q.overrides)

@@ -79,7 +79,7 @@ def fake_venv(tmp_path):
 def _args(**kw) -> Namespace:
     base = dict(suite="dmc_proprio", task="cartpole_swingup", seed=0, steps=400,
                 train_ratio=128.0, eval_every=200, episodes=3, max_steps=1000,
-                checkpoint_every=100, threads=0)
+                checkpoint_every=100, threads=0, lr=None, warmup=None)
     return Namespace(**{**base, **kw})
 
 
@@ -95,7 +95,10 @@ def test_overrides_map_our_settings_onto_sheeprl_keys():
                                                         128, 2500, 0))
     assert (d["env.wrapper.domain_name"], d["env.wrapper.task_name"]) == ("walker", "walk")
     assert d["algo.mlp_keys.encoder"] == "[state]" and d["env.action_repeat"] == "2"
-    assert "num_threads" not in d
+    assert "num_threads" not in d and "algo.optimizer.lr" not in d  # sheeprl's own rate
+    lr = dict(a.split("=", 1) for a in sheeprl_overrides("dmc_proprio", "walker_walk", 0, 50000,
+                                                         128, 2500, 0, lr=3e-4, warmup=100))
+    assert float(lr["algo.optimizer.lr"]) == 3e-4 and lr["algo.optimizer.warmup"] == "100"
     with pytest.raises(ValueError, match="'dmc'.*atari100k"):
         sheeprl_overrides("dmc", "cartpole_swingup", 0, 1, 1, 1, 0)
 
@@ -119,6 +122,22 @@ def test_a_run_trains_evaluates_and_reads_as_a_method(tmp_path, fake_venv):
     assert (found.suite, found.task, found.final) == ("dmc_proprio", "cartpole_swingup", 4.0)
     assert train(run, args, fake_venv) == 0  # at its budget: nothing more runs
     assert len((run / "sheeprl" / "run" / "calls.txt").read_text().splitlines()) == 1
+
+
+def test_the_learning_rate_reaches_sheeprl_and_the_config(tmp_path, fake_venv):
+    from omegaconf import OmegaConf
+
+    run = tmp_path / "run"
+    run.mkdir()
+    args = _args(steps=100, lr=3e-4, warmup=100)
+    write_config(run, args)
+    assert train(run, args, fake_venv) == 0
+    (call,) = (run / "sheeprl" / "run" / "calls.txt").read_text().splitlines()
+    assert {"algo.optimizer.lr=0.0003", "algo.optimizer.warmup=100"} <= set(call.split())
+    cfg = OmegaConf.load(run / "config.yaml")
+    assert (cfg.agent.optim.lr, cfg.agent.optim.warmup) == (3e-4, 100)
+    write_config(run, _args())  # sheeprl's own rate: no optim keys, nothing to mistake
+    assert "optim" not in OmegaConf.load(run / "config.yaml").agent
 
 
 def test_sigterm_stops_it_and_the_next_start_resumes_from_the_last_checkpoint(
@@ -183,6 +202,7 @@ def test_the_study_plans_the_peers_at_its_own_settings(tmp_path):
     ours = dict(o.split("=", 1) for o in learning.DMC_PROPRIO)
     assert (kv["--steps"], kv["--train-ratio"], kv["--eval-every"]) == (
         ours["steps"], ours["train.train_ratio"], ours["eval.every"])
+    assert (kv["--lr"], kv["--warmup"]) == (ours["agent.optim.lr"], ours["agent.optim.warmup"])
     assert learning.state(tmp_path / "x") == "new"
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "segments.jsonl").write_text("{}\n")
