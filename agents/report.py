@@ -308,22 +308,30 @@ def _on_schedule(run: Run) -> dict[float, float]:
 def curves(runs: list[Run], x: str = "step") -> dict:
     """Mean and 95% CI band over runs at every x where all of them were evaluated (steps: the
     shared evaluation schedule, :func:`_on_schedule`; wall-clock: each run interpolated onto a
-    common grid)."""
+    common grid between the latest first evaluation and the earliest last one, and each run's
+    own evaluations as ``points``, ``[wall_s, return]`` pairs, since the grid's are not
+    evaluations)."""
     if x == "step":
         scheduled = [_on_schedule(run) for run in runs]
         common = sorted(set.intersection(*[set(s) for s in scheduled]))
         grid = np.array(common, dtype=float)
         ys = np.array([[s[c] for c in common] for s in scheduled])
     else:
+        # from the latest first evaluation: before it, some run has nothing to interpolate
+        starts = [run.evals[0].get("wall_s", 0.0) for run in runs]
         ends = [run.evals[-1].get("wall_s", 0.0) for run in runs]
-        grid = np.linspace(0.0, min(ends), 20) if min(ends) > 0 else np.zeros(0)
+        grid = (np.linspace(max(starts), min(ends), 20) if min(ends) > max(starts)
+                else np.array([max(starts)]) if min(ends) == max(starts) > 0 else np.zeros(0))
         ys = np.array([np.interp(grid, [r.get("wall_s", 0.0) for r in run.evals],
                                  [r["return_mean"] for r in run.evals]) for run in runs])
+    points = ({} if x == "step" else
+              {"points": [[r.get("wall_s", 0.0), r["return_mean"]] for run in runs
+                          for r in run.evals]})
     if not len(grid):
-        return {"x": [], "mean": [], "lo": [], "hi": []}
+        return {"x": [], "mean": [], "lo": [], "hi": [], **points}
     stats = [bootstrap_ci(ys[:, i], reps=500) for i in range(len(grid))]
     return {"x": grid.tolist(), "mean": [s[0] for s in stats], "lo": [s[1] for s in stats],
-            "hi": [s[2] for s in stats]}
+            "hi": [s[2] for s in stats], **points}
 
 
 def report(paths: list[str | Path], out: str | Path, baselines_file: Path = BASELINES,
@@ -496,10 +504,13 @@ def _plot(row: dict, out: Path) -> Path:
     panels = ((axes[0], "curve", "env steps"), (axes[1], "curve_wall", "wall-clock (s)"))
     for ax, key, label in panels:
         c = row[key]
-        if c["x"]:
-            ax.plot(c["x"], c["mean"], "o-", color="tab:blue",
+        if c["x"]:  # markers only where runs were evaluated: the wall-clock grid is not
+            ax.plot(c["x"], c["mean"], "-" if "points" in c else "o-", color="tab:blue",
                     label=f"worldrl {row['method']} ({row['runs']} runs)")
             ax.fill_between(c["x"], c["lo"], c["hi"], color="tab:blue", alpha=0.2)
+        if c.get("points"):
+            ax.plot(*zip(*c["points"]), "o", color="tab:blue", markersize=3,
+                    label="each run's evaluations")
         ax.set_xlabel(label)
         ax.set_ylabel("eval return")
         ax.grid(alpha=0.3)

@@ -201,6 +201,26 @@ def test_curves_line_up_seeds_that_evaluated_a_few_steps_apart():
     assert c["mean"] == pytest.approx([40.0, 15.0, 205.0, 9.0, 151.0])
 
 
+def test_the_wall_clock_curve_interpolates_only_between_evaluations_and_keeps_them():
+    from agents.report import Run, curves
+
+    def run(walls, returns):
+        evals = [{"step": 1000 * (i + 1), "return_mean": r, "wall_s": w}
+                 for i, (w, r) in enumerate(zip(walls, returns))]
+        return Run(Path("x"), {"eval.every": 1000}, evals, None)
+
+    a, b = run([100.0, 300.0, 500.0], [0.0, 20.0, 40.0]), run([200.0, 400.0], [10.0, 30.0])
+    c = curves([a, b], "wall_s")
+    assert (c["x"][0], c["x"][-1]) == (200.0, 400.0)  # no flat run-in before b's first one
+    assert c["mean"][0] == pytest.approx((10.0 + 10.0) / 2)  # a at 200 s: halfway, 10
+    assert c["mean"][-1] == pytest.approx((30.0 + 30.0) / 2)
+    assert sorted(map(tuple, c["points"])) == [(100.0, 0.0), (200.0, 10.0), (300.0, 20.0),
+                                               (400.0, 30.0), (500.0, 40.0)]
+    assert "points" not in curves([a, b])
+    one = curves([run([50.0], [7.0])], "wall_s")
+    assert one["x"] == [50.0] and one["mean"] == pytest.approx([7.0])
+
+
 def test_a_run_made_before_a_key_existed_shares_the_cell_of_its_default(tmp_path):
     """A config.yaml without a key added later (run_dir.ADDED_KEYS) is the same method as one
     holding the key's default, and a different method from one holding another value."""
