@@ -357,7 +357,15 @@ def write_report(runs_root: Path, out: Path, plan: list[Planned]) -> None:
         title = "# Learning: Atari100k and DMC at CPU scale"
         settings = [f"- Atari100k: `{' '.join(ATARI)}`",
                     f"- DMC proprio: `{' '.join(DMC_PROPRIO)}`",
-                    f"- DMC vision: `{' '.join(DMC_VISION)}`"]
+                    f"- DMC vision: `{' '.join(DMC_VISION)}`",
+                    f"- Random-policy floors (`agent=random`): the Atari100k settings without "
+                    f"`{' '.join(LR)}` (a random policy has no optimiser)",
+                    "- sheeprl's runs: the suite's steps, train ratio, batch 16 x 64, "
+                    "evaluations and learning rate and warm-up "
+                    "(`benchmarks/peer_learning.py --lr --warmup`)",
+                    f"- The diagnostic arm, {', '.join(f'`{q.name}`' for q in DIAGNOSTICS)}: "
+                    f"the suite's settings at DreamerV3's `{' '.join(DREAMERV3_LR)}` (kept out "
+                    "of the peer tables)"]
     lines = [title, "",
              f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}. Report written at "
              f"commit `{head['commit']}`, {head['date']}; each run's own commits and dates are in "
