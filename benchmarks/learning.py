@@ -340,7 +340,7 @@ def write_report(runs_root: Path, out: Path, plan: list[Planned]) -> None:
     """``worldrl report`` over the study's runs, with the settings, into ``out``.md; first each
     run's record is brought up to date (``record``), and a run whose directory is gone is read
     from its record."""
-    from benchmarks.machine import stamp
+    from benchmarks.machine import speed_note, stamp
 
     records = records_of(out)
     for q in plan:
@@ -367,7 +367,8 @@ def write_report(runs_root: Path, out: Path, plan: list[Planned]) -> None:
                     f"the suite's settings at DreamerV3's `{' '.join(DREAMERV3_LR)}` (kept out "
                     "of the peer tables)"]
     lines = [title, "",
-             f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}. Report written at "
+             f"Machine: {m['cpu']}, {m['cores']} cores{speed_note(m)}; torch {m['torch']}. "
+             "Report written at "
              f"commit `{head['commit']}`, {head['date']}; each run's own commits and dates are in "
              f"its record's study log, `{_shown(records)}/RUN/study_log.jsonl` (the records: "
              "what the report reads, kept with the results, so that a run whose directory is "

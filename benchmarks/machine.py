@@ -33,6 +33,22 @@ def commit() -> str:
         return "unknown"
 
 
+def matmul_gflops(seconds: float = 0.2, n: int = 1024) -> float:
+    """float32 GFLOP/s of an ``n x n`` matrix product at torch's current thread count, over
+    about ``seconds``: the machine's speed when a measurement starts. A shared or throttled
+    host can be several times slower on one day than another; results from two days compare
+    only through it."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    done, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or done == 0:
+        a @ b
+        done += 1
+    return 2 * n ** 3 * done / elapsed / 1e9
+
+
 def machine() -> dict:
     import torch
 
@@ -46,6 +62,7 @@ def machine() -> dict:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         # other work on the machine when the measurement started (1, 5, 15 min averages)
         "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "matmul_gflops": round(matmul_gflops(), 1),  # the machine's speed at the start
     }
     try:
         import torchrl
@@ -54,6 +71,15 @@ def machine() -> dict:
     except ImportError:
         pass
     return info
+
+
+def speed_note(m: dict) -> str:
+    """``"; float32 matmul N GFLOP/s at T threads at the start"`` from ``machine()``'s record
+    (empty for a record made before it was measured)."""
+    if m.get("matmul_gflops") is None:
+        return ""
+    return (f"; float32 matmul {m['matmul_gflops']:.0f} GFLOP/s at {m.get('torch_threads')} "
+            "threads at the start")
 
 
 def stamp(command: str) -> dict:

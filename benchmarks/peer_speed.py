@@ -506,12 +506,15 @@ def _params(p: dict | None) -> str:
 
 
 def render_markdown(report: dict) -> str:
+    from benchmarks.machine import speed_note
+
     m = report["machine"]
     rows = report["results"]
     lines = [
         "# DreamerV3 update speed beside sheeprl 0.8.4, CPU", "",
         f"Machine: {m['cpu']}, {m['cores']} cores, load average at the start "
-        f"{m.get('loadavg_at_start')}; ours torch {m['torch']}, sheeprl's environment "
+        f"{m.get('loadavg_at_start')}{speed_note(m)}; ours torch {m['torch']}, sheeprl's "
+        "environment "
         f"{report.get('peer_versions')}. Commit `{report['commit']}`, {report['date']}.",
         f"Command: `{report['command']}`.", "", report["what"], "",
         f"Rounds: {report['rounds']} interleaved, after {report['warmup']} untimed warm-up "

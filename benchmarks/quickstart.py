@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.machine import stamp
+from benchmarks.machine import speed_note, stamp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,7 +108,8 @@ def write_report(rows: list[dict], args, out: Path) -> None:
         f" **Unfinished: {len(rows)} of the {len(args.seeds)} seeds asked for so far.**")
     lines = [
         "# Quickstart: DreamerV3 XS on CartPole-v1 (the README's default job)", "",
-        f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}. Commit "
+        f"Machine: {m['cpu']}, {m['cores']} cores{speed_note(m)}; torch {m['torch']}. "
+        "Commit "
         f"`{report['commit']}`, {report['date']}. Command: `{report['command']}`.", "",
         f"Seeds run {args.parallel} at a time.{done}", "",
         f"Target: {report['target']}. Met by **{solved} of {len(rows)}** seeds. An evaluation "

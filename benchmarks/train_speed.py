@@ -23,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 from agents.dreamer import DreamerAgent
-from benchmarks.machine import stamp
+from benchmarks.machine import speed_note, stamp
 from worldrl.config import load_config
 
 
@@ -186,7 +186,8 @@ def main(argv=None) -> int:
     lines = [
         "# DreamerV3 update speed, Atari100k config", "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, GPU "
-        f"{m['gpu']}; torch {m['torch']}. Commit `{report['commit']}`, {report['date']}.",
+        f"{m['gpu']}{speed_note(m)}; torch {m['torch']}. Commit `{report['commit']}`, "
+        f"{report['date']}.",
         f"Command: `{report['command']}`.", "", report["what"], "",
         "| size | params | device | bf16 | compile | graphs / breaks | first update (s) "
         "| WM update (s) | train step (s) | replayed steps/s | h per Atari100k game (ratio 256) |",

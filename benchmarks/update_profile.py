@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.machine import stamp
+from benchmarks.machine import speed_note, stamp
 from benchmarks.train_speed import build_update
 from worldrl.world_model import shift_actions
 
@@ -171,7 +171,8 @@ def render(report: dict) -> str:
     """The markdown report of :func:`main`'s JSON."""
     m = report["machine"]
     lines = ["# Where the update's time goes (CPU)", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {report['threads']} torch threads; torch "
+             f"Machine: {m['cpu']}, {m['cores']} cores, {report['threads']} torch threads"
+             f"{speed_note(m)}; torch "
              f"{m['torch']}. Commit `{report['commit']}`, {report['date']}.",
              f"Command: `{report['command']}`.", "", report["what"], ""]
     for r in report["results"]:
