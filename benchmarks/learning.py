@@ -48,10 +48,11 @@ first runs kept DreamerV3's rate and stayed far below DreamerV3's curves: propri
 ``s0`` ended at 146 (greedy; DreamerV3 528 at equal frames), boxing ``s0`` was at -21 after
 10k steps with a reward head predicting at most 0.002 where the data had rewards of 2, and an
 actor still uniform. The same two runs at 3e-4 / 100, nothing else changed: cartpole 213 at 5k
-agent steps, 374 at 20k, 430 at 40k (DreamerV3's curve 445 at equal frames; the 4e-5 run 142);
-boxing 1.7, 8.6 and 24.2 at 10k, 20k and 30k (DreamerV3 -6, 31 and 43; random 1.3). So every
-dreamer run of the study uses 3e-4 / 100, and the two runs at DreamerV3's rate stay in the
-report as a diagnostic arm (``DIAGNOSTICS``, planned last and kept out of the peer tables):
+agent steps, 374 at 20k, 430 at 40k and 456 at the end, 50k (DreamerV3's curve 445 and 528 at
+equal frames; the 4e-5 run 142 and 146); boxing 1.7, 8.6 and 24.2 at 10k, 20k and 30k
+(DreamerV3 -6, 31 and 43; the random floor 0.8). So every dreamer run of the study uses
+3e-4 / 100, and the two runs at DreamerV3's rate stay in the report as a diagnostic arm
+(``DIAGNOSTICS``, planned last and kept out of the peer tables):
 ``dmc_proprio-cartpole_swingup-dreamer-lr4e-5-s0`` (finished) and
 ``atari100k-boxing-dreamer-lr4e-5-s0``. sheeprl's ``dreamer_v3_5`` has the same optimiser
 (LaProp, 4e-5 after 1,000 updates as it ships), so its runs get the study's rate too.
