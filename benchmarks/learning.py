@@ -88,6 +88,11 @@ GAMES = ("boxing", "krull", "road_runner", "pong")
 SEEDS = (0, 1)
 
 
+def without_lr(settings: list[str]) -> list[str]:
+    """A suite's ``settings`` less the study's ``LR``."""
+    return [o for o in settings if o not in LR]
+
+
 @dataclass(frozen=True)
 class Planned:
     name: str
@@ -113,7 +118,7 @@ def study() -> list[Planned]:
     for game in GAMES:
         for seed in SEEDS:
             runs.append(Planned(f"atari100k-{game}-random-s{seed}",  # no optimiser: no LR
-                                (*[o for o in ATARI if o not in LR], f"env.task={game}",
+                                (*without_lr(ATARI), f"env.task={game}",
                                  "agent=random", f"seed={seed}")))
     for task in ("cartpole_swingup", "walker_walk"):
         for seed in SEEDS:
@@ -135,7 +140,7 @@ def study() -> list[Planned]:
 def _dreamerv3_lr(name: str, settings: list[str], task: str) -> Planned:
     """A run of the suite's ``settings`` at DreamerV3's learning rate and warm-up: the study's
     first attempt at the cell, kept as the evidence for the study's rate."""
-    return Planned(name, (*[o for o in settings if o not in LR], *DREAMERV3_LR,
+    return Planned(name, (*without_lr(settings), *DREAMERV3_LR,
                           f"env.task={task}", "seed=0"))
 
 
@@ -511,9 +516,9 @@ def _evals_to(run_dir: Path) -> float:
     return last["step"] if last else -1.0
 
 
-def _threads(run_dir: Path, name: str) -> str:
-    """The thread count of each process that worked on run ``name`` (the study log beside its
-    run directory, or in its record), in order, repeats merged: ``1``, ``1, all`` ..."""
+def _per_process(run_dir: Path, name: str, field) -> str:
+    """``field(entry)`` of each process that worked on run ``name`` (the start entries of the
+    study log beside its run directory, or in its record), in order, repeats merged."""
     log = run_dir / "study_log.jsonl"
     if not log.exists():
         log = run_dir.parent / "study_log.jsonl"
@@ -522,11 +527,24 @@ def _threads(run_dir: Path, name: str) -> str:
         entry = json.loads(line)
         if entry.get("run") != name or "command" not in entry:
             continue
-        m = re.search(r"(?:--threads |train\.threads=)(\d+)", entry["command"])
-        threads = m.group(1) if m else "all"
-        if not seen or seen[-1] != threads:
-            seen.append(threads)
+        value = field(entry)
+        if not seen or seen[-1] != value:
+            seen.append(value)
     return ", ".join(seen) or "?"
+
+
+def _threads(run_dir: Path, name: str) -> str:
+    """The thread count of each process that worked on run ``name``: ``1``, ``1, all`` ..."""
+    def threads(entry: dict) -> str:
+        m = re.search(r"(?:--threads |train\.threads=)(\d+)", entry["command"])
+        return m.group(1) if m else "all"
+    return _per_process(run_dir, name, threads)
+
+
+def _cpus(run_dir: Path, name: str) -> str:
+    """The CPU model each process of run ``name`` ran on (``?``: a start logged before the study
+    recorded it, 2026-11-29 evening; those ran on the AMD EPYC host of the reports up to then)."""
+    return _per_process(run_dir, name, lambda entry: entry.get("cpu", "?"))
 
 
 def peer_table(at: dict[str, Path], plan: list[Planned]) -> list[str]:
@@ -548,20 +566,22 @@ def peer_table(at: dict[str, Path], plan: list[Planned]) -> list[str]:
             wall = last.get("wall_s", float("nan")) / 3600
             rows.append(f"| {who} | {p.name} | {state(at[p.name])} | {last['step']:.0f} "
                         f"| {last['return_mean']:.1f} | {wall:.2f} | "
-                        f"{_threads(at[p.name], p.name)} |")
+                        f"{_threads(at[p.name], p.name)} | {_cpus(at[p.name], p.name)} |")
         if rows:
             lines += ["", f"### Ours beside sheeprl: {suite} {task}", "",
                       "Last evaluation (10 episodes, the policy's mode) and the wall-clock that "
                       "reached it, with the torch threads of each process of the run (1: "
                       "beside another 1-thread run of the study; all: alone, on every core; "
                       "other work of ours on the machine is not recorded, so read the "
-                      "wall-clocks as rough). Ours includes its in-loop evaluations, sheeprl's "
+                      "wall-clocks as rough; runs on different CPUs, or on one host on "
+                      "different days, compare only roughly: see the reports' matmul rates). "
+                      "Ours includes its in-loop evaluations, sheeprl's "
                       "(evaluated afterwards from its checkpoints) does not. How sheeprl is set "
                       "up: `benchmarks/peer_learning.py`; the update's speed beside sheeprl's, "
                       "measured side by side: `results/peer_speed_cpu.md`.", "",
                       "| implementation | run | state | agent steps | eval return "
-                      "| wall-clock (h) | threads per process |",
-                      "|---|---|---|---:|---:|---:|---|", *rows]
+                      "| wall-clock (h) | threads per process | CPU per process |",
+                      "|---|---|---|---:|---:|---:|---|---|", *rows]
     return lines
 
 
@@ -602,6 +622,8 @@ def run_plan(plan: list[Planned], runs_root: Path, parallel: int = 1, minutes: f
 
 def _run_plan_loop(todo, runs_root, log, parallel, threads, deadline, minutes, asked, grace,
                    on_exit, commit) -> None:
+    from benchmarks.machine import cpu_model
+
     active: list[tuple[Planned, subprocess.Popen, float]] = []
     stopped_at: dict[int, float] = {}  # pid -> when it was sent SIGTERM
 
@@ -620,7 +642,7 @@ def _run_plan_loop(todo, runs_root, log, parallel, threads, deadline, minutes, a
                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
             active.append((q, proc, time.time()))
             log_line(log, {"run": q.name, "event": "start", "commit": commit(),
-                           "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                           "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu": cpu_model(),
                            "command": " ".join(command(q, run_dir, threads)[1:])})
             print(f"started {q.name}", flush=True)
         if not active:
