@@ -168,10 +168,11 @@ def state(run_dir: Path) -> str:
     return "new"
 
 
-def progress_note(run_dir: Path, q: Planned, recent: int = 10) -> str:
+def progress_note(run_dir: Path, q: Planned, recent: int = 10, resumable: bool = True) -> str:
     """Where an unfinished run is: env steps reached of its budget, its last evaluation, and
     the hours left at the pace of its last ``recent`` logged rows (``""`` for peer runs and
-    runs without logs)."""
+    runs without logs); for a run that cannot be resumed (a record whose checkpoint went with
+    another machine) that it starts afresh instead of the hours left."""
     from agents.logger import read_csv, read_jsonl
 
     budget = next((int(o.split("=", 1)[1]) for o in q.overrides if o.startswith("steps=")), None)
@@ -183,7 +184,9 @@ def progress_note(run_dir: Path, q: Planned, recent: int = 10) -> str:
     if evals:
         note += f", last eval {float(evals[-1]['return_mean']):.1f} at {int(evals[-1]['step']):,}"
     a, b = rows[-min(recent, len(rows))], rows[-1]
-    if b["step"] > a["step"] and b["wall_s"] > a["wall_s"]:
+    if not resumable:
+        note += "; a record only (its checkpoint went with another machine): trained afresh"
+    elif b["step"] > a["step"] and b["wall_s"] > a["wall_s"]:
         per_step = (b["wall_s"] - a["wall_s"]) / (b["step"] - a["step"])
         note += f", ~{max(0, budget - b['step']) * per_step / 3600:.1f} h left at its recent pace"
     return note
@@ -748,7 +751,8 @@ def main(argv=None) -> int:
         for q in plan:
             at = where(q, runs_root, records)
             st = state(at)
-            where_note = progress_note(at, q) if st == "started" else ""
+            resumable = state(runs_root / q.name) == "started"
+            where_note = progress_note(at, q, resumable=resumable) if st == "started" else ""
             print(f"{q.name:42s} {st:9s}{' (record)' if at.parent == records else ''} "
                   f"{' '.join(q.overrides)}" + (f"\n{'':52s}{where_note}" if where_note else ""))
         return 0

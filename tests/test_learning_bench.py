@@ -328,6 +328,9 @@ def test_list_says_where_a_started_run_is_and_how_long_it_has_left(tmp_path):
     # 10 rows of 1,000 steps in 360 s each: 0.36 s per step, 37,000 steps left -> 3.7 h
     assert progress_note(run, q) == ("13,000/50,000 steps, last eval 209.3 at 10,000, ~3.7 h "
                                      "left at its recent pace")
+    assert progress_note(run, q, resumable=False) == (  # a record: no checkpoint to go on from
+        "13,000/50,000 steps, last eval 209.3 at 10,000; a record only (its checkpoint went with "
+        "another machine): trained afresh")
     assert progress_note(run, Planned("p", q.overrides, peer=True)) == ""
     assert progress_note(tmp_path / "none", q) == ""
 
