@@ -378,8 +378,9 @@ def write_report(runs_root: Path, out: Path, plan: list[Planned]) -> None:
     lines = [title, "",
              f"Machine: {m['cpu']}, {m['cores']} cores{speed_note(m)}; torch {m['torch']}. "
              "Report written at "
-             f"commit `{head['commit']}`, {head['date']}; each run's own commits and dates are in "
-             f"its record's study log, `{_shown(records)}/RUN/study_log.jsonl` (the records: "
+             f"commit `{head['commit']}`, {head['date']}; each run's own commits, dates and CPUs "
+             "(the CPU since 2026-11-29 evening; before, the AMD EPYC host) are in its "
+             f"record's study log, `{_shown(records)}/RUN/study_log.jsonl` (the records: "
              "what the report reads, kept with the results, so that a run whose directory is "
              "lost with its machine still counts).", "",
              "Settings (why: `benchmarks/learning.py`'s docstring):", "", *settings, "",
