@@ -537,18 +537,17 @@ def _per_process(run_dir: Path, name: str, field) -> str:
     return ", ".join(seen) or "?"
 
 
-def _threads(run_dir: Path, name: str) -> str:
-    """The thread count of each process that worked on run ``name``: ``1``, ``1, all`` ..."""
-    def threads(entry: dict) -> str:
-        m = re.search(r"(?:--threads |train\.threads=)(\d+)", entry["command"])
-        return m.group(1) if m else "all"
-    return _per_process(run_dir, name, threads)
+def _thread_count(entry: dict) -> str:
+    m = re.search(r"(?:--threads |train\.threads=)(\d+)", entry["command"])
+    return m.group(1) if m else "all"
 
 
-def _cpus(run_dir: Path, name: str) -> str:
-    """The CPU model each process of run ``name`` ran on (``?``: a start logged before the study
-    recorded it, 2026-11-29 evening; those ran on the AMD EPYC host of the reports up to then)."""
-    return _per_process(run_dir, name, lambda entry: entry.get("cpu", "?"))
+def _threads_on(run_dir: Path, name: str) -> str:
+    """Each process of run ``name``: its threads and the CPU model it ran on, ``1 on Intel Xeon
+    Processor, all on ...`` (``?``: a start logged before the study recorded the CPU, before
+    2026-11-29 evening; those ran on the AMD EPYC host of the reports up to then)."""
+    return _per_process(run_dir, name, lambda entry: f"{_thread_count(entry)} on "
+                        f"{entry.get('cpu', '?').replace('(R)', '').replace('(TM)', '')}")
 
 
 def peer_table(at: dict[str, Path], plan: list[Planned]) -> list[str]:
@@ -570,12 +569,14 @@ def peer_table(at: dict[str, Path], plan: list[Planned]) -> list[str]:
             wall = last.get("wall_s", float("nan")) / 3600
             rows.append(f"| {who} | {p.name} | {state(at[p.name])} | {last['step']:.0f} "
                         f"| {last['return_mean']:.1f} | {wall:.2f} | "
-                        f"{_threads(at[p.name], p.name)} | {_cpus(at[p.name], p.name)} |")
+                        f"{_threads_on(at[p.name], p.name)} |")
         if rows:
             lines += ["", f"### Ours beside sheeprl: {suite} {task}", "",
                       "Last evaluation (10 episodes, the policy's mode) and the wall-clock that "
-                      "reached it, with the torch threads of each process of the run (1: "
-                      "beside another 1-thread run of the study; all: alone, on every core; "
+                      "reached it, with the torch threads of each process of the run and its "
+                      "CPU (1: beside another 1-thread run of the study; all: alone, on every "
+                      "core; a CPU ?: not recorded, a process started before 2026-11-29 "
+                      "evening, on the AMD EPYC host; "
                       "other work of ours on the machine is not recorded, so read the "
                       "wall-clocks as rough; runs on different CPUs, or on one host on "
                       "different days, compare only roughly: see the reports' matmul rates). "
@@ -584,8 +585,8 @@ def peer_table(at: dict[str, Path], plan: list[Planned]) -> list[str]:
                       "up: `benchmarks/peer_learning.py`; the update's speed beside sheeprl's, "
                       "measured side by side: `results/peer_speed_cpu.md`.", "",
                       "| implementation | run | state | agent steps | eval return "
-                      "| wall-clock (h) | threads per process | CPU per process |",
-                      "|---|---|---|---:|---:|---:|---|---|", *rows]
+                      "| wall-clock (h) | threads per process, on CPU |",
+                      "|---|---|---|---:|---:|---:|---|", *rows]
     return lines
 
 

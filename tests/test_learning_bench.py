@@ -115,7 +115,8 @@ def test_the_peer_table_holds_only_runs_at_the_peers_settings(tmp_path):
         (tmp_path / name / "eval.csv").write_text(
             "step,return_mean,return_std,episodes,wall_s\n5000,10.0,0.0,10,60.0\n")
     starts = [(names[0], "train.threads=1", None), (names[1], "--threads 1", "Xeon"),
-              (names[1], "--threads 2", "Xeon"), (names[1], "--threads 2", "EPYC")]
+              (names[1], "--threads 2", "Xeon"), (names[1], "--threads 2", "Xeon"),
+              (names[1], "--threads 2", "EPYC")]
     (tmp_path / "study_log.jsonl").write_text("".join(
         json.dumps({"run": run, "event": "start", "command": f"-m x {threads}",
                     **({"cpu": cpu} if cpu else {})}) + "\n" for run, threads, cpu in starts))
@@ -123,8 +124,8 @@ def test_the_peer_table_holds_only_runs_at_the_peers_settings(tmp_path):
     assert names[0] in table and names[1] in table
     assert not any(q.name in table for q in DIAGNOSTICS)
     rows = {r.split(" | ")[1]: r for r in table.splitlines() if r.startswith("| ")}
-    assert rows[names[0]].endswith("| 1 | ? |")  # a start logged before the CPU was
-    assert rows[names[1]].endswith("| 1, 2 | Xeon, EPYC |")
+    assert rows[names[0]].endswith("| 1 on ? |")  # a start logged before the CPU was
+    assert rows[names[1]].endswith("| 1 on Xeon, 2 on Xeon, 2 on EPYC |")
 
 
 def test_the_diagnostic_arm_is_its_cells_at_dreamerv3s_optimiser_defaults():
