@@ -9,7 +9,9 @@ Each seed runs the default command exactly as the README gives it (``worldrl tra
 time, each best given ``train.threads=1``), and is timed from process start to exit (start-up,
 collection, updates, evaluations and checkpoints included). The target: mean evaluation return
 >= 475 over 10 episodes within 20k env steps and 20 minutes. Seeded runs give the same returns
-however many run side by side; only the minutes depend on it.
+however many run side by side; only the minutes depend on it. Each seed's final checkpoint is
+then evaluated again, greedy and with sampled actions (DreamerV3's and sheeprl's evaluation
+policy), on the same episode seeds (``worldrl eval RUN [--sample]``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,28 @@ def start_seed(seed: int, run_root: Path, extra: list[str],
     return proc, time.time()
 
 
+def checkpoint_evals(run_dir: Path) -> dict:
+    """The run's final checkpoint evaluated again with ``worldrl eval`` on the same episode
+    seeds both ways: the policy's mode (``greedy``, as the in-loop evaluations play) and
+    sampled actions (``sampled``, as DreamerV3 and sheeprl evaluate). A result already beside
+    the checkpoint at its step is read, not evaluated again. One torch thread each."""
+    steps = json.loads((run_dir / "summary.json").read_text())["env_steps"]
+    out = {}
+    for mode, flag, name in (("greedy", [], "eval_checkpoint.json"),
+                             ("sampled", ["--sample"], "eval_checkpoint_sample.json")):
+        path = run_dir / name
+        if not path.exists() or json.loads(path.read_text()).get("env_steps") != steps:
+            done = subprocess.run(
+                [sys.executable, "-m", "agents.cli", "eval", str(run_dir), *flag], cwd=ROOT,
+                capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            if done.returncode != 0:
+                raise RuntimeError(f"worldrl eval {run_dir} {' '.join(flag)} failed:\n"
+                                   f"{done.stderr[-3000:]}")
+        result = json.loads(path.read_text())
+        out[mode] = {"return_mean": result["return_mean"], "return_std": result["return_std"]}
+    return out
+
+
 def finish_seed(seed: int, run_root: Path, proc: subprocess.Popen, started: float,
                 resumed: bool = False) -> dict:
     _, err = proc.communicate()
@@ -58,7 +82,8 @@ def finish_seed(seed: int, run_root: Path, proc: subprocess.Popen, started: floa
             "updates": summary["updates"],
             "first_step_eval_ge_475": None if first is None else int(first["step"]),
             "first_wall_s_eval_ge_475": None if first is None else first["wall_s"],
-            "evals": evals, "run_dir": str(run_dir), "resumes": summary.get("resumes", 0)}
+            "evals": evals, "run_dir": str(run_dir), "resumes": summary.get("resumes", 0),
+            "checkpoint_eval": checkpoint_evals(run_dir)}
 
 
 def seconds(r: dict) -> float:
@@ -94,11 +119,14 @@ def write_report(rows: list[dict], args, out: Path) -> None:
     final_ok = sum(r["final_eval_mean"] >= 475 for r in rows)
     within_steps = sum(r["first_step_eval_ge_475"] is not None
                        and r["first_step_eval_ge_475"] <= 20000 for r in rows)
+    again = {mode: sum(r["checkpoint_eval"][mode]["return_mean"] >= 475 for r in rows)
+             for mode in ("greedy", "sampled")}
     report = {**stamp("python -m benchmarks.quickstart " + " ".join(args.argv)),
               "target": "an evaluation (mean return of 10 episodes) >= 475 within 20k env steps "
                         "and 20 minutes of wall clock from process start",
               "seeds_meeting_target": solved, "seeds_final_eval_ge_475": final_ok,
               "seeds_eval_ge_475_within_20k_steps": within_steps,
+              "seeds_final_checkpoint_ge_475": again,
               "seeds": len(rows), "seeds_asked": len(args.seeds), "results": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1))
@@ -115,9 +143,14 @@ def write_report(rows: list[dict], args, out: Path) -> None:
         f"Target: {report['target']}. Met by **{solved} of {len(rows)}** seeds. An evaluation "
         f">= 475 within 20k env steps (whatever the minutes): {within_steps} of {len(rows)}. The "
         f"final evaluation (after 20k steps) is >= 475 for {final_ok} of {len(rows)}.", "",
+        "The final checkpoint evaluated again (`worldrl eval RUN [--sample]`, 10 episodes on "
+        "other episode seeds than the in-loop evaluations, the same for both ways): >= 475 "
+        f"for {again['greedy']} of {len(rows)} playing the policy's mode (greedy, as the "
+        f"in-loop evaluations), for {again['sampled']} of {len(rows)} sampling its actions (as "
+        "DreamerV3 and sheeprl evaluate).", "",
         "| seed | first eval >= 475: step | ... minutes | final eval (10 ep) | all evals | "
-        "updates | whole run |",
-        "|---:|---:|---:|---:|---|---:|---:|",
+        "final checkpoint again: greedy / sampled | updates | whole run |",
+        "|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for r in rows:
         first_min = ("-" if r["first_wall_s_eval_ge_475"] is None
@@ -126,9 +159,11 @@ def write_report(rows: list[dict], args, out: Path) -> None:
         whole = (f"{r['wall_s'] / 60:.1f} min" if r["wall_s"] is not None else
                  f"resumed: {r['evals'][-1]['wall_s'] / 60:.1f} min of training over "
                  f"{r['resumes'] + 1} process(es)")
+        again_row = " / ".join(f"{r['checkpoint_eval'][mode]['return_mean']:.1f}"
+                               for mode in ("greedy", "sampled"))
         lines.append(f"| {r['seed']} | {r['first_step_eval_ge_475'] or '-'} | {first_min} | "
                      f"{r['final_eval_mean']:.1f} +- {r['final_eval_std']:.1f} | {curve} | "
-                     f"{r['updates']} | {whole} |")
+                     f"{again_row} | {r['updates']} | {whole} |")
     if any(r["resumed"] for r in rows):
         lines += ["", "A resumed seed's minutes are its training wall-clock summed over its "
                   "processes up to each checkpoint (the time lost after the last checkpoint is "

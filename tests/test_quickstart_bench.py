@@ -23,6 +23,16 @@ def test_parallel_seeds_match_sequential_ones_and_resume_reads_them(tmp_path):
     for key in ("final_eval_mean", "updates", "env_steps"):
         assert a[key] == b[key], key
     assert [e["return_mean"] for e in a["evals"]] == [e["return_mean"] for e in b["evals"]]
+    # the final checkpoint evaluated again both ways, on seeded episodes: the same checkpoint
+    # gives the same numbers, and they are the files worldrl eval wrote beside it
+    assert a["checkpoint_eval"] == b["checkpoint_eval"]
+    for mode, name in (("greedy", "eval_checkpoint.json"),
+                       ("sampled", "eval_checkpoint_sample.json")):
+        written = json.loads((tmp_path / "seq" / "s3" / name).read_text())
+        assert written["policy"] == ("mode" if mode == "greedy" else "sample")
+        assert written["env_steps"] == b["env_steps"]
+        assert b["checkpoint_eval"][mode]["return_mean"] == written["return_mean"]
+    assert set(par["seeds_final_checkpoint_ge_475"]) == {"greedy", "sampled"}
     assert "Seeds run 2 at a time." in (tmp_path / "par_report.md").read_text()
 
     # the study again with --resume: the finished seed is read, not trained again
@@ -38,4 +48,5 @@ def test_parallel_seeds_match_sequential_ones_and_resume_reads_them(tmp_path):
     assert not b["resumed"] and b["wall_s"] > 0
     assert again["resumed"] and again["wall_s"] is None
     assert again["evals"] == b["evals"] and again["updates"] == b["updates"]
+    assert again["checkpoint_eval"] == b["checkpoint_eval"]
     assert "resumed:" in (tmp_path / "resumed.md").read_text()
