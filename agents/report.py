@@ -461,10 +461,12 @@ def render(result: dict) -> str:
         lines += ["", "Final eval, sampled actions: the run's last checkpoint evaluated again "
                   "with actions sampled from the policy (`worldrl eval RUN --sample`, as "
                   "DreamerV3 and sheeprl evaluate), its mean over the runs that have it."]
-    differs = {r["method"]: r["differs"] for r in result["rows"] if r.get("differs")}
+    # numbered within a suite (#1 in one suite is not #1 in another): one line per suite
+    differs = {(r["suite"], r["method"]): r["differs"] for r in result["rows"]
+               if r.get("differs")}
     if differs:
-        lines += ["", "Methods that share a name differ in:"]
-        lines += [f"- {m}: {d}" for m, d in differs.items()]
+        lines += ["", "Methods that share a name within a suite differ in:"]
+        lines += [f"- {suite} {m}: {d}" for (suite, m), d in differs.items()]
     atari = [a for a in result["aggregates"] if a["suite"] == "atari100k"]
     if atari:
         lines += ["", "Atari100k human-normalised score over games (stratified bootstrap, 95% CI):",

@@ -82,8 +82,14 @@ def test_unfinished_runs_are_marked_and_configs_never_share_a_cell(tmp_path):
     make_run(tmp_path, "dmc_proprio", "cartpole_swingup", 1, [120, 280], steps=(10_000, 20_000),
              finished=False)
     make_run(tmp_path, "dmc_proprio", "cartpole_swingup", 0, [50, 60, 70], train_ratio=512)
+    for ratio in (64, 512, 1024):  # another suite numbers its own methods
+        make_run(tmp_path, "atari100k", "pong", 0, [-21, -20, -19], train_ratio=ratio)
     result = report([tmp_path], tmp_path / "out")
-    rows = {r["method"]: r for r in result["rows"]}
+    legend = (tmp_path / "out" / "report.md").read_text().split("differ in:\n")[1]
+    for r in result["rows"]:  # each row's number is explained by its own suite's line
+        assert f"- {r['suite']} {r['method']}: {r['differs']}" in legend
+    assert len({(r["suite"], r["method"]) for r in result["rows"]}) == 5
+    rows = {r["method"]: r for r in result["rows"] if r["suite"] == "dmc_proprio"}
     assert set(rows) == {"dreamer-rssm-xs#1", "dreamer-rssm-xs#2"}
     mixed = next(r for r in rows.values() if r["runs"] == 2)
     other = next(r for r in rows.values() if r["runs"] == 1)
