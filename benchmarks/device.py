@@ -164,11 +164,14 @@ TRAIN_SPEED_VARIANTS: list[tuple[str, list[list[str]]]] = [
 #: (d) the timed Atari100k run (``worldrl train`` = agents.cli); stopped by the budget. The first
 #: set has ``train.compile`` (being added); the second is the fallback without it.
 TRAIN_OVERRIDES = [
-    "env=atari100k", "env.task=pong", "size=s", "device=cuda", "seed=0", "train.amp=true",
+    "env=atari100k", "env.task=boxing", "size=s", "device=cuda", "seed=0", "train.amp=true",
     "train.progress=false", "train.log_every=500", "train.video_every=0",
     "train.checkpoint_every=1000000", "eval.every=0", "replay.capacity=100000", "overwrite=true",
 ]
 TRAIN_OPTIONAL_OVERRIDES = ["train.compile=true"]
+#: the timed run's ``train.compile`` is picked from the train_speed rows measured before it
+#: (:func:`pick_train_compile`): size s with bf16 (the run's ``size``/``train.amp``)
+TRAIN_PICK_SIZE, TRAIN_PICK_AMP = "s", True
 
 #: each step's (cap, minimum) in seconds: at most cap (None: the rest of the budget); skipped
 #: when less than its minimum is left, and earlier steps leave it that minimum
@@ -358,7 +361,10 @@ def run_step(step: Step, timeout: float, log_path: Path, fast_fail_s: float = FA
         res = run_command(cmd, left, log_path, step.env, grace=grace, echo=echo)
         attempts.append(res)
         failed = res["rc"] != 0 and not res["timed_out"]
-        if not (failed and res["wall_s"] < fast_fail_s and i + 1 < len(step.attempts)):
+        # a training run that crashed gives way to its next attempt however late (the rest of
+        # the budget is its time); other steps only when they fail fast
+        early = res["wall_s"] < fast_fail_s or step.until_timeout
+        if not (failed and early and i + 1 < len(step.attempts)):
             break
     last = attempts[-1] if attempts else {"rc": None, "timed_out": False}
     if last["timed_out"]:
@@ -370,6 +376,50 @@ def run_step(step: Step, timeout: float, log_path: Path, fast_fail_s: float = FA
     return {"name": step.name, "status": status, "rc": last["rc"],
             "wall_s": round(time.monotonic() - start, 2), "timeout_s": round(timeout, 1),
             "attempt_used": len(attempts) - 1, "attempts": attempts}
+
+
+# ------------------------------------------------------------------------------ the run's mode
+
+
+def _compile_override(torch_compile) -> str:
+    """A train_speed row's ``torch_compile`` as a ``train.compile=`` value."""
+    if torch_compile in (False, None, "False", "false"):
+        return "false"
+    if torch_compile in (True, "True", "true", "default"):
+        return "true"
+    return str(torch_compile)
+
+
+def pick_train_compile(rows: list[dict], seconds: float, size: str = TRAIN_PICK_SIZE,
+                       amp: bool = TRAIN_PICK_AMP) -> tuple[str, dict] | None:
+    """The ``train.compile`` value whose measured update fits the most updates into ``seconds``:
+    ``(value, why)``, or None when no row of ``size`` with bf16 ``amp`` has a time.
+
+    Each row's count is ``(seconds - first_update_s) / train_step_s`` (its first update holds
+    the compile; a row without one counts it as one plain update)."""
+    best = None
+    counts = {}
+    for r in rows:
+        step = r.get("train_step_s")
+        if r.get("size") != size or bool(r.get("bf16_autocast")) != amp or not step:
+            continue
+        value = _compile_override(r.get("torch_compile"))
+        first = r.get("first_update_s") or step
+        n = max(0.0, (seconds - first) / step)
+        counts[value] = round(n, 1)
+        if best is None or n > best[1]:
+            best = (value, n)
+    if best is None:
+        return None
+    return best[0], {"seconds": round(seconds, 1), "updates_expected": counts}
+
+
+def with_train_compile(attempts: list[list[str]], value: str) -> list[list[str]]:
+    """The train run's attempts with ``train.compile=value`` first, then eager (once)."""
+    base = [a for a in attempts[-1] if not a.startswith("train.compile=")]
+    first = [*base[:-1], f"train.compile={value}", base[-1]]  # run_dir= stays last
+    return [first] if value == "false" else [first, [*base[:-1], "train.compile=false",
+                                                      base[-1]]]
 
 
 # ------------------------------------------------------------------------------ key numbers
@@ -641,12 +691,13 @@ class Check:
     def __init__(self, out: Path, work: Path, budget_s: float, skip=(), steps=None,
                  reserve_s: float = RESERVE_S, fast_fail_s: float = FAST_FAIL_S,
                  grace: float = GRACE_S, overhead_s: float = OVERHEAD_S, echo=sys.stdout,
-                 command: str | None = None):
+                 command: str | None = None, pick_compile: bool = True):
         self.out, self.work = Path(out), Path(work)
         self.budget_s, self.reserve_s = budget_s, reserve_s
         self.skip = tuple(skip)
         self.fast_fail_s, self.grace, self.echo = fast_fail_s, grace, echo
         self.overhead_s = overhead_s
+        self.pick_compile = pick_compile
         self.command = command or " ".join(["python3", "-m", "benchmarks.device", *sys.argv[1:]])
         self.out.mkdir(parents=True, exist_ok=True)
         self.work.mkdir(parents=True, exist_ok=True)
@@ -696,14 +747,40 @@ class Check:
                 self.records[step.name] = {"name": step.name, "status": "skipped",
                                            "reason": f"budget: {remaining:.0f} s left"}
                 continue
+            picked = None
+            if step.name == "train_run" and self.pick_compile:
+                step, picked = self._pick_compile(step, timeout)
             self.say(f"{step.name}: up to {timeout:.0f} s ({remaining:.0f} s left)")
             self._clean(step)
             rec = run_step(step, timeout, self.log_path(step.name), self.fast_fail_s,
                            self.grace, self.echo)
+            if picked is not None:
+                rec["picked"] = picked
             self.records[step.name] = rec
             self.say(f"{step.name}: {rec['status']} (rc {rec['rc']}, {rec['wall_s']:.1f} s)")
             self.finish()
         return self.finish()
+
+    def _pick_compile(self, step: Step, seconds: float) -> tuple[Step, dict]:
+        """The train run with the ``train.compile`` that the train_speed rows measured fastest
+        for its length (the step as built when there are none)."""
+        rows = merge_train_speed(self._train_speed_variants())["results"]
+        pick = pick_train_compile(rows, seconds)
+        if pick is None:
+            return step, {"train.compile": "as built (no size-s bf16 train_speed row)"}
+        value, why = pick
+        self.say(f"train_run: train.compile={value} (updates expected in {seconds:.0f} s: "
+                 f"{why['updates_expected']})")
+        return (Step(step.name, with_train_compile(step.attempts, value), step.cap, step.min_s,
+                     step.until_timeout, step.env), {"train.compile": value, **why})
+
+    def _train_speed_variants(self) -> list[tuple[str, list[dict], dict | None]]:
+        out = []
+        for name, _ in TRAIN_SPEED_VARIANTS:
+            rows, report = train_speed_rows(self.work / f"train_speed_{name}.json",
+                                            self.step_log(f"train_speed_{name}"))
+            out.append((name, rows, report))
+        return out
 
     def step_log(self, name: str) -> str:
         path = self.log_path(name)
@@ -722,11 +799,7 @@ class Check:
         kern = kernels_summary(self.work / KERNELS_JSON, self.step_log("kernels_bench"))
         if kern is not None:
             key["kernels_bench"] = kern
-        variants = []
-        for name, _ in TRAIN_SPEED_VARIANTS:
-            rows, report = train_speed_rows(self.work / f"train_speed_{name}.json",
-                                            self.step_log(f"train_speed_{name}"))
-            variants.append((name, rows, report))
+        variants = self._train_speed_variants()
         if any(rows for _, rows, _ in variants):
             report = merge_train_speed(variants)
             (self.out / f"{TRAIN_SPEED}.json").write_text(json.dumps(report, indent=1) + "\n")

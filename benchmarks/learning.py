@@ -155,8 +155,8 @@ DIAGNOSTICS = (
 
 def gpu_run() -> Planned:
     """One Atari100k game with the DreamerV3 recipe (size S, env=atari100k defaults)."""
-    return Planned("gpu-atari100k-pong-dreamer-S-s0",
-                   ("env=atari100k", "env.task=pong", "size=s", "seed=0", "device=cuda",
+    return Planned("gpu-atari100k-boxing-dreamer-S-s0",
+                   ("env=atari100k", "env.task=boxing", "size=s", "seed=0", "device=cuda",
                     "train.compile=reduce-overhead", "train.amp=true"))
 
 

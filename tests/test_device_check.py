@@ -214,7 +214,7 @@ def test_train_overrides_compose():
     from worldrl.config import load_config
 
     cfg = load_config([*dev.TRAIN_OVERRIDES, "run_dir=/tmp/x"])
-    assert cfg.env.suite == "atari100k" and cfg.env.task == "pong" and cfg.device == "cuda"
+    assert cfg.env.suite == "atari100k" and cfg.env.task == "boxing" and cfg.device == "cuda"
     assert cfg.train.amp is True and cfg.eval.every == 0 and cfg.train.progress is False
 
 
@@ -352,7 +352,7 @@ def fake_steps(work: Path, cuda=True) -> list[dev.Step]:
     write = "import json, pathlib, sys; pathlib.Path(sys.argv[1]).write_text(sys.argv[2])"
     run_dir = work / "train_run"
     train = ("import json, pathlib, time, sys; d = pathlib.Path(sys.argv[1]); d.mkdir(); "
-             "(d / 'metrics.jsonl').write_text(sys.argv[2] + '\\n{\"step\": 14'); "
+             "(d / 'metrics.jsonl').write_text(sys.argv[-1] + '\\n{\"step\": 14'); "
              "(d / 'episodes.csv').write_text('step,episode,return,length\\n900,1,-21.0,800\\n'); "
              "(d / 'config.yaml').write_text('seed: 0\\n'); (d / 'replay').mkdir(); "
              "(d / 'replay' / 'big.memmap').write_bytes(b'0' * 100000); "
@@ -422,6 +422,62 @@ def test_check_summary_has_each_step_and_the_key_numbers(finished):
     assert run["episodes_rows"] == 1 and run["episode_returns_last10"] == [-21.0]
     assert run["last_wm_loss"] == 2.0
     assert summary["out_dir_problems"] == []
+
+
+def test_the_timed_run_takes_the_compile_mode_measured_fastest_before_it(finished):
+    _, summary = finished
+    run = next(r for r in summary["steps"] if r["name"] == "train_run")
+    # the only size-s bf16 row is the eager variant's: 0.08 s per update, no compile
+    assert run["picked"]["train.compile"] == "false"
+    assert run["picked"]["updates_expected"] == {
+        "false": pytest.approx((run["picked"]["seconds"] - 0.08) / 0.08, abs=0.1)}
+    assert "train.compile=false" in run["attempts"][0]["cmd"]
+    assert len(run["attempts"]) == 1  # eager was picked: no eager fallback after it
+
+
+def test_pick_train_compile_weighs_the_compile_time_against_the_time_left():
+    rows = [
+        {"size": "s", "bf16_autocast": True, "torch_compile": False, "train_step_s": 0.2,
+         "first_update_s": 1.0},
+        {"size": "s", "bf16_autocast": True, "torch_compile": "default", "train_step_s": 0.1,
+         "first_update_s": 50.0},
+        {"size": "s", "bf16_autocast": True, "torch_compile": "reduce-overhead",
+         "train_step_s": 0.04, "first_update_s": 120.0},
+        # other sizes and float32 rows never count, however fast
+        {"size": "m", "bf16_autocast": True, "torch_compile": False, "train_step_s": 0.01},
+        {"size": "s", "bf16_autocast": False, "torch_compile": False, "train_step_s": 0.01},
+    ]
+    # 100 s: eager 495 updates, default 500, reduce-overhead 0 (its compile eats it all)
+    value, why = dev.pick_train_compile(rows, 100.0)
+    assert value == "true" and why["updates_expected"] == {"false": 495.0, "true": 500.0,
+                                                           "reduce-overhead": 0.0}
+    assert dev.pick_train_compile(rows, 60.0)[0] == "false"  # 295 > 100 > 0
+    assert dev.pick_train_compile(rows, 400.0)[0] == "reduce-overhead"  # 7000 > 3500 > 1995
+    assert dev.pick_train_compile(rows[3:], 400.0) is None
+    assert dev.pick_train_compile([{**rows[1], "first_update_s": None}], 10.0) == (
+        "true", {"seconds": 10.0, "updates_expected": {"true": 99.0}})
+
+
+def test_with_train_compile_puts_the_pick_first_and_eager_after():
+    built = {s.name: s for s in dev.build_steps(Path("/w"), PY)}["train_run"].attempts
+    got = dev.with_train_compile(built, "reduce-overhead")
+    assert len(got) == 2 and got[0][-1] == got[1][-1] == "run_dir=/w/train_run"
+    assert [a for a in got[0] if a.startswith("train.compile=")] == [
+        "train.compile=reduce-overhead"]
+    assert [a for a in got[1] if a.startswith("train.compile=")] == ["train.compile=false"]
+    assert set(got[0]) ^ set(got[1]) == {"train.compile=reduce-overhead", "train.compile=false"}
+    assert dev.with_train_compile(built, "false") == [got[1]]
+
+
+def test_a_crashed_training_run_falls_back_however_late(tmp_path):
+    crash = [PY, "-c", "import time, sys; time.sleep(0.3); sys.exit(3)"]
+    ok = [PY, "-c", "print('second')"]
+    run = dev.Step("train_run", [crash, ok], None, 0, until_timeout=True)
+    rec = dev.run_step(run, 20.0, tmp_path / "a.log", fast_fail_s=0.1, echo=None)
+    assert rec["attempt_used"] == 1 and rec["status"] == "ok"
+    other = dev.Step("kernels_bench", [crash, ok], 20, 0)
+    rec = dev.run_step(other, 20.0, tmp_path / "b.log", fast_fail_s=0.1, echo=None)
+    assert rec["attempt_used"] == 0 and rec["status"] == "failed" and rec["rc"] == 3
 
 
 def test_check_output_folder_is_flat_small_and_within_the_tool_limits(finished):
