@@ -176,9 +176,11 @@ TRAIN_PICK_SIZE, TRAIN_PICK_AMP = "s", True
 
 #: each step's (cap, minimum) in seconds: at most cap (None: the rest of the budget); skipped
 #: when less than its minimum is left, and earlier steps leave it that minimum
+#: (seen on an H200, 2026-11-29: probe 17-19 s, kernel tests 74-85 s, the bench unfinished at
+#: 100 s, eager train_speed s+m 41 s, the size-S reduce-overhead compile unfinished at 130 s)
 STEP_BUDGET: dict[str, tuple[float | None, float]] = {
-    "probe": (60, 15), "gpu_kernel_tests": (90, 30), "kernels_bench": (150, 45),
-    "train_speed_eager": (75, 30), "train_speed_reduce_overhead": (75, 30),
+    "probe": (60, 15), "gpu_kernel_tests": (90, 30), "kernels_bench": (100, 45),
+    "train_speed_eager": (60, 30), "train_speed_reduce_overhead": (200, 30),
     "train_speed_compiled": (75, 30), "train_run": (None, 60),
 }
 #: an attempt that fails within this many seconds gives way to the step's next alternative
@@ -506,12 +508,15 @@ def kernels_summary(json_path: Path, log_text: str = "") -> dict | None:
     rows = {"linear_scan": _LS_LINE.findall(log_text), "selective_scan": _SS_LINE.findall(log_text)}
     if not any(rows.values()):
         return None
+    copy = _COPY_LINE.search(log_text)
     return {"source": "log (the bench wrote no JSON)",
+            "copy_gb_per_s": float(copy.group(1)) if copy else None,
             **{op: [{"T": int(t), "ours_fwd_ms": float(o), "loop_fwd_ms": float(lp),
                      "speedup_vs_loop": {"fwd": float(f), "fwd_bwd": float(fb)}}
                     for t, o, lp, f, fb in found] for op, found in rows.items()}}
 
 
+_COPY_LINE = re.compile(r"copy bandwidth ([\d.]+) GB/s")
 _TS_LINE = re.compile(r"size=(\S+)\s+amp=(\S+)\s+compile=(\S+)\s+params=([\d.]+)M.*?"
                       r"wm update ([\d.]+)s\s+train step ([\d.]+)s")
 
@@ -790,8 +795,11 @@ class Check:
         for its length (the step as built when there are none)."""
         rows = merge_train_speed(self._train_speed_variants())["results"]
         pick = pick_train_compile(rows, seconds)
-        if pick is None:
-            return step, {"train.compile": "as built (no size-s bf16 train_speed row)"}
+        if pick is None:  # a compile of unmeasured length can take the whole run (seen on
+            # the H200: train.compile=true was still compiling when its 98 s ended)
+            return (Step(step.name, with_train_compile(step.attempts, "false"), step.cap,
+                         step.min_s, step.until_timeout, step.env),
+                    {"train.compile": "false", "why": "no size-s bf16 train_speed row"})
         value, why = pick
         self.say(f"train_run: train.compile={value} (updates expected in {seconds:.0f} s: "
                  f"{why['updates_expected']})")
@@ -1038,24 +1046,144 @@ def check_wheels(whl_dir: Path) -> list[str]:
 # ------------------------------------------------------------------------------ results
 
 
-def commit_results(src: Path, results: Path, force: bool = False) -> list[str]:
-    """Copy DIR's key files to results/ under their ``_gpu`` names; refused (ValueError) when the
-    summary's probe saw no CUDA device, unless ``force``."""
-    src, results = Path(src), Path(results)
-    summary_file = src / SUMMARY
+def _read_summary(src: Path, force: bool) -> dict:
+    summary_file = Path(src) / SUMMARY
     if not summary_file.exists():
         raise ValueError(f"{src}: no {SUMMARY}: not a benchmarks.device output folder")
     summary = json.loads(summary_file.read_text())
     if not force and not (summary.get("probe") or {}).get("cuda"):
         raise ValueError(f"{summary_file}: the probe saw no CUDA device; these are not GPU "
                          "results (--force copies them anyway)")
+    return summary
+
+
+def commit_results(src, results: Path, force: bool = False, note: str = "") -> list[str]:
+    """Copy the key files of one output folder, or of several calls' folders (oldest first), to
+    results/ under their ``_gpu`` names, and write results/device_check_gpu.md from them.
+    Several folders: device_check_gpu.json holds every call's summary, the train_speed rows are
+    merged (a (size, bf16, compile) row once, the first call's), kernels_gpu.* come from the last
+    call that has them. Refused (ValueError, nothing written) when a summary's probe saw no CUDA
+    device, unless ``force``."""
+    srcs = [Path(x) for x in (src if isinstance(src, list | tuple) else [src])]
+    results = Path(results)
+    summaries = [_read_summary(x, force) for x in srcs]  # every check before any write
     results.mkdir(parents=True, exist_ok=True)
     copied = []
-    for name, target in COMMIT_MAP.items():
-        if (src / name).is_file():
-            shutil.copyfile(src / name, results / target)
-            copied.append(str(results / target))
+
+    def put(name: str, text: str) -> None:
+        (results / name).write_text(text)
+        copied.append(str(results / name))
+
+    if len(srcs) == 1:
+        for name, target in COMMIT_MAP.items():
+            if (srcs[0] / name).is_file():
+                shutil.copyfile(srcs[0] / name, results / target)
+                copied.append(str(results / target))
+    else:
+        put(COMMIT_MAP[SUMMARY], json.dumps(
+            {"what": "benchmarks.device: the GPU check in several calls (oldest first)",
+             "calls": summaries}, indent=1, default=str) + "\n")
+        variants = []
+        for i, x in enumerate(srcs, 1):
+            f = x / f"{TRAIN_SPEED}.json"
+            if f.is_file():
+                report = json.loads(f.read_text())
+                for r in report.get("results", []):
+                    variants.append((r.get("variant", "?"), [{**r, "call": i}], report))
+        if variants:
+            merged = merge_train_speed(variants)
+            merged["merged_by"] += f"; rows of {len(srcs)} calls (row['call'])"
+            put("train_speed_gpu.json", json.dumps(merged, indent=1) + "\n")
+            put("train_speed_gpu.md", train_speed_markdown(merged))
+        for name in (KERNELS_JSON, KERNELS_PNG):
+            last = [x for x in srcs if (x / name).is_file()]
+            if last:
+                shutil.copyfile(last[-1] / name, results / COMMIT_MAP[name])
+                copied.append(str(results / COMMIT_MAP[name]))
+    put("device_check_gpu.md", check_markdown(summaries, note))
     return copied
+
+
+def _gbps_from_log(kern: dict) -> dict:
+    """A log-sourced kernels summary with linear_scan's forward GB/s (kernels.bench's bytes
+    model at its CUDA sizes) and, where the copy bandwidth is known, its fraction of it."""
+    if kern.get("source", "").startswith("json"):
+        return kern
+    from kernels.bench import SIZES, linear_scan_bytes
+
+    size = SIZES["cuda"]["linear_scan"]
+    rows = []
+    for r in kern.get("linear_scan", []):
+        r = dict(r)
+        if r.get("ours_fwd_ms") and "ours_fwd_gb_per_s" not in r:
+            fwd, _ = linear_scan_bytes(size["B"], r["T"], size["D"])
+            r["ours_fwd_gb_per_s"] = round(fwd / (r["ours_fwd_ms"] / 1e3) / 1e9, 1)
+            if kern.get("copy_gb_per_s"):
+                r["fwd_fraction_of_copy_bw"] = fwd / (r["ours_fwd_ms"] / 1e3) / 1e9 / kern[
+                    "copy_gb_per_s"]
+        rows.append(r)
+    return {**kern, "linear_scan": rows}
+
+
+def check_markdown(summaries: list[dict], note: str = "") -> str:
+    """results/device_check_gpu.md: each call's steps, then the kernel tests, the kernel bench,
+    the update speed and the timed run, from the calls' summaries (``note`` under the title)."""
+    lines = ["# The GPU check (`python -m benchmarks.device`)", ""]
+    if note:
+        lines += [note, ""]
+    for i, sm in enumerate(summaries, 1):
+        pr = sm.get("probe") or {}
+        lines += [f"## Call {i}: {sm.get('date')}, commit `{sm.get('commit')}`", "",
+                  f"`{sm.get('command')}`; budget {sm.get('budget_s')} s, elapsed "
+                  f"{sm.get('elapsed_s')} s. Machine: {pr.get('gpu')} ({pr.get('sms')} SMs, "
+                  f"{pr.get('gpu_memory_gib')} GiB), {pr.get('cpu_count')} CPU cores, Python "
+                  f"{pr.get('python')}, torch {pr.get('torch')} (CUDA {pr.get('torch_cuda')}).",
+                  "", "| step | status | wall (s) | timeout (s) | attempt used |",
+                  "|---|---|---:|---:|---:|"]
+        for r in sm.get("steps", []):
+            if r.get("status") == "skipped":
+                lines.append(f"| {r['name']} | skipped ({r.get('reason')}) | - | - | - |")
+                continue
+            extra = f" (train.compile={r['picked']['train.compile']})" if r.get("picked") else ""
+            lines.append(f"| {r['name']}{extra} | {r.get('status')} | {_num(r.get('wall_s'), 1)}"
+                         f" | {_num(r.get('timeout_s'), 0)} | {r.get('attempt_used')} |")
+        key = sm.get("key", {})
+        tests = key.get("gpu_kernel_tests")
+        if tests:
+            lines += ["", f"GPU kernel tests: {tests.get('passed')} passed, "
+                          f"{tests.get('failures')} failed, {tests.get('errors')} errors of "
+                          f"{tests.get('tests')} ({tests.get('time_s')} s)."]
+            lines += [f"- failed: `{t}`" for t in tests.get("failed_tests", [])]
+        kern = key.get("kernels_bench")
+        if kern:
+            kern = _gbps_from_log(kern)
+            copy = kern.get("copy_gb_per_s")
+            lines += ["", f"Kernel bench ({kern.get('source')}); copy bandwidth "
+                          f"{_num(copy, 0)} GB/s." if copy else
+                      f"Kernel bench ({kern.get('source')}); the copy bandwidth was not "
+                      "recorded.", "", "| op | T | ours fwd (ms) | ours fwd GB/s | of copy | "
+                      "x loop fwd | x loop fwd+bwd |", "|---|---:|---:|---:|---:|---:|---:|"]
+            for op in ("linear_scan", "selective_scan"):
+                for r in kern.get(op, []):
+                    sp = r.get("speedup_vs_loop") or {}
+                    frac = r.get("fwd_fraction_of_copy_bw")
+                    lines.append(f"| {op} | {r.get('T')} | {_num(r.get('ours_fwd_ms'), 3)} | "
+                                 f"{_num(r.get('ours_fwd_gb_per_s'), 0)} | "
+                                 f"{'-' if frac is None else f'{frac:.0%}'} | "
+                                 f"{_num(sp.get('fwd'), 1)} | {_num(sp.get('fwd_bwd'), 1)} |")
+        for r in key.get("train_speed", []):
+            if r.get("train_step_s"):
+                lines.append(f"- update, {r['variant']}: size {r['size']}, bf16 "
+                             f"{r['bf16_autocast']}, compile {r['torch_compile']}: "
+                             f"{r['train_step_s'] * 1e3:.0f} ms per update")
+        run = key.get("train_run")
+        if run:
+            lines += ["", f"Timed run: {run.get('env_steps')} env steps, {run.get('updates')} "
+                          f"updates; learning phase {run.get('learning_env_steps_per_s', '-')} "
+                          f"env steps/s, {run.get('learning_updates_per_s', '-')} updates/s over "
+                          f"{run.get('learning_window_s', '-')} s."]
+        lines.append("")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -1073,12 +1201,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="at most this long for these steps (instead of the built-in caps)")
     p.add_argument("--work", type=Path, default=None,
                    help="scratch folder for the run dir and logs (default /tmp/worldrl_device)")
-    p.add_argument("--from", dest="from_dir", type=Path, default=None,
-                   help="with --commit-results: copy from this finished output folder, run nothing")
+    p.add_argument("--from", dest="from_dir", type=Path, nargs="+", default=None,
+                   metavar="DIR", help="with --commit-results: copy from these finished output "
+                   "folders (several calls: oldest first), run nothing")
     p.add_argument("--commit-results", action="store_true",
                    help="copy the key results into --results-dir with _gpu names")
     p.add_argument("--results-dir", type=Path, default=ROOT / "results")
     p.add_argument("--force", action="store_true", help="--commit-results even without CUDA")
+    p.add_argument("--note", default="",
+                   help="with --from: a paragraph for device_check_gpu.md under its title")
     p.add_argument("--list-steps", action="store_true")
     p.add_argument("--print-run", action="store_true",
                    help="print the device tool's run arguments for this check (JSON)")
@@ -1114,7 +1245,7 @@ def main(argv=None) -> int:
         if not args.commit_results:
             p.error("--from needs --commit-results")
         try:
-            copied = commit_results(args.from_dir, args.results_dir, args.force)
+            copied = commit_results(args.from_dir, args.results_dir, args.force, args.note)
         except ValueError as err:
             print(f"benchmarks.device: error: {err}", file=sys.stderr)
             return 2

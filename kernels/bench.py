@@ -262,7 +262,6 @@ def bench_linear_scan(device, sizes, reps, budget_s, log, rounds=3):
         a = (torch.rand(bsz, seqlen, dim, generator=g) * 0.5 + 0.5).to(device)
         b = torch.randn(bsz, seqlen, dim, generator=g).to(device)
         grad = torch.randn(bsz, seqlen, dim, generator=g).to(device)
-        el = a.element_size() * a.numel()
         impls = {
             "ours": lambda a_, b_: linear_scan(a_, b_),
             "loop": lambda a_, b_: linear_scan_ref(a_, b_),
@@ -300,7 +299,8 @@ def bench_linear_scan(device, sizes, reps, budget_s, log, rounds=3):
 
             timed[name] = make
         # fwd: read a, b, write h; bwd: read a, h, grad, write grad_a, grad_b
-        row.update(measure(timed, 3 * el, 8 * el, device, reps, budget_s, rounds))
+        row.update(measure(timed, *linear_scan_bytes(bsz, seqlen, dim, a.element_size()),
+                           device, reps, budget_s, rounds))
         row["speedup_vs_loop"] = _speedup(row, "ours")
         extra = ""
         if "torch_chunked" in row:
@@ -457,6 +457,23 @@ def plot(results: dict, path: Path) -> None:
 
 #: the ops the benchmark times
 OPS = ("linear_scan", "selective_scan", "ssd_chunk_scan")
+#: each op's sizes per device type (all float32)
+SIZES = {
+    "cuda": {"linear_scan": {"B": 16, "D": 4096},
+             "selective_scan": {"batch": 8, "dim": 1024, "N": 16},
+             "ssd_chunk_scan": {"batch": 4, "nheads": 16, "headdim": 64, "ngroups": 1,
+                                "dstate": 32, "chunk_size": 64}},
+    "cpu": {"linear_scan": {"B": 4, "D": 256},
+            "selective_scan": {"batch": 2, "dim": 64, "N": 16},
+            "ssd_chunk_scan": {"batch": 2, "nheads": 4, "headdim": 16, "ngroups": 1,
+                               "dstate": 16, "chunk_size": 64}},
+}
+
+
+def linear_scan_bytes(B: int, T: int, D: int, element: int = 4) -> tuple[int, int]:
+    """The fewest bytes a linear_scan moves: forward (a, b in; h out) and forward+backward."""
+    el = B * T * D * element
+    return 3 * el, 8 * el
 
 
 def main(argv=None) -> dict:
@@ -479,19 +496,13 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if device.type == "cuda":
-        ls_sizes = {"B": 16, "D": 4096}
-        ss_sizes = {"batch": 8, "dim": 1024, "N": 16}
-        ssd_sizes = {"batch": 4, "nheads": 16, "headdim": 64, "ngroups": 1, "dstate": 32,
-                     "chunk_size": 64}
-    else:
-        ls_sizes = {"B": 4, "D": 256}
-        ss_sizes = {"batch": 2, "dim": 64, "N": 16}
-        ssd_sizes = {"batch": 2, "nheads": 4, "headdim": 16, "ngroups": 1, "dstate": 16,
-                     "chunk_size": 64}
+    sizes = SIZES["cuda" if device.type == "cuda" else "cpu"]
+    ls_sizes, ss_sizes, ssd_sizes = (dict(sizes[op]) for op in OPS)
 
-    def log(msg):
-        print(msg, flush=True)
+    start = time.monotonic()
+
+    def log(msg):  # with the seconds since the start: where a stopped run spent its time
+        print(f"{msg} [{time.monotonic() - start:.1f} s]", flush=True)
 
     out = Path(args.out)
     kept = {}
@@ -508,20 +519,32 @@ def main(argv=None) -> dict:
     log(f"machine: {results['machine']}")
     copy_bw = copy_bandwidth(device)
     results["copy_gb_per_s"] = copy_bw
-    if "linear_scan" in args.ops:
-        _bench_linear_scan(results, device, ls_sizes, args, log, copy_bw)
-    if "selective_scan" in args.ops:
-        _bench_selective_scan(results, device, ss_sizes, args, log)
-    if "ssd_chunk_scan" in args.ops:
-        _bench_ssd(results, device, ssd_sizes, args, log)
-    for op in args.ops:
-        results[op]["machine"] = results["machine"]
-    results.update(kept)
-    results["min_speedup_T_ge_256"] = {
-        op: _min_speedup(results[op]["rows"]) for op in ("linear_scan", "selective_scan")
-        if op in results}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    if copy_bw:
+        log(f"copy bandwidth {copy_bw:.0f} GB/s (device to device, read + write)")
+
+    def write(done):
+        """The JSON so far: a run stopped in a later op keeps the ops it finished."""
+        for op in done:
+            results[op]["machine"] = results["machine"]
+        results.update(kept)
+        results["min_speedup_T_ge_256"] = {
+            op: _min_speedup(results[op]["rows"]) for op in ("linear_scan", "selective_scan")
+            if op in results}
+        results["ops_done"] = list(done)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+
+    benches = {"linear_scan": lambda: _bench_linear_scan(results, device, ls_sizes, args, log,
+                                                         copy_bw),
+               "selective_scan": lambda: _bench_selective_scan(results, device, ss_sizes, args,
+                                                               log),
+               "ssd_chunk_scan": lambda: _bench_ssd(results, device, ssd_sizes, args, log)}
+    done = []
+    for op in OPS:
+        if op in args.ops:
+            benches[op]()
+            done.append(op)
+            write(done)
     plot(results, Path(args.png))
     log(f"wrote {out} and {args.png}")
     return results

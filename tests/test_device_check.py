@@ -271,7 +271,7 @@ def test_skip_by_name_and_prefix(tmp_path):
     steps = [fake_step("train_speed_a", "print(1)"), fake_step("train_speed_b", "print(2)"),
              fake_step("train_run", "print('ran')")]
     summary = dev.Check(tmp_path / "o", tmp_path / "w", 30, skip=["train_speed"], steps=steps,
-                        reserve_s=0, echo=None).run()
+                        reserve_s=0, echo=None, pick_compile=False).run()
     assert [r["status"] for r in summary["steps"]] == ["skipped", "skipped", "ok"]
 
 
@@ -507,7 +507,7 @@ def test_commit_results_copies_gpu_names_and_refuses_without_cuda(finished, tmp_
     copied = dev.commit_results(tmp / "out", tmp_path / "results")
     assert sorted(Path(c).name for c in copied) == sorted(
         ["kernels_gpu.json", "train_speed_gpu.json", "train_speed_gpu.md",
-         "device_check_gpu.json"])
+         "device_check_gpu.json", "device_check_gpu.md"])
     assert json.loads((tmp_path / "results" / "device_check_gpu.json").read_text())["probe"][
         "cuda"] is True
     work = tmp_path / "w"
@@ -517,9 +517,45 @@ def test_commit_results_copies_gpu_names_and_refuses_without_cuda(finished, tmp_
     with pytest.raises(ValueError, match="no CUDA device"):
         dev.commit_results(tmp_path / "o", tmp_path / "r2")
     assert not (tmp_path / "r2").exists()
-    assert len(dev.commit_results(tmp_path / "o", tmp_path / "r2", force=True)) == 1
+    assert len(dev.commit_results(tmp_path / "o", tmp_path / "r2", force=True)) == 2
     with pytest.raises(ValueError, match="not a benchmarks.device output"):
         dev.commit_results(tmp_path / "nothing", tmp_path / "r3")
+
+
+def test_commit_results_of_two_calls_merges_rows_and_writes_one_report(finished, tmp_path):
+    tmp, first = finished
+    second = tmp_path / "call2"
+    second.mkdir()
+    later = {**first, "date": "later", "key": {
+        "gpu_kernel_tests": {"tests": 5, "failures": 0, "errors": 0, "skipped": 0,
+                             "time_s": 1.0, "failed_tests": [], "passed": 5},
+        "kernels_bench": {"source": "log (the bench wrote no JSON)", "copy_gb_per_s": 4000.0,
+                          "linear_scan": [{"T": 16384, "ours_fwd_ms": 4.0,
+                                           "speedup_vs_loop": {"fwd": 100.0, "fwd_bwd": 90.0}}],
+                          "selective_scan": []}}}
+    (second / dev.SUMMARY).write_text(json.dumps(later))
+    # the second call timed the same eager row again (dropped) and a new compiled one
+    rows = [{**TS_REPORT["results"][0], "variant": "eager", "train_step_s": 9.0},
+            {**TS_REPORT["results"][1], "variant": "reduce_overhead",
+             "torch_compile": "reduce-overhead", "train_step_s": 0.03}]
+    (second / f"{dev.TRAIN_SPEED}.json").write_text(json.dumps({**TS_REPORT, "results": rows}))
+    out = tmp_path / "results"
+    dev.commit_results([tmp / "out", second], out, note="Two calls.")
+    both = json.loads((out / "device_check_gpu.json").read_text())
+    assert [c["date"] for c in both["calls"]] == [first["date"], "later"]
+    merged = json.loads((out / "train_speed_gpu.json").read_text())["results"]
+    got = {(r["variant"], r["bf16_autocast"], str(r["torch_compile"])): (r["train_step_s"],
+                                                                          r["call"])
+           for r in merged}
+    assert got[("eager", False, "False")] == (0.1, 1)  # the first call's row is kept
+    assert got[("reduce_overhead", True, "reduce-overhead")] == (0.03, 2)
+    md = (out / "device_check_gpu.md").read_text()
+    assert md.startswith("# The GPU check") and "Two calls." in md
+    assert "## Call 1:" in md and "## Call 2: later" in md
+    # 3 * 16 * 16384 * 4096 * 4 bytes in 4 ms, against 4000 GB/s
+    assert "| linear_scan | 16384 | 4.000 | 3221 | 81% | 100.0 | 90.0 |" in md
+    assert "GPU kernel tests: 5 passed, 0 failed" in md
+    assert (out / "kernels_gpu.json").read_text() == (tmp / "out" / dev.KERNELS_JSON).read_text()
 
 
 def test_a_rerun_reports_the_skipped_steps_files_and_cleans_those_it_runs(finished, tmp_path):
@@ -627,3 +663,13 @@ def test_check_wheels_cli(tmp_path, capsys):
     _fake_wheel(tmp_path, "alpha", "1.0", ["missing-thing"])
     assert dev.main(["--check-wheels", str(tmp_path)]) == 1
     assert "missing-thing" in capsys.readouterr().err
+
+
+def test_without_measured_rows_the_timed_run_is_eager(tmp_path):
+    check = dev.Check(tmp_path / "o", tmp_path / "w", 30, echo=None)
+    built = {s.name: s for s in check.steps}["train_run"]
+    assert any(a.startswith("train.compile=true") for a in built.attempts[0])
+    step, picked = check._pick_compile(built, 100.0)
+    assert picked == {"train.compile": "false", "why": "no size-s bf16 train_speed row"}
+    assert len(step.attempts) == 1 and "train.compile=false" in step.attempts[0]
+    assert "train.compile=true" not in step.attempts[0]

@@ -70,3 +70,28 @@ def test_bench_ops_subset_keeps_the_other_ops(monkeypatch, tmp_path):
     assert res["ssd_chunk_scan"]["rows"][0]["T"] == 8
     assert res["ssd_chunk_scan"]["machine"]["date"] != "then"
     assert set(res["min_speedup_T_ge_256"]) == {"linear_scan"}
+
+
+def test_a_bench_stopped_in_a_later_op_keeps_the_ops_it_finished(monkeypatch, tmp_path, capsys):
+    """The GPU check stops the bench at its cap: the JSON is written after each op, and the log
+    names the copy bandwidth and the seconds since the start."""
+    monkeypatch.setattr(kb, "SEQLENS", (8,))
+
+    def stopped(*args):
+        raise KeyboardInterrupt  # what the check's SIGTERM amounts to, mid-op
+
+    monkeypatch.setattr(kb, "_bench_ssd", stopped)
+    out, png = tmp_path / "k.json", tmp_path / "k.png"
+    try:
+        kb.main(["--device", "cpu", "--rounds", "1", "--reps", "1", "--budget", "0.05",
+                 "--out", str(out), "--png", str(png)])
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the stop did not reach main")
+    res = json.loads(out.read_text())
+    assert res["ops_done"] == ["linear_scan", "selective_scan"]
+    assert res["linear_scan"]["rows"][0]["T"] == 8 and "ssd_chunk_scan" not in res
+    assert not png.exists()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("machine: ") and lines[0].endswith(" s]")

@@ -100,8 +100,11 @@ def close_scaled(actual, expected, dtype, what):
     atol + rtol * max |expected|."""
     atol, rtol = TOL[dtype]
     diff = actual.to(expected.dtype) - expected
-    rel = (diff.norm() / expected.norm()).item()
-    assert rel <= rtol, f"{what}: relative error {rel:.2e} > {rtol:.0e}"
+    assert torch.isfinite(actual).all(), f"{what}: not finite"
+    scale = expected.norm().item()
+    if scale > 0:  # (all zero at T = 1 without h0: no previous state)
+        rel = diff.norm().item() / scale
+        assert rel <= rtol, f"{what}: relative error {rel:.2e} > {rtol:.0e}"
     bound = atol + rtol * expected.abs().max().item()
     worst = diff.abs().max().item()
     assert worst <= bound, f"{what}: max error {worst:.2e} > {bound:.2e}"
@@ -339,3 +342,21 @@ def test_gpu_auto_dispatches_to_triton(monkeypatch):
     out = linear_scan(a, b)
     assert calls and out.is_cuda
     torch.testing.assert_close(out, linear_scan(a, b, backend="torch"), atol=1e-5, rtol=1e-4)
+
+
+def test_close_scaled_bounds_half_precision_gradients():
+    zero = torch.zeros(2, 3, 4)
+    close_scaled(zero.half(), zero, torch.float16, "all zero")  # T = 1 without h0
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(2, 50, 40, generator=g) * 10
+    close_scaled(ref.half(), ref, torch.float16, "rounded to half")
+    off = ref.half().clone()
+    off[0, 0, 0] += 1.0  # one element far beyond atol + rtol * max|ref|
+    with pytest.raises(AssertionError, match="max error"):
+        close_scaled(off, ref, torch.float16, "one off")
+    with pytest.raises(AssertionError, match="relative error"):
+        close_scaled((ref * 1.02).half(), ref, torch.float16, "2% everywhere")
+    bad = ref.half().clone()
+    bad[1, 1, 1] = float("nan")
+    with pytest.raises(AssertionError, match="not finite"):
+        close_scaled(bad, ref, torch.float16, "nan")
