@@ -127,8 +127,8 @@ def measure(size: str, device: torch.device, batch: int, seq: int, repeats: int,
 
 def variants(args: argparse.Namespace) -> list[tuple[bool | str, bool]]:
     """``(compile, amp)`` pairs to measure: eager (unless ``--no-eager``) and each ``--compile``
-    mode, each in float32 and, with ``--amp``, bf16."""
-    precisions = [False, True] if args.amp else [False]
+    mode, each in float32 and, with ``--amp``, bf16 (``--amp-only``: bf16 alone)."""
+    precisions = [True] if args.amp_only else [False, True] if args.amp else [False]
     modes: list[bool | str] = [] if args.no_eager and args.compile is not None else [False]
     if args.compile is not None:
         modes += [m if m != "default" else True for m in (args.compile or ["default"])]
@@ -145,6 +145,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--amp", action="store_true", help="also measure with bf16 autocast")
+    p.add_argument("--amp-only", action="store_true",
+                   help="only bf16 autocast, not float32 (each compiled variant compiles anew)")
     p.add_argument("--compile", nargs="*", default=None, metavar="MODE",
                    help="also measure compiled updates: torch.compile modes (none given: default; "
                         "e.g. reduce-overhead for CUDA graphs), each with every precision")

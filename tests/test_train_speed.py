@@ -14,6 +14,8 @@ from benchmarks.train_speed import main, parser, variants
       ("reduce-overhead", False), ("reduce-overhead", True)]),
     (["--no-eager", "--compile", "reduce-overhead"], [("reduce-overhead", False)]),
     (["--amp", "--no-eager", "--compile"], [(True, False), (True, True)]),
+    (["--amp-only", "--no-eager", "--compile", "reduce-overhead"], [("reduce-overhead", True)]),
+    (["--amp-only"], [(False, True)]),
 ])
 def test_variants(argv, expected):
     assert variants(parser().parse_args(argv)) == expected
