@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +73,41 @@ def evaluate_checkpoint(path: str | Path, episodes: int | None = None,
         "return_std": float(np.std(returns)), "returns": returns,
     }
     out = Path(path)
-    out = (out if out.is_dir() else out.parent) / (
-        "eval_checkpoint_sample.json" if sample else "eval_checkpoint.json")
+    out = checkpoint_eval_file(out if out.is_dir() else out.parent, sample)
     out.write_text(json.dumps(result, indent=1))
     return result
+
+
+def checkpoint_eval_file(run_dir: str | Path, sample: bool) -> Path:
+    """Where ``worldrl eval RUN [--sample]`` writes its result."""
+    return Path(run_dir) / ("eval_checkpoint_sample.json" if sample else "eval_checkpoint.json")
+
+
+def current_checkpoint_eval(run_dir: str | Path, sample: bool) -> dict | None:
+    """The run's checkpoint evaluation if it was made at the finished run's last step (None when
+    absent, cut short, older, or the run has no summary)."""
+    run_dir = Path(run_dir)
+    try:
+        steps = json.loads((run_dir / "summary.json").read_text())["env_steps"]
+        result = json.loads(checkpoint_eval_file(run_dir, sample).read_text())
+    except (OSError, json.JSONDecodeError, KeyError):
+        return None
+    return result if result.get("env_steps") == steps else None
+
+
+def evaluate_again(run_dir: str | Path, sample: bool, threads: int = 0,
+                   stderr=None) -> tuple[dict | None, bool, str]:
+    """A finished run's final checkpoint evaluated with ``worldrl eval RUN [--sample]`` in a
+    subprocess (``threads``: its OMP_NUM_THREADS; 0 leaves torch's default), unless a result at
+    the run's last step is there already. Returns ``(result or None when the evaluation
+    failed, whether it ran, its stderr's tail when not written to the file ``stderr``)``."""
+    found = current_checkpoint_eval(run_dir, sample)
+    if found is not None:
+        return found, False, ""
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    cmd = [sys.executable, "-m", "agents.cli", "eval", str(run_dir), *(["--sample"] * sample)]
+    done = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env, text=True,
+                          stdout=stderr if stderr is not None else subprocess.DEVNULL,
+                          stderr=stderr if stderr is not None else subprocess.PIPE)
+    tail = (done.stderr or "")[-3000:]
+    return (current_checkpoint_eval(run_dir, sample) if done.returncode == 0 else None), True, tail

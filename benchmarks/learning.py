@@ -689,25 +689,19 @@ def sampled_evals(plan: list[Planned], runs_root: Path, threads: int = 0) -> lis
     in-loop evaluations play the mode) into ``RUN/eval_checkpoint_sample.json``, which the report
     shows beside the final evaluation. Runs whose file is already at their last step are skipped;
     returns the runs evaluated."""
+    from agents.evaluate import evaluate_again  # torch: only where a run is evaluated
+
     done = []
     for q in plan:
         run_dir = runs_root / q.name
         if q.peer or "agent=random" in q.overrides or state(run_dir) != "finished":
             continue
-        target = run_dir / "eval_checkpoint_sample.json"
-        steps = json.loads((run_dir / "summary.json").read_text())["env_steps"]
-        try:
-            if target.exists() and json.loads(target.read_text()).get("env_steps") == steps:
-                continue
-        except json.JSONDecodeError:
-            pass  # cut short: evaluate again
-        env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
         with open(runs_root / f"{q.name}.stderr", "a") as err:
-            rc = subprocess.run([sys.executable, "-m", "agents.cli", "eval", str(run_dir),
-                                 "--sample"], cwd=ROOT, stdout=err, stderr=err, env=env).returncode
-        print(f"sampled evaluation of {q.name}: {'done' if rc == 0 else f'failed (rc {rc})'}",
-              flush=True)
-        if rc == 0:
+            result, ran, _ = evaluate_again(run_dir, sample=True, threads=threads, stderr=err)
+        if not ran:
+            continue  # already at the run's last step
+        print(f"sampled evaluation of {q.name}: {'done' if result else 'failed'}", flush=True)
+        if result:
             done.append(q.name)
     return done
 

@@ -48,19 +48,13 @@ def checkpoint_evals(run_dir: Path) -> dict:
     seeds both ways: the policy's mode (``greedy``, as the in-loop evaluations play) and
     sampled actions (``sampled``, as DreamerV3 and sheeprl evaluate). A result already beside
     the checkpoint at its step is read, not evaluated again. One torch thread each."""
-    steps = json.loads((run_dir / "summary.json").read_text())["env_steps"]
+    from agents.evaluate import evaluate_again  # torch: only where a run is evaluated
+
     out = {}
-    for mode, flag, name in (("greedy", [], "eval_checkpoint.json"),
-                             ("sampled", ["--sample"], "eval_checkpoint_sample.json")):
-        path = run_dir / name
-        if not path.exists() or json.loads(path.read_text()).get("env_steps") != steps:
-            done = subprocess.run(
-                [sys.executable, "-m", "agents.cli", "eval", str(run_dir), *flag], cwd=ROOT,
-                capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-            if done.returncode != 0:
-                raise RuntimeError(f"worldrl eval {run_dir} {' '.join(flag)} failed:\n"
-                                   f"{done.stderr[-3000:]}")
-        result = json.loads(path.read_text())
+    for mode, sample in (("greedy", False), ("sampled", True)):
+        result, _, err = evaluate_again(run_dir, sample, threads=1)
+        if result is None:
+            raise RuntimeError(f"worldrl eval {run_dir}{' --sample' * sample} failed:\n{err}")
         out[mode] = {"return_mean": result["return_mean"], "return_std": result["return_std"]}
     return out
 
