@@ -27,10 +27,15 @@ tensordict/_C.so links no libtorch and loads. The probe step reports both.
 What comes back (files_at) is ``$OUT`` (flat, 8 files at most, as the tool allows): summary.json
 (every step's rc, wall time, timeout, attempts and key numbers, the probe of the machine),
 device.log (each step's output: its first 16 KB and last 200 KB), gpu_kernel_tests.xml,
-kernels_gpu.json/.png, train_speed_gpu.json/.md, train_run.tar.gz (the run's metrics.jsonl,
-episodes.csv, eval.csv, config.yaml). Then, here: ``python -m benchmarks.device --from FILES_AT
---commit-results`` copies them to results/kernels_gpu.{json,png}, results/train_speed_gpu.{json,md}
-and results/device_check_gpu.json (refused when the probe saw no CUDA device). A rerun on the still
+kernels_gpu.json/.png, train_speed_gpu.json, train_run.tar.gz (the run's metrics.jsonl,
+episodes.csv, eval.csv, config.yaml) and compile_cache.tar.gz (the steps' Inductor and Triton
+caches, when under 16 MiB). Then, here: ``python -m benchmarks.device --from FILES_AT
+[FILES_AT_2 ...] --commit-results`` copies them to results/kernels_gpu.{json,png},
+results/train_speed_gpu.{json,md}, results/device_check_gpu.{json,md} (refused when a probe saw
+no CUDA device; several calls, oldest first, are merged) and keeps the cache as
+.compile_cache/compile_cache.tar.gz (ignored by git), which ``--print-run`` then carries and
+passes as ``--cache-from``: on the H200 one compile of the size-S update took over 120 s, and
+with a warm cache Inductor and Triton skip their work. A rerun on the still
 warm machine: the same command with ``--budget-s`` what is left and ``--skip`` the steps that are
 done (names: ``--list-steps``; a prefix skips all that start with it, e.g. ``train_speed``): their
 files, kept in the scratch folder /tmp/worldrl_device, come back again.
@@ -131,6 +136,15 @@ RUN_COMMAND = (
     f"nvidia-smi -L; python3 -m benchmarks.device --out $OUT --budget-s {RUN_BUDGET_S}"
 )
 
+
+
+def run_arguments(with_cache: bool) -> dict:
+    """The device tool's ``run`` arguments; ``with_cache``: carry CACHE_CARRY and seed from it."""
+    if not with_cache:
+        return {"command": RUN_COMMAND, "carry": RUN_CARRY, "timeout_s": RUN_TIMEOUT_S}
+    return {"command": f"{RUN_COMMAND} --cache-from {CACHE_CARRY}",
+            "carry": [*RUN_CARRY, str(CACHE_CARRY.parent)], "timeout_s": RUN_TIMEOUT_S}
+
 # ------------------------------------------------------------------------------ the steps' flags
 
 #: (a) the GPU kernel tests (the ``gpu`` marker of setup.cfg; they skip without CUDA); -n: xdist
@@ -206,10 +220,16 @@ KERNELS_JSON = "kernels_gpu.json"
 KERNELS_PNG = "kernels_gpu.png"
 TRAIN_SPEED = "train_speed_gpu"  # .json and .md
 TRAIN_TAR = "train_run.tar.gz"
+#: the compile caches (Inductor's FX graphs and AOT autograd, Triton's kernels) of the call,
+#: to carry into the next one: compiling the size-S update took over 120 s there, and with a
+#: warm cache Inductor and Triton skip their work (TorchDynamo still traces)
+CACHE_TAR = "compile_cache.tar.gz"
+#: where a returned CACHE_TAR is kept here (ignored by git) and carried from
+CACHE_CARRY = Path(".compile_cache") / CACHE_TAR
 #: what ``--commit-results`` copies into results/ (DIR name -> results name)
 COMMIT_MAP = {
     KERNELS_JSON: "kernels_gpu.json", KERNELS_PNG: "kernels_gpu.png",
-    TRAIN_SPEED + ".json": "train_speed_gpu.json", TRAIN_SPEED + ".md": "train_speed_gpu.md",
+    TRAIN_SPEED + ".json": "train_speed_gpu.json",
     SUMMARY: "device_check_gpu.json",
 }
 #: the run-directory files that go into TRAIN_TAR (each at most TAR_MAX_FILE bytes)
@@ -722,7 +742,7 @@ class Check:
                  reserve_s: float = RESERVE_S, fast_fail_s: float = FAST_FAIL_S,
                  grace: float = GRACE_S, overhead_s: float = OVERHEAD_S, echo=sys.stdout,
                  command: str | None = None, pick_compile: bool = True,
-                 caps: dict[str, float] | None = None):
+                 caps: dict[str, float] | None = None, cache_from: Path | None = None):
         self.out, self.work = Path(out), Path(work)
         self.budget_s, self.reserve_s = budget_s, reserve_s
         self.skip = tuple(skip)
@@ -735,6 +755,16 @@ class Check:
         self.steps = steps if steps is not None else build_steps(self.work, caps=caps)
         self.records: dict[str, dict] = {}
         self.start = time.monotonic()
+        # every step compiles into one cache (TORCHINDUCTOR_CACHE_DIR; Triton's is inside it),
+        # seeded from an earlier call's CACHE_TAR when one was carried
+        self.cache = self.work / "compile_cache"
+        self.cache.mkdir(exist_ok=True)
+        self.cache_seeded = None
+        if cache_from is not None:
+            with tarfile.open(cache_from) as tar:
+                tar.extractall(self.cache, filter="data")
+            self.cache_seeded = {"from": str(cache_from),
+                                 "bytes": Path(cache_from).stat().st_size}
 
     def skipped(self, name: str) -> bool:
         return any(name == s or name.startswith(s) for s in self.skip)
@@ -782,6 +812,8 @@ class Check:
             if step.name == "train_run" and self.pick_compile:
                 step, picked = self._pick_compile(step, timeout)
             self.say(f"{step.name}: up to {timeout:.0f} s ({remaining:.0f} s left)")
+            step = Step(step.name, step.attempts, step.cap, step.min_s, step.until_timeout,
+                        {**step.env, "TORCHINDUCTOR_CACHE_DIR": str(self.cache)})
             self._clean(step)
             rec = run_step(step, timeout, self.log_path(step.name), self.fast_fail_s,
                            self.grace, self.echo)
@@ -790,7 +822,7 @@ class Check:
             self.records[step.name] = rec
             self.say(f"{step.name}: {rec['status']} (rc {rec['rc']}, {rec['wall_s']:.1f} s)")
             self.finish()
-        return self.finish()
+        return self.finish(final=True)
 
     def _pick_compile(self, step: Step, seconds: float) -> tuple[Step, dict]:
         """The train run with the ``train.compile`` that the train_speed rows measured fastest
@@ -816,12 +848,16 @@ class Check:
             out.append((name, rows, report))
         return out
 
+    def _pack_cache(self) -> dict:
+        return _pack_cache_into(self.cache, self.out / CACHE_TAR)
+
     def step_log(self, name: str) -> str:
         path = self.log_path(name)
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def finish(self) -> dict:
-        """(Re)write ``out`` from what the steps left in ``work`` so far."""
+    def finish(self, final: bool = False) -> dict:
+        """(Re)write ``out`` from what the steps left in ``work`` so far; at the ``final`` call
+        the compile cache too (CACHE_TAR, when it fits the tool's file limit)."""
         key: dict = {}
         probe = _probe_from_log(self.step_log("probe"))
         for name in (JUNIT, KERNELS_JSON, KERNELS_PNG):
@@ -837,7 +873,6 @@ class Check:
         if any(rows for _, rows, _ in variants):
             report = merge_train_speed(variants)
             (self.out / f"{TRAIN_SPEED}.json").write_text(json.dumps(report, indent=1) + "\n")
-            (self.out / f"{TRAIN_SPEED}.md").write_text(train_speed_markdown(report))
             key["train_speed"] = [
                 {k: r.get(k) for k in ("variant", "size", "bf16_autocast", "torch_compile",
                                        "first_update_s", "compiled_graphs", "graph_breaks",
@@ -872,12 +907,36 @@ class Check:
             "probe": probe,
             "steps": [self.records[s.name] for s in self.steps if s.name in self.records],
             "key": key,
+            "compile_cache": {"seeded": self.cache_seeded,
+                              **(self._pack_cache() if final else {})},
         }
         # written twice: the check of the folder counts summary.json itself
         for _ in range(2):
             (self.out / SUMMARY).write_text(json.dumps(summary, indent=1, default=str) + "\n")
             summary["out_dir_problems"] = check_out_dir(self.out)
         return summary
+
+
+def _pack_cache_into(cache: Path, dest: Path, limit: int = OUT_MAX_FILE_BYTES) -> dict:
+    """``cache``'s files as ``dest`` (tar.gz), kept only when at most ``limit`` bytes."""
+    files = [f for f in sorted(cache.rglob("*")) if f.is_file() and not f.is_symlink()]
+    if not files:
+        dest.unlink(missing_ok=True)
+        return {"files": 0, "returned": False}
+    tmp = dest.with_name(dest.name + ".part")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for f in files:
+            if f.suffix in (".lock", ".tmp"):
+                continue
+            tar.add(f, arcname=str(f.relative_to(cache)))
+    size = tmp.stat().st_size
+    if size > limit:
+        tmp.unlink()
+        dest.unlink(missing_ok=True)
+        return {"files": len(files), "bytes": size, "returned": False,
+                "why": f"over the {limit} bytes a returned file may have"}
+    tmp.replace(dest)
+    return {"files": len(files), "bytes": size, "returned": True}
 
 
 def _commit() -> str:
@@ -1059,13 +1118,15 @@ def _read_summary(src: Path, force: bool) -> dict:
     return summary
 
 
-def commit_results(src, results: Path, force: bool = False, note: str = "") -> list[str]:
+def commit_results(src, results: Path, force: bool = False, note: str = "",
+                   cache_dest: Path | None = None) -> list[str]:
     """Copy the key files of one output folder, or of several calls' folders (oldest first), to
     results/ under their ``_gpu`` names, and write results/device_check_gpu.md from them.
     Several folders: device_check_gpu.json holds every call's summary, the train_speed rows are
     merged (a (size, bf16, compile) row once, the first call's), kernels_gpu.* come from the last
-    call that has them. Refused (ValueError, nothing written) when a summary's probe saw no CUDA
-    device, unless ``force``."""
+    call that has them. The newest folder's compile cache goes to ``cache_dest`` (for the next
+    call's ``--cache-from``). Refused (ValueError, nothing written) when a summary's probe saw no
+    CUDA device, unless ``force``."""
     srcs = [Path(x) for x in (src if isinstance(src, list | tuple) else [src])]
     results = Path(results)
     summaries = [_read_summary(x, force) for x in srcs]  # every check before any write
@@ -1081,6 +1142,9 @@ def commit_results(src, results: Path, force: bool = False, note: str = "") -> l
             if (srcs[0] / name).is_file():
                 shutil.copyfile(srcs[0] / name, results / target)
                 copied.append(str(results / target))
+        if (srcs[0] / f"{TRAIN_SPEED}.json").is_file():
+            put("train_speed_gpu.md", train_speed_markdown(
+                json.loads((srcs[0] / f"{TRAIN_SPEED}.json").read_text())))
     else:
         put(COMMIT_MAP[SUMMARY], json.dumps(
             {"what": "benchmarks.device: the GPU check in several calls (oldest first)",
@@ -1103,6 +1167,12 @@ def commit_results(src, results: Path, force: bool = False, note: str = "") -> l
                 shutil.copyfile(last[-1] / name, results / COMMIT_MAP[name])
                 copied.append(str(results / COMMIT_MAP[name]))
     put("device_check_gpu.md", check_markdown(summaries, note))
+    # the newest compile cache, to carry into the next call (not a result: ignored by git)
+    caches = [x / CACHE_TAR for x in srcs if (x / CACHE_TAR).is_file()]
+    if caches and cache_dest is not None:
+        cache_dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(caches[-1], cache_dest)
+        copied.append(str(cache_dest))
     return copied
 
 
@@ -1201,6 +1271,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="steps to skip (a name or a prefix; see --list-steps)")
     p.add_argument("--cap", nargs="+", default=[], metavar="STEP=SECONDS",
                    help="at most this long for these steps (instead of the built-in caps)")
+    p.add_argument("--cache-from", type=Path, default=None, metavar="TAR",
+                   help=f"seed the compile cache from an earlier call's {CACHE_TAR} "
+                        f"(--commit-results keeps the newest as {CACHE_CARRY})")
     p.add_argument("--work", type=Path, default=None,
                    help="scratch folder for the run dir and logs (default /tmp/worldrl_device)")
     p.add_argument("--from", dest="from_dir", type=Path, nargs="+", default=None,
@@ -1235,8 +1308,7 @@ def main(argv=None) -> int:
                   "device machine")
         return 1 if problems else 0
     if args.print_run:
-        print(json.dumps({"command": RUN_COMMAND, "carry": RUN_CARRY,
-                          "timeout_s": RUN_TIMEOUT_S}, indent=1))
+        print(json.dumps(run_arguments((ROOT / CACHE_CARRY).is_file()), indent=1))
         return 0
     if args.list_steps:
         for s in build_steps(Path("WORK")):
@@ -1247,7 +1319,8 @@ def main(argv=None) -> int:
         if not args.commit_results:
             p.error("--from needs --commit-results")
         try:
-            copied = commit_results(args.from_dir, args.results_dir, args.force, args.note)
+            copied = commit_results(args.from_dir, args.results_dir, args.force, args.note,
+                                    cache_dest=ROOT / CACHE_CARRY)
         except ValueError as err:
             print(f"benchmarks.device: error: {err}", file=sys.stderr)
             return 2
@@ -1269,7 +1342,10 @@ def main(argv=None) -> int:
     out = args.out.resolve()
     if work.resolve() == out or out in work.resolve().parents:
         p.error("--work must not be inside --out (only the flat results go there)")
-    summary = Check(out, work, args.budget_s, args.skip, caps=caps).run()
+    if args.cache_from is not None and not args.cache_from.is_file():
+        p.error(f"--cache-from {args.cache_from}: no such file")
+    summary = Check(out, work, args.budget_s, args.skip, caps=caps,
+                    cache_from=args.cache_from).run()
     print(json.dumps({"steps": [{k: r.get(k) for k in ("name", "status", "rc", "wall_s")}
                                 for r in summary["steps"]],
                       "key": summary["key"], "out_dir_problems": summary["out_dir_problems"]},

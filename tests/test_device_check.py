@@ -10,6 +10,7 @@ import csv
 import importlib.metadata as md
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -485,9 +486,9 @@ def test_check_output_folder_is_flat_small_and_within_the_tool_limits(finished):
     out = tmp / "out"
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted([dev.SUMMARY, dev.LOG, dev.JUNIT, dev.KERNELS_JSON,
-                            dev.TRAIN_SPEED + ".json", dev.TRAIN_SPEED + ".md", dev.TRAIN_TAR])
+                            dev.TRAIN_SPEED + ".json", dev.TRAIN_TAR])
     assert all(p.is_file() for p in out.iterdir())
-    assert len(names) + 1 <= dev.OUT_MAX_FILES  # room for kernels_gpu.png
+    assert len(names) + 2 <= dev.OUT_MAX_FILES  # room for kernels_gpu.png and the cache
     assert dev.check_out_dir(out) == []
     with tarfile.open(out / dev.TRAIN_TAR) as tar:
         assert sorted(tar.getnames()) == ["config.yaml", "episodes.csv", "metrics.jsonl"]
@@ -496,7 +497,8 @@ def test_check_output_folder_is_flat_small_and_within_the_tool_limits(finished):
         assert f"===== {name} (" in log
     assert "bytes cut" in log  # the kernels step's 300 KB line was cut to head + tail
     assert len(log) < 8 * (dev.LOG_HEAD_BYTES + dev.LOG_TAIL_BYTES)
-    md_text = (out / (dev.TRAIN_SPEED + ".md")).read_text()
+    report = json.loads((out / (dev.TRAIN_SPEED + ".json")).read_text())
+    md_text = dev.train_speed_markdown(report)
     assert md_text.count("\n| ") == 4  # header + 3 rows
     assert "| compiled | s | 11.3M | False | True | 3 / 0 | 40.1 | 0.0200 | 0.0400 | 25.00 |" \
         in md_text
@@ -673,3 +675,53 @@ def test_without_measured_rows_the_timed_run_is_eager(tmp_path):
     assert picked == {"train.compile": "false", "why": "no size-s bf16 train_speed row"}
     assert len(step.attempts) == 1 and "train.compile=false" in step.attempts[0]
     assert "train.compile=true" not in step.attempts[0]
+
+
+def test_the_compile_cache_comes_back_and_seeds_the_next_call(tmp_path):
+    """Every step compiles into one cache; the last finish packs it into $OUT, --commit-results
+    keeps it, and a next call's --cache-from puts it where its steps compile."""
+    write = ("import os, pathlib; d = pathlib.Path(os.environ['TORCHINDUCTOR_CACHE_DIR']); "
+             "(d / 'fxgraph').mkdir(parents=True, exist_ok=True); "
+             "(d / 'fxgraph' / 'entry').write_text('compiled')")
+    probe = PROBE.replace("CUDA", "True")
+    first = dev.Check(tmp_path / "o1", tmp_path / "w1", 30, echo=None, reserve_s=0,
+                      steps=[dev.Step("probe", [[PY, "-c", probe]], 10, 0),
+                             dev.Step("train_speed_eager", [[PY, "-c", write]], 10, 0)])
+    summary = first.run()
+    assert summary["compile_cache"]["returned"] is True and summary["compile_cache"]["files"] == 1
+    assert summary["compile_cache"]["seeded"] is None
+    assert dev.check_out_dir(tmp_path / "o1") == []
+    kept = tmp_path / "carry" / dev.CACHE_TAR
+    copied = dev.commit_results(tmp_path / "o1", tmp_path / "results", cache_dest=kept)
+    assert str(kept) in copied and kept.is_file()
+    assert not (tmp_path / "results" / dev.CACHE_TAR).exists()  # not a result
+    read = ("import os, pathlib, sys; d = pathlib.Path(os.environ['TORCHINDUCTOR_CACHE_DIR']); "
+            "sys.exit(0 if (d / 'fxgraph' / 'entry').read_text() == 'compiled' else 1)")
+    second = dev.Check(tmp_path / "o2", tmp_path / "w2", 30, echo=None, reserve_s=0,
+                       cache_from=kept,
+                       steps=[dev.Step("probe", [[PY, "-c", read]], 10, 0)])
+    summary = second.run()
+    assert summary["steps"][0]["status"] == "ok"
+    assert summary["compile_cache"]["seeded"] == {"from": str(kept),
+                                                  "bytes": kept.stat().st_size}
+
+
+def test_an_oversized_cache_is_not_returned(tmp_path):
+    cache = tmp_path / "c"
+    cache.mkdir()
+    (cache / "big").write_bytes(os.urandom(5000))
+    got = dev._pack_cache_into(cache, tmp_path / "x.tar.gz", limit=1000)
+    assert got["returned"] is False and got["bytes"] > 1000 and "over the 1000" in got["why"]
+    assert not (tmp_path / "x.tar.gz").exists() and not (tmp_path / "x.tar.gz.part").exists()
+    (tmp_path / "empty").mkdir()
+    assert dev._pack_cache_into(tmp_path / "empty", tmp_path / "y.tar.gz") == {
+        "files": 0, "returned": False}
+
+
+def test_print_run_carries_the_cache_when_one_is_kept():
+    plain = dev.run_arguments(False)
+    assert plain["carry"] == [".whl"] and "--cache-from" not in plain["command"]
+    cached = dev.run_arguments(True)
+    assert cached["carry"] == [".whl", ".compile_cache"]
+    assert cached["command"].endswith(f"--cache-from {dev.CACHE_CARRY}")
+    assert ".compile_cache/" in (ROOT / ".gitignore").read_text()
