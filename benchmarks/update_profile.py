@@ -2,6 +2,7 @@
 
     python -m benchmarks.update_profile                      # size s, float32 and bf16, eager
     python -m benchmarks.update_profile --sizes xs s --compile --threads 2
+    python -m benchmarks.update_profile --ops       # operator counts only (no timing): ops.md
 
 Each part of ``DreamerAgent.train_step`` is timed on its own (forward and backward where it has
 one), in the precision and compilation that ``train.amp`` / ``train.compile`` give it, on the
@@ -16,6 +17,13 @@ synthetic Atari100k batch of ``benchmarks.train_speed`` (16 x 64, pixels, 6 acti
 * ``actor-critic``: the policy, value and replay-value losses;
 * ``optimiser``: LaProp's step over all parameters and the slow critic.
 
+``--ops`` counts instead of timing: the ATen operators each part and the full update dispatch
+(forward, backward and the optimiser; views and allocations without a kernel left out). On a GPU
+each is at least one kernel launch, and an update of small kernels is bound by their number, not
+their FLOPs: the counts say where a launch-bound update (eager, or compiled without CUDA graphs)
+spends its launches. Counted on the CPU; CUDA's kernels for an operator can differ in number
+(cuDNN convolutions, fused optimiser kernels).
+
 The floor of a part is its FLOPs (``torch.utils.flop_counter``, forward + backward) at this CPU's
 measured rates: convolutions at the rate of a large 5x5 convolution, matrix products at that of a
 large matrix product, both measured here in the same precision and thread count. The parts'
@@ -28,9 +36,11 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.machine import speed_note, stamp
@@ -72,6 +82,30 @@ def _flops(fn) -> dict[str, float]:
         else:
             mm += n
     return {"conv": conv, "matmul": mm}
+
+
+#: operators that launch no kernel: allocations without a fill
+NO_KERNEL = frozenset({"empty", "empty_strided", "empty_like", "lift_fresh"})
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operators dispatched inside it, by name (views and NO_KERNEL left out)."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if not func.is_view and name not in NO_KERNEL:
+            self.counts[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn) -> Counter:
+    with OpCounter() as counter:
+        fn()
+    return counter.counts
 
 
 def parts(agent, data) -> dict:
@@ -167,6 +201,37 @@ def profile(size: str, amp: bool, compile_: bool, repeats: int, rates: dict) -> 
             "train_step_gflop": {k: v / 1e9 for k, v in total_flops.items()}, "parts": rows}
 
 
+def op_counts(size: str, amp: bool, batch: int = 16, seq: int = 64) -> dict:
+    """The eager update's operators, part by part and whole (one update each, after a first
+    that creates the optimiser's state)."""
+    agent, data, step = build_update(size, amp=amp, batch=batch, seq=seq)
+    step()
+    full = count_ops(step)
+    rows = {}
+    for name, fn in parts(agent, data).items():
+        c = count_ops(fn)
+        rows[name] = {"ops": sum(c.values()), "top": dict(c.most_common(8))}
+    return {"size": size, "bf16": amp, "train_step_ops": sum(full.values()),
+            "train_step_top": dict(full.most_common(12)), "parts": rows}
+
+
+def render_ops(report: dict) -> str:
+    m = report["machine"]
+    lines = ["# How many operators one update dispatches (eager)", "",
+             f"Machine: {m['cpu']}; torch {m['torch']}. Commit `{report['commit']}`, "
+             f"{report['date']}.", f"Command: `{report['command']}`.", "", report["what"], ""]
+    for r in report["results"]:
+        lines += [f"## size {r['size']}, {'bf16' if r['bf16'] else 'fp32'}", "",
+                  f"Full update: **{r['train_step_ops']:,} operators**; the most frequent: "
+                  + ", ".join(f"{k} {v:,}" for k, v in r["train_step_top"].items()) + ".", "",
+                  "| part | operators | the most frequent |", "|---|---:|---|"]
+        for name, row in r["parts"].items():
+            top = ", ".join(f"{k} {v:,}" for k, v in list(row["top"].items())[:5])
+            lines.append(f"| {name} | {row['ops']:,} | {top} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def render(report: dict) -> str:
     """The markdown report of :func:`main`'s JSON."""
     m = report["machine"]
@@ -204,9 +269,15 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true", help="the compiled update instead of eager")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--out", default="results/update_profile_cpu")
+    p.add_argument("--ops", action="store_true",
+                   help="count the operators (eager, no timing) into --out (default "
+                        "results/update_ops)")
+    p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.ops:
+        return _ops_main(args)
+    args.out = args.out or "results/update_profile_cpu"
     results = []
     for prec in args.precisions:
         amp = prec == "bf16"
@@ -224,12 +295,31 @@ def main(argv=None) -> int:
                       f"{row['conv_gflop']:7.1f} GFLOP  matmul {row['matmul_gflop']:7.1f} GFLOP",
                       flush=True)
     report = {**stamp("python -m benchmarks.update_profile " + " ".join(sys.argv[1:])),
-              "what": "\n\n".join(__doc__.split("\n\n")[2:5]), "threads": args.threads,
+              "what": "\n\n".join(__doc__.split("\n\n")[i] for i in (2, 3, 5)),
+              "threads": args.threads,
               "results": results}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1))
     out.with_suffix(".md").write_text(render(report))
+    return 0
+
+
+def _ops_main(args) -> int:
+    results = []
+    for prec in args.precisions:
+        for size in args.sizes:
+            r = op_counts(size, prec == "bf16")
+            results.append(r)
+            print(f"size={size} {prec}: {r['train_step_ops']:,} operators per update; "
+                  + ", ".join(f"{k} {v['ops']:,}" for k, v in r["parts"].items()), flush=True)
+    doc = __doc__.split("\n\n")
+    report = {**stamp("python -m benchmarks.update_profile " + " ".join(sys.argv[1:])),
+              "what": "\n\n".join(doc[i] for i in (4, 2, 3)), "results": results}
+    out = Path(args.out or "results/update_ops")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    out.with_suffix(".md").write_text(render_ops(report))
     return 0
 
 

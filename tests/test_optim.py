@@ -112,3 +112,31 @@ def test_metrics_report_the_applied_lr():
     p.grad = torch.ones(1)
     opt.step()
     assert opt.last_metrics["w/lr"] == pytest.approx(0.025)
+
+
+def test_each_tensor_keeps_its_own_step_count():
+    """A tensor without a gradient at some update falls behind the group's count: its bias
+    corrections and warm-up follow its own count, as the per-tensor chain does."""
+    g = torch.Generator().manual_seed(1)
+    ours = [torch.randn(4, 3, generator=g).requires_grad_(), torch.randn(5, generator=g)
+            .requires_grad_()]
+    ref = [p.detach().clone().requires_grad_() for p in ours]
+    opt = LaProp(ours, lr=0.05, warmup=4, wd=0.1)
+    states = [{}, {}]
+    counts = [0, 0]
+    for t in range(1, 6):
+        for i, (p, q) in enumerate(zip(ours, ref)):
+            if i == 1 and t == 2:
+                p.grad = q.grad = None  # the second tensor sits this update out
+                continue
+            gr = torch.randn(p.shape, generator=g) * 3.0
+            p.grad, q.grad = gr.clone(), gr.clone()
+        opt.step()
+        for i, q in enumerate(ref):
+            if q.grad is not None:
+                counts[i] += 1
+                reference_step([q], states[i], counts[i], 0.05, 0.3, 1e-3, 1e-20, 0.9, 0.999,
+                               False, 0.1, 4)
+        for p, q in zip(ours, ref):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+    assert [opt.state[p]["step"] for p in ours] == [5, 4] == counts

@@ -88,56 +88,75 @@ class LaProp(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D401
+        """One update of every tensor with a gradient, group by group, with multi-tensor
+        (``torch._foreach_*``) kernels: a few dozen launches per group instead of ~25 per tensor
+        (on a GPU the per-tensor loop was ~2,000 small launches per size-S update). Step counts,
+        learning rates and bias corrections are Python numbers: no host sync."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         metrics: dict[str, Tensor | float] = {}
         for gi, group in enumerate(self.param_groups):
-            name = group.get("name", f"group{gi}")
-            b1, b2, eps = group["beta1"], group["beta2"], group["eps"]
-            gsq, clipped, count, usq, usize = 0.0, 0, 0, 0.0, 0
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad.float()
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["nu"] = torch.zeros_like(p, dtype=torch.float32)
-                    state["mu"] = torch.zeros_like(p, dtype=torch.float32)
-                state["step"] += 1
-                t = state["step"]
-                gnorm = torch.linalg.vector_norm(g)
-                gsq = gsq + gnorm.square()
-                count += 1
-                if group["agc"]:
-                    pnorm = torch.linalg.vector_norm(p.detach().float())
-                    upper = group["agc"] * torch.clamp_min(pnorm, group["pmin"])
-                    factor = 1.0 / torch.clamp_min(gnorm / upper, 1.0)
-                    clipped = clipped + (factor < 1.0).float()
-                    g = g * factor
-                nu = state["nu"]
-                nu.mul_(b2).addcmul_(g, g, value=1.0 - b2)
-                u = g / ((nu / (1.0 - b2**t)).sqrt() + eps)
-                if group["momentum"]:
-                    mu = state["mu"]
-                    mu.mul_(b1).add_(u, alpha=1.0 - b1)
-                    if group["nesterov"]:
-                        u = (b1 * mu + (1.0 - b1) * u) / (1.0 - b1**t)
-                    else:
-                        u = mu / (1.0 - b1**t)
-                lr = self.current_lr(group, t)
-                if group["wd"] and p.ndim >= 2:
-                    u = u + group["wd"] * p.detach().float()
-                update = -lr * u
-                usq = usq + update.square().sum()
-                usize += update.numel()
-                p.add_(update.to(p.dtype))
-            if count:  # tensors: read once per log interval, not here (no host sync)
-                metrics[f"{name}/grad_norm"] = torch.as_tensor(gsq).sqrt()
-                metrics[f"{name}/clipped"] = torch.as_tensor(clipped, dtype=torch.float32) / count
-                metrics[f"{name}/update_rms"] = (torch.as_tensor(usq) / max(usize, 1)).sqrt()
-                metrics[f"{name}/lr"] = lr
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                name = group.get("name", f"group{gi}")
+                metrics.update(self._group_step(group, params, name))
         self.last_metrics = metrics
         return loss
+
+    def _group_step(self, group: dict[str, Any], params: list[Tensor],
+                    name: str) -> dict[str, Tensor | float]:
+        b1, b2, eps = group["beta1"], group["beta2"], group["eps"]
+        steps = []
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                state["nu"] = torch.zeros_like(p, dtype=torch.float32)
+                state["mu"] = torch.zeros_like(p, dtype=torch.float32)
+            state["step"] += 1
+            steps.append(state["step"])
+        nus = [self.state[p]["nu"] for p in params]
+        mus = [self.state[p]["mu"] for p in params]
+        grads = [p.grad.float() for p in params]
+        gnorms = torch.stack(torch._foreach_norm(grads))
+        gsq = gnorms.square().sum()
+        clipped = torch.zeros((), device=gnorms.device)
+        if group["agc"]:
+            pnorms = torch.stack(torch._foreach_norm([p.detach().float() for p in params]))
+            upper = group["agc"] * torch.clamp_min(pnorms, group["pmin"])
+            factor = 1.0 / torch.clamp_min(gnorms / upper, 1.0)
+            clipped = (factor < 1.0).float().sum()
+            grads = torch._foreach_mul(grads, list(factor.unbind(0)))
+        torch._foreach_mul_(nus, b2)
+        torch._foreach_addcmul_(nus, grads, grads, value=1.0 - b2)
+        denom = torch._foreach_div(nus, [1.0 - b2**t for t in steps])
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, eps)
+        u = torch._foreach_div(grads, denom)
+        bias1 = [1.0 - b1**t for t in steps]
+        if group["momentum"]:
+            torch._foreach_mul_(mus, b1)
+            torch._foreach_add_(mus, u, alpha=1.0 - b1)
+            if group["nesterov"]:
+                m = torch._foreach_mul(mus, b1)
+                torch._foreach_add_(m, u, alpha=1.0 - b1)
+                torch._foreach_div_(m, bias1)
+                u = m
+            else:
+                u = torch._foreach_div(mus, bias1)
+        lrs = [self.current_lr(group, t) for t in steps]
+        if group["wd"]:
+            decayed = [i for i, p in enumerate(params) if p.ndim >= 2]
+            if decayed:
+                torch._foreach_add_([u[i] for i in decayed],
+                                    [params[i].detach().float() for i in decayed],
+                                    alpha=group["wd"])
+        torch._foreach_mul_(u, [-lr for lr in lrs])  # the updates
+        usq = torch.stack(torch._foreach_norm(u)).square().sum()
+        usize = sum(x.numel() for x in u)
+        torch._foreach_add_(params, [x.to(p.dtype) for x, p in zip(u, params)])
+        # tensors: read once per log interval, not here (no host sync)
+        return {f"{name}/grad_norm": gsq.sqrt(), f"{name}/clipped": clipped / len(params),
+                f"{name}/update_rms": (usq / max(usize, 1)).sqrt(), f"{name}/lr": lrs[-1]}

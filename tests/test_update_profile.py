@@ -1,0 +1,35 @@
+"""benchmarks.update_profile --ops: what it counts, and what the counts show about the update."""
+
+import torch
+
+from benchmarks.update_profile import count_ops, op_counts
+from worldrl.optim import LaProp
+
+
+def test_views_and_bare_allocations_are_not_counted():
+    x = torch.randn(4, 3)
+    counts = count_ops(lambda: (x.view(-1)[:5] + 1).sum() * torch.empty(1).fill_(2.0))
+    assert dict(counts) == {"add": 1, "sum": 1, "fill_": 1, "mul": 1}
+
+
+def test_the_optimiser_step_dispatches_the_same_operators_for_any_number_of_tensors():
+    """LaProp's multi-tensor step: a GPU launches per operator, so its launches do not grow with
+    the number of parameter tensors (~25 per tensor before)."""
+    def ops(n):
+        params = [torch.randn(3, 2, requires_grad=True) for _ in range(n)]
+        opt = LaProp([{"params": params, "name": "w"}], lr=1e-3, warmup=0, wd=0.1)
+        for p in params:
+            p.grad = torch.randn(3, 2)
+        opt.step()  # the state exists from here on
+        return sum(count_ops(opt.step).values())
+
+    few, many = ops(4), ops(40)
+    assert few == many and few < 60
+
+
+def test_the_posterior_loop_dispatches_per_step_and_the_encoder_per_batch():
+    short, long = op_counts("xs", False, batch=2, seq=8), op_counts("xs", False, batch=2, seq=16)
+    assert short["parts"]["encoder"]["ops"] == long["parts"]["encoder"]["ops"]
+    assert long["parts"]["backbone"]["ops"] > 1.8 * short["parts"]["backbone"]["ops"]
+    assert long["train_step_ops"] > short["train_step_ops"]
+    assert long["parts"]["optimiser"]["ops"] == short["parts"]["optimiser"]["ops"]
