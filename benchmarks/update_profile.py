@@ -84,8 +84,8 @@ def _flops(fn) -> dict[str, float]:
     return {"conv": conv, "matmul": mm}
 
 
-#: operators that launch no kernel: allocations without a fill
-NO_KERNEL = frozenset({"empty", "empty_strided", "empty_like", "lift_fresh"})
+#: operators that launch no kernel: allocations without a fill, views not marked as aliases
+NO_KERNEL = frozenset({"empty", "empty_strided", "empty_like", "lift_fresh", "_unsafe_view"})
 
 
 class OpCounter(TorchDispatchMode):

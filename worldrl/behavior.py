@@ -173,8 +173,9 @@ class SlowCopy(nn.Module):
     @torch.no_grad()
     def update(self, source: nn.Module) -> None:
         if self.every == 1 or int(self.count) % self.every == 0:  # no host sync by default
-            for dst, src in zip(self.model.parameters(), source.parameters()):
-                dst.lerp_(src.detach(), self.rate)
+            # one multi-tensor kernel, not one per tensor
+            torch._foreach_lerp_(list(self.model.parameters()),
+                                 [p.detach() for p in source.parameters()], self.rate)
         self.count += 1
 
 
