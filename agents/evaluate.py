@@ -110,4 +110,10 @@ def evaluate_again(run_dir: str | Path, sample: bool, threads: int = 0,
                           stdout=stderr if stderr is not None else subprocess.DEVNULL,
                           stderr=stderr if stderr is not None else subprocess.PIPE)
     tail = (done.stderr or "")[-3000:]
-    return (current_checkpoint_eval(run_dir, sample) if done.returncode == 0 else None), True, tail
+    if done.returncode != 0:
+        return None, True, tail
+    result = current_checkpoint_eval(run_dir, sample)
+    if result is None:
+        tail += (f"\nworldrl eval finished, but {checkpoint_eval_file(run_dir, sample)} is not "
+                 "at the env steps of the run's summary.json (a checkpoint older than the run?)")
+    return result, True, tail

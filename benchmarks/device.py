@@ -403,7 +403,7 @@ def run_step(step: Step, timeout: float, log_path: Path, fast_fail_s: float = FA
     attempts = []
     for i, cmd in enumerate(step.attempts):
         left = timeout - (time.monotonic() - start)
-        if i and left < 1:  # no time for the next alternative
+        if i and left < max(1.0, step.min_s):  # too little time for the next alternative
             break
         res = run_command(cmd, left, log_path, step.env, grace=grace, echo=echo)
         attempts.append(res)
@@ -499,43 +499,48 @@ _SS_LINE = re.compile(r"selective_scan L=(\d+): ours fwd ([\d.]+) ms, ref ([\d.]
 
 
 def kernels_summary(json_path: Path, log_text: str = "") -> dict | None:
-    """The bench's headline numbers; from its log lines when it wrote no JSON (stopped)."""
+    """The bench's headline numbers: from its JSON for the ops it finished (it writes after each
+    op), from its log lines for the others (stopped mid-op, or a JSON cut short)."""
+    res = None
     if json_path.exists():
         try:
             res = json.loads(json_path.read_text())
-        except json.JSONDecodeError as err:
-            return {"error": f"unreadable: {err}"}
-        out = {"source": "json", "gpu": res.get("machine", {}).get("gpu"),
-               "copy_gb_per_s": res.get("copy_gb_per_s"),
-               "min_speedup_T_ge_256": res.get("min_speedup_T_ge_256")}
-        for op in ("linear_scan", "selective_scan"):
-            rows = []
-            for row in res.get(op, {}).get("rows", []):
-                ours = row.get("ours", {})
-                r = {"T": row.get("T"),
-                     "ours_fwd_ms": ours.get("fwd", {}).get("time_ms"),
-                     "ours_fwd_bwd_ms": ours.get("fwd_bwd", {}).get("time_ms"),
-                     "ours_fwd_gb_per_s": ours.get("fwd", {}).get("gb_per_s"),
-                     "speedup_vs_loop": row.get("speedup_vs_loop")}
-                frac = ours.get("fwd", {}).get("fraction_of_copy_bw")
-                if frac is not None:
-                    r["fwd_fraction_of_copy_bw"] = frac
-                if "accelerated_scan" in row:
-                    r["accelerated_scan_fwd_ms"] = row["accelerated_scan"]["fwd"]["time_ms"]
-                    r["accelerated_scan_fwd_bwd_ms"] = row["accelerated_scan"]["fwd_bwd"][
-                        "time_ms"]
-                rows.append(r)
-            out[op] = rows
-        return out
-    rows = {"linear_scan": _LS_LINE.findall(log_text), "selective_scan": _SS_LINE.findall(log_text)}
-    if not any(rows.values()):
+        except json.JSONDecodeError:
+            res = None  # cut short: the log has the rows
+    logged = {"linear_scan": _LS_LINE.findall(log_text),
+              "selective_scan": _SS_LINE.findall(log_text)}
+    if res is None and not any(logged.values()):
         return None
     copy = _COPY_LINE.search(log_text)
-    return {"source": "log (the bench wrote no JSON)",
-            "copy_gb_per_s": float(copy.group(1)) if copy else None,
-            **{op: [{"T": int(t), "ours_fwd_ms": float(o), "loop_fwd_ms": float(lp),
-                     "speedup_vs_loop": {"fwd": float(f), "fwd_bwd": float(fb)}}
-                    for t, o, lp, f, fb in found] for op, found in rows.items()}}
+    out = {"source": "log (the bench wrote no JSON)",
+           "copy_gb_per_s": float(copy.group(1)) if copy else None}
+    if res is not None:
+        out = {"source": "json", "gpu": res.get("machine", {}).get("gpu"),
+               "copy_gb_per_s": res.get("copy_gb_per_s", out["copy_gb_per_s"]),
+               "min_speedup_T_ge_256": res.get("min_speedup_T_ge_256")}
+    for op in ("linear_scan", "selective_scan"):
+        if res is not None and op in res:
+            out[op] = [_json_row(row) for row in res[op].get("rows", [])]
+        elif logged[op]:
+            out[op] = [{"T": int(t), "ours_fwd_ms": float(o), "loop_fwd_ms": float(lp),
+                        "speedup_vs_loop": {"fwd": float(f), "fwd_bwd": float(fb)},
+                        "from_log": True} for t, o, lp, f, fb in logged[op]]
+    return out
+
+
+def _json_row(row: dict) -> dict:
+    ours = row.get("ours", {})
+    r = {"T": row.get("T"), "ours_fwd_ms": ours.get("fwd", {}).get("time_ms"),
+         "ours_fwd_bwd_ms": ours.get("fwd_bwd", {}).get("time_ms"),
+         "ours_fwd_gb_per_s": ours.get("fwd", {}).get("gb_per_s"),
+         "speedup_vs_loop": row.get("speedup_vs_loop")}
+    frac = ours.get("fwd", {}).get("fraction_of_copy_bw")
+    if frac is not None:
+        r["fwd_fraction_of_copy_bw"] = frac
+    if "accelerated_scan" in row:
+        r["accelerated_scan_fwd_ms"] = row["accelerated_scan"]["fwd"]["time_ms"]
+        r["accelerated_scan_fwd_bwd_ms"] = row["accelerated_scan"]["fwd_bwd"]["time_ms"]
+    return r
 
 
 _COPY_LINE = re.compile(r"copy bandwidth ([\d.]+) GB/s")
@@ -760,11 +765,17 @@ class Check:
         self.cache = self.work / "compile_cache"
         self.cache.mkdir(exist_ok=True)
         self.cache_seeded = None
-        if cache_from is not None:
-            with tarfile.open(cache_from) as tar:
-                tar.extractall(self.cache, filter="data")
-            self.cache_seeded = {"from": str(cache_from),
-                                 "bytes": Path(cache_from).stat().st_size}
+        if cache_from is not None:  # optional: a bad cache must not cost the call
+            try:
+                with tarfile.open(cache_from) as tar:
+                    tar.extractall(self.cache, filter="data")
+                self.cache_seeded = {"from": str(cache_from),
+                                     "bytes": Path(cache_from).stat().st_size}
+            except (OSError, tarfile.TarError) as err:
+                self.cache_seeded = {"from": str(cache_from),
+                                     "error": f"{type(err).__name__}: {err}"}
+                self.say(f"compile cache not seeded ({self.cache_seeded['error']}); "
+                         "compiling from scratch")
 
     def skipped(self, name: str) -> bool:
         return any(name == s or name.startswith(s) for s in self.skip)
@@ -789,7 +800,8 @@ class Check:
             for ext in (".json", ".md"):
                 (self.work / f"{step.name}{ext}").unlink(missing_ok=True)
         elif step.name == "train_run":
-            shutil.rmtree(self.work / "train_run", ignore_errors=True)
+            for old in [self.work / "train_run", *self.work.glob("train_run.old-*")]:
+                shutil.rmtree(old, ignore_errors=True)
 
     def run(self) -> dict:
         todo = [s for s in self.steps if not self.skipped(s.name)]
@@ -924,12 +936,17 @@ def _pack_cache_into(cache: Path, dest: Path, limit: int = OUT_MAX_FILE_BYTES) -
         dest.unlink(missing_ok=True)
         return {"files": 0, "returned": False}
     tmp = dest.with_name(dest.name + ".part")
-    with tarfile.open(tmp, "w:gz") as tar:
-        for f in files:
-            if f.suffix in (".lock", ".tmp"):
-                continue
-            tar.add(f, arcname=str(f.relative_to(cache)))
-    size = tmp.stat().st_size
+    try:
+        with tarfile.open(tmp, "w:gz", compresslevel=6) as tar:
+            for f in files:
+                if f.suffix in (".lock", ".tmp"):
+                    continue
+                tar.add(f, arcname=str(f.relative_to(cache)))
+        size = tmp.stat().st_size
+    except (OSError, tarfile.TarError) as err:  # the summary must still be written
+        tmp.unlink(missing_ok=True)
+        dest.unlink(missing_ok=True)
+        return {"files": len(files), "returned": False, "why": f"{type(err).__name__}: {err}"}
     if size > limit:
         tmp.unlink()
         dest.unlink(missing_ok=True)
@@ -1179,7 +1196,8 @@ def commit_results(src, results: Path, force: bool = False, note: str = "",
 def _gbps_from_log(kern: dict) -> dict:
     """A log-sourced kernels summary with linear_scan's forward GB/s (kernels.bench's bytes
     model at its CUDA sizes) and, where the copy bandwidth is known, its fraction of it."""
-    if kern.get("source", "").startswith("json"):
+    if not any(r.get("from_log") or "ours_fwd_gb_per_s" not in r
+               for r in kern.get("linear_scan", [])):
         return kern
     from kernels.bench import SIZES, linear_scan_bytes
 
@@ -1216,7 +1234,10 @@ def check_markdown(summaries: list[dict], note: str = "") -> str:
             if r.get("status") == "skipped":
                 lines.append(f"| {r['name']} | skipped ({r.get('reason')}) | - | - | - |")
                 continue
-            extra = f" (train.compile={r['picked']['train.compile']})" if r.get("picked") else ""
+            extra = ""
+            if r.get("picked"):
+                extra = (f" (train.compile={r['picked']['train.compile']})"
+                         if not r.get("attempt_used") else " (its eager fallback)")
             lines.append(f"| {r['name']}{extra} | {r.get('status')} | {_num(r.get('wall_s'), 1)}"
                          f" | {_num(r.get('timeout_s'), 0)} | {r.get('attempt_used')} |")
         key = sm.get("key", {})
@@ -1342,8 +1363,6 @@ def main(argv=None) -> int:
     out = args.out.resolve()
     if work.resolve() == out or out in work.resolve().parents:
         p.error("--work must not be inside --out (only the flat results go there)")
-    if args.cache_from is not None and not args.cache_from.is_file():
-        p.error(f"--cache-from {args.cache_from}: no such file")
     summary = Check(out, work, args.budget_s, args.skip, caps=caps,
                     cache_from=args.cache_from).run()
     print(json.dumps({"steps": [{k: r.get(k) for k in ("name", "status", "rc", "wall_s")}

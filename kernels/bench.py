@@ -532,7 +532,9 @@ def main(argv=None) -> dict:
             if op in results}
         results["ops_done"] = list(done)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")
+        part = out.with_name(out.name + ".part")  # a stop mid-write leaves the last whole file
+        part.write_text(json.dumps(results, indent=2) + "\n")
+        os.replace(part, out)
 
     benches = {"linear_scan": lambda: _bench_linear_scan(results, device, ls_sizes, args, log,
                                                          copy_bw),

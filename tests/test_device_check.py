@@ -611,7 +611,8 @@ def test_kernels_summary_falls_back_to_the_log_lines(tmp_path):
     got = dev.kernels_summary(tmp_path / "missing.json", log)
     assert got["source"].startswith("log")
     assert got["linear_scan"] == [{"T": 64, "ours_fwd_ms": 0.05, "loop_fwd_ms": 5.0,
-                                   "speedup_vs_loop": {"fwd": 100.0, "fwd_bwd": 40.0}}]
+                                   "speedup_vs_loop": {"fwd": 100.0, "fwd_bwd": 40.0},
+                                   "from_log": True}]
     assert got["selective_scan"][0]["speedup_vs_loop"]["fwd"] == 90.0
     assert dev.kernels_summary(tmp_path / "missing.json", "nothing") is None
 
@@ -725,3 +726,58 @@ def test_print_run_carries_the_cache_when_one_is_kept():
     assert cached["carry"] == [".whl", ".compile_cache"]
     assert cached["command"].endswith(f"--cache-from {dev.CACHE_CARRY}")
     assert ".compile_cache/" in (ROOT / ".gitignore").read_text()
+
+
+def test_a_bad_cache_is_recorded_and_the_call_goes_on(tmp_path):
+    bad = tmp_path / "broken.tar.gz"
+    bad.write_bytes(b"not a tar")
+    check = dev.Check(tmp_path / "o", tmp_path / "w", 30, echo=None, reserve_s=0,
+                      cache_from=bad, steps=[dev.Step("probe", [[PY, "-c", "print(1)"]], 10, 0)])
+    summary = check.run()
+    assert summary["steps"][0]["status"] == "ok"
+    assert summary["compile_cache"]["seeded"]["error"].startswith("ReadError")
+
+
+def test_a_late_crash_falls_back_only_with_the_steps_minimum_left(tmp_path):
+    crash = [PY, "-c", "import time, sys; time.sleep(0.5); sys.exit(3)"]
+    ok = [PY, "-c", "print('second')"]
+    run = dev.Step("train_run", [crash, ok], None, 5.0, until_timeout=True)
+    rec = dev.run_step(run, 5.2, tmp_path / "a.log", fast_fail_s=0.1, echo=None)
+    assert rec["attempt_used"] == 0 and rec["status"] == "failed"  # < 5 s left after the crash
+
+
+def test_the_run_steps_old_folders_are_cleaned(tmp_path):
+    check = dev.Check(tmp_path / "o", tmp_path / "w", 30, echo=None)
+    for name in ("train_run", "train_run.old-1"):
+        (tmp_path / "w" / name / "replay").mkdir(parents=True)
+    check._clean({s.name: s for s in check.steps}["train_run"])
+    assert not list((tmp_path / "w").glob("train_run*"))
+
+
+def test_kernel_rows_come_from_the_json_and_the_unfinished_op_from_the_log(tmp_path):
+    path = tmp_path / "k.json"
+    done = {k: v for k, v in KERNELS.items() if k != "selective_scan"}  # stopped in it
+    path.write_text(json.dumps(done))
+    log = ("copy bandwidth 4000 GB/s [1.0 s]\n"
+           "selective_scan L=64: ours fwd 0.5 ms, ref 5.0 ms (x10.0); fwd+bwd x9.0 [3.0 s]\n")
+    got = dev.kernels_summary(path, log)
+    assert got["source"] == "json" and got["linear_scan"][0]["fwd_fraction_of_copy_bw"] == 0.3
+    assert got["selective_scan"] == [{"T": 64, "ours_fwd_ms": 0.5, "loop_fwd_ms": 5.0,
+                                      "speedup_vs_loop": {"fwd": 10.0, "fwd_bwd": 9.0},
+                                      "from_log": True}]
+    path.write_text('{"machine": {"gpu": "x"}, "linear_sc')  # cut short mid-write
+    got = dev.kernels_summary(path, log)
+    assert got["source"].startswith("log") and got["copy_gb_per_s"] == 4000.0
+    assert "linear_scan" not in got and got["selective_scan"][0]["T"] == 64
+
+
+def test_the_report_names_an_eager_fallback(finished):
+    _, summary = finished
+    steps = [dict(r) for r in summary["steps"]]
+    run = next(r for r in steps if r["name"] == "train_run")
+    run["picked"] = {"train.compile": "reduce-overhead"}
+    assert "| train_run (train.compile=reduce-overhead) |" in dev.check_markdown(
+        [{**summary, "steps": steps}])
+    run["attempt_used"] = 1
+    assert "| train_run (its eager fallback) |" in dev.check_markdown(
+        [{**summary, "steps": steps}])

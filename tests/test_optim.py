@@ -8,23 +8,28 @@ import torch
 from worldrl.optim import LaProp
 
 
-def reference_step(params, state, t, lr, agc, pmin, eps, b1, b2, nesterov, wd, warmup):
-    """The update chain of the module docstring, one tensor at a time."""
+def reference_step(params, state, t, lr, agc, pmin, eps, b1, b2, nesterov, wd, warmup,
+                   momentum=True):
+    """The update chain of the module docstring, one tensor at a time (in float32)."""
     for i, p in enumerate(params):
         g = p.grad.float()
         gnorm = torch.linalg.vector_norm(g)
         if agc:
-            upper = agc * torch.clamp_min(torch.linalg.vector_norm(p.detach()), pmin)
+            upper = agc * torch.clamp_min(torch.linalg.vector_norm(p.detach().float()), pmin)
             g = g / torch.clamp_min(gnorm / upper, 1.0)
-        nu, mu = state.setdefault(i, (torch.zeros_like(p), torch.zeros_like(p)))
+        zeros = torch.zeros_like(p, dtype=torch.float32)
+        nu, mu = state.setdefault(i, (zeros, zeros.clone()))
         nu = b2 * nu + (1 - b2) * g * g
         u = g / ((nu / (1 - b2**t)).sqrt() + eps)
         mu = b1 * mu + (1 - b1) * u
         state[i] = (nu, mu)
-        m = (b1 * mu + (1 - b1) * u) / (1 - b1**t) if nesterov else mu / (1 - b1**t)
+        if not momentum:
+            m = u
+        else:
+            m = (b1 * mu + (1 - b1) * u) / (1 - b1**t) if nesterov else mu / (1 - b1**t)
         if wd and p.ndim >= 2:
-            m = m + wd * p.detach()
-        p.data.add_(-lr * min(1.0, t / warmup) * m)
+            m = m + wd * p.detach().float()
+        p.data.add_((-lr * min(1.0, t / warmup) * m).to(p.dtype))
 
 
 @pytest.mark.parametrize("nesterov, wd, agc", [(False, 0.0, 0.3), (True, 0.1, 0.3),
@@ -140,3 +145,26 @@ def test_each_tensor_keeps_its_own_step_count():
         for p, q in zip(ours, ref):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
     assert [opt.state[p]["step"] for p in ours] == [5, 4] == counts
+
+
+@pytest.mark.parametrize("dtype, momentum", [(torch.float32, False), (torch.bfloat16, True)])
+def test_without_momentum_and_with_bf16_parameters(dtype, momentum):
+    """No momentum: the RMS-scaled gradient is the update; bf16 parameters keep float32 state
+    and take the float32 update rounded to bf16."""
+    g = torch.Generator().manual_seed(2)
+    ours = [torch.randn(6, 4, generator=g).to(dtype).requires_grad_(),
+            torch.randn(3, generator=g).to(dtype).requires_grad_()]
+    ref = [p.detach().clone().requires_grad_() for p in ours]
+    opt = LaProp(ours, lr=0.05, warmup=2, momentum=momentum, wd=0.1)
+    state = {}
+    for t in range(1, 5):
+        for p, q in zip(ours, ref):
+            gr = torch.randn(p.shape, generator=g).to(dtype) * 5.0
+            p.grad, q.grad = gr.clone(), gr.clone()
+        opt.step()
+        reference_step(ref, state, t, 0.05, 0.3, 1e-3, 1e-20, 0.9, 0.999, False, 0.1, 2,
+                       momentum=momentum)
+        for p, q in zip(ours, ref):
+            assert p.dtype == dtype
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+    assert all(opt.state[p]["nu"].dtype == torch.float32 for p in ours)

@@ -37,8 +37,11 @@ def close(actual, expected, dtype, what):
                                msg=lambda m: f"{what}: {m}")
 
 
-def make(batch, dim, seqlen, dstate, groups, dtype, full=True, device="cpu", seed=0):
-    """Inputs in mamba_ssm's layouts; A, D, delta_bias and the state in float32/float64."""
+def make(batch, dim, seqlen, dstate, groups, dtype, full=True, device="cpu", seed=0,
+         signed_bias=True):
+    """Inputs in mamba_ssm's layouts; A, D, delta_bias and the state in float32/float64.
+    ``signed_bias=False``: ``delta_bias >= 0``, for long sequences without softplus, where a
+    negative step makes ``exp(delta * A)`` grow until the reference itself overflows."""
     g = torch.Generator().manual_seed(seed)
     wdt = torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -55,9 +58,8 @@ def make(batch, dim, seqlen, dstate, groups, dtype, full=True, device="cpu", see
         C=rnd(*bshape),
         D=rnd(dim, dt=wdt) if full else None,
         z=rnd(batch, dim, seqlen) if full else None,
-        # non-negative, as in mamba_ssm's tests: without softplus a negative step makes
-        # exp(delta * A) grow, and over hundreds of steps the reference itself overflows
-        delta_bias=(torch.rand(dim, generator=g, dtype=torch.float64) * 0.3).to(device, wdt)
+        delta_bias=((torch.randn(dim, generator=g, dtype=torch.float64) if signed_bias else
+                     torch.rand(dim, generator=g, dtype=torch.float64)) * 0.3).to(device, wdt)
         if full else None,
         initial_state=rnd(batch, dim, dstate, dt=wdt) if full else None,
     )
@@ -263,7 +265,7 @@ def test_state_update_bad_inputs():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("softplus", [False, True])
 def test_gpu_triton_matches_ref(shape, dtype, softplus):
-    args = make(*shape, dtype, device="cuda")
+    args = make(*shape, dtype, device="cuda", signed_bias=softplus)
     check_against_ref(args, softplus, "triton", dtype)
 
 
