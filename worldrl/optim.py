@@ -70,6 +70,7 @@ class LaProp(torch.optim.Optimizer):
                         schedule=schedule, anneal=anneal)
         super().__init__(params, defaults)
         self.last_metrics: dict[str, float] = {}
+        self._counts: dict[tuple, Tensor] = {}  # element counts per group layout (_scaled)
 
     def current_lr(self, group: dict[str, Any], step: int) -> float:
         """The learning rate of update ``step`` (1-based) for ``group``."""
@@ -105,6 +106,19 @@ class LaProp(torch.optim.Optimizer):
         self.last_metrics = metrics
         return loss
 
+    def _scaled(self, tensors: list[Tensor], factor: Tensor) -> list[Tensor]:
+        """``[t * factor[i]]`` in a few kernels: one flat copy scaled by the factors repeated
+        over each tensor's elements, then split back into views. (A foreach multiply by 0-d
+        tensors of other shapes would launch one kernel per tensor on a GPU.)"""
+        sizes = [t.numel() for t in tensors]
+        key = (factor.device, tuple(sizes))
+        counts = self._counts.get(key)
+        if counts is None:  # one copy to the device per group layout, not per step
+            counts = self._counts[key] = torch.tensor(sizes, device=factor.device)
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        flat.mul_(torch.repeat_interleave(factor, counts, output_size=flat.numel()))
+        return [x.view_as(t) for x, t in zip(flat.split(sizes), tensors)]
+
     def _group_step(self, group: dict[str, Any], params: list[Tensor],
                     name: str) -> dict[str, Tensor | float]:
         b1, b2, eps = group["beta1"], group["beta2"], group["eps"]
@@ -128,7 +142,7 @@ class LaProp(torch.optim.Optimizer):
             upper = group["agc"] * torch.clamp_min(pnorms, group["pmin"])
             factor = 1.0 / torch.clamp_min(gnorms / upper, 1.0)
             clipped = (factor < 1.0).float().sum()
-            grads = torch._foreach_mul(grads, list(factor.unbind(0)))
+            grads = self._scaled(grads, factor)
         torch._foreach_mul_(nus, b2)
         torch._foreach_addcmul_(nus, grads, grads, value=1.0 - b2)
         denom = torch._foreach_div(nus, [1.0 - b2**t for t in steps])
