@@ -338,7 +338,22 @@ class DreamerAgent(Agent):
         out.update({f"grad/{k}": torch.as_tensor(v) for k, v in self.opt.last_metrics.items()})
         out["lr"] = torch.as_tensor(self.opt.last_metrics.get(
             f"{OPTIM_GROUPS[0]}/lr", self.opt.param_groups[0]["lr"]))
-        return out
+        return self._fresh(out)
+
+    def _fresh(self, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The metrics on the agent's device as views of one new float32 tensor (one stack).
+
+        Under CUDA graphs (``reduce-overhead``) a compiled region's outputs live in the graphs'
+        memory, which the next update overwrites; the training loop keeps each update's
+        metrics until its log interval, so none of them may be such an output."""
+        keys = [k for k, v in metrics.items() if v.device == self.device and v.dim() == 0]
+        if keys:
+            stacked = torch.stack([metrics[k].detach().float() for k in keys])
+            metrics.update(zip(keys, stacked.unbind(0)))
+        for k, v in metrics.items():
+            if v.device == self.device and v.dim() > 0:
+                metrics[k] = v.detach().clone()
+        return metrics
 
     # ----------------------------------------------------------------------------- diagnostics
     @torch.no_grad()

@@ -125,10 +125,15 @@ def test_train_step_metrics_and_loss_decreases():
                 "actor/entropy", "actor/return_scale", "grad/world_model/grad_norm",
                 "grad/actor/grad_norm", "grad/critic/grad_norm", "wm_loss"):
         assert key in first, key
+    # ... as views of one tensor made after the update: none is a compiled region's output,
+    # which CUDA graphs would overwrite at the next update while the loop still holds it
+    assert len({v.untyped_storage().data_ptr() for v in first.values()}) == 1
+    held = {k: v.clone() for k, v in first.items()}
     losses = [float(first["wm_loss"])]
     slow0 = [p.detach().clone() for p in agent.ac.slow_critic.parameters()]
     for _ in range(29):
         losses.append(float(agent.train_step(batch)["wm_loss"]))
+    assert all(torch.equal(first[k], held[k]) for k in held)  # later updates left them alone
     assert losses[-1] < 0.8 * losses[0], (losses[0], losses[-1])
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     assert agent.updates == 30
