@@ -168,3 +168,24 @@ def test_without_momentum_and_with_bf16_parameters(dtype, momentum):
             assert p.dtype == dtype
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
     assert all(opt.state[p]["nu"].dtype == torch.float32 for p in ours)
+
+
+def test_a_copy_of_the_optimiser_steps_like_the_original():
+    """Optimizer pickling keeps only defaults, state and groups: a deep copy (a checkpointed or
+    copied agent) must still step, to the same numbers."""
+    import copy
+
+    g = torch.Generator().manual_seed(3)
+    p = torch.randn(4, 3, generator=g).requires_grad_()
+    opt = LaProp([p], lr=0.05, warmup=0)
+    p.grad = torch.randn(4, 3, generator=g) * 50.0  # clipped
+    opt.step()
+    twin_p = p.detach().clone().requires_grad_()
+    twin = copy.deepcopy(opt)
+    twin.param_groups[0]["params"] = [twin_p]
+    twin.state = {twin_p: copy.deepcopy(opt.state[p])}
+    grad = torch.randn(4, 3, generator=g) * 50.0
+    p.grad, twin_p.grad = grad.clone(), grad.clone()
+    opt.step()
+    twin.step()
+    assert torch.equal(p, twin_p)

@@ -70,7 +70,6 @@ class LaProp(torch.optim.Optimizer):
                         schedule=schedule, anneal=anneal)
         super().__init__(params, defaults)
         self.last_metrics: dict[str, float] = {}
-        self._counts: dict[tuple, Tensor] = {}  # element counts per group layout (_scaled)
 
     def current_lr(self, group: dict[str, Any], step: int) -> float:
         """The learning rate of update ``step`` (1-based) for ``group``."""
@@ -112,9 +111,11 @@ class LaProp(torch.optim.Optimizer):
         tensors of other shapes would launch one kernel per tensor on a GPU.)"""
         sizes = [t.numel() for t in tensors]
         key = (factor.device, tuple(sizes))
-        counts = self._counts.get(key)
+        # (an attribute Optimizer's pickling drops: a deep copy or a worker's copy has none)
+        cache = self.__dict__.setdefault("_counts", {})
+        counts = cache.get(key)
         if counts is None:  # one copy to the device per group layout, not per step
-            counts = self._counts[key] = torch.tensor(sizes, device=factor.device)
+            counts = cache[key] = torch.tensor(sizes, device=factor.device)
         flat = torch.cat([t.reshape(-1) for t in tensors])
         flat.mul_(torch.repeat_interleave(factor, counts, output_size=flat.numel()))
         return [x.view_as(t) for x, t in zip(flat.split(sizes), tensors)]
