@@ -218,7 +218,9 @@ class DreamerAgent(Agent):
             return
         if self.compiled:
             raise ValueError(f"the update is already compiled with mode {self.compiled!r}")
-        options = {} if mode == "default" else {"mode": mode}
+        # static shapes: acting (batch 1) and evaluation compile graphs of their own instead of
+        # turning the update's graphs dynamic on the first other shape (torch's default)
+        options = {"dynamic": False, **({} if mode == "default" else {"mode": mode})}
         self.wm.encoder.compile(**options)
         self.wm.backbone.compile_steps(**options)
         self.wm.terms = torch.compile(self.wm.terms, **options)

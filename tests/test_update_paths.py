@@ -157,6 +157,21 @@ def test_bf16_update_agrees_with_float32(seed):
             assert 0.98 < float(b.norm() / a.norm()) < 1.02, part
 
 
+@pytest.mark.parametrize("mode", [True, "reduce-overhead"])
+def test_every_compiled_part_has_static_shapes(monkeypatch, mode):
+    """Acting (batch 1) and evaluation run the same compiled modules as the update: with
+    torch's automatic dynamic shapes their first other batch size would recompile the update's
+    graphs as dynamic ones. Each part is compiled with dynamic=False (and the mode)."""
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(kw) or fn)
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: calls.append(kw))
+    agent, _ = _agent_pair()
+    agent.setup_update(compile=mode)
+    assert len(calls) >= 8
+    expected = {"dynamic": False, **({} if mode is True else {"mode": mode})}
+    assert all(kw == expected for kw in calls), calls
+
+
 def test_setup_update_rejects_unknown_mode():
     agent = make_agent()
     with pytest.raises(ValueError, match="unknown compile mode 'fast'.*reduce-overhead"):
