@@ -805,6 +805,11 @@ class Check:
 
     def run(self) -> dict:
         todo = [s for s in self.steps if not self.skipped(s.name)]
+        need = sum(s.min_s + self.grace + self.overhead_s for s in todo) + self.reserve_s
+        if self.budget_s < need:  # each step leaves the later ones their minimum
+            self.say(f"budget {self.budget_s:.0f} s is below the {need:.0f} s these steps need "
+                     "at least: the earliest will be skipped (--skip some, or a larger "
+                     "--budget-s)")
         for s in self.steps:
             if self.skipped(s.name):
                 self.records[s.name] = {"name": s.name, "status": "skipped", "reason": "--skip"}

@@ -781,3 +781,16 @@ def test_the_report_names_an_eager_fallback(finished):
     run["attempt_used"] = 1
     assert "| train_run (its eager fallback) |" in dev.check_markdown(
         [{**summary, "steps": steps}])
+
+
+def test_a_budget_below_the_steps_minimums_is_announced(tmp_path):
+    out = io.StringIO()
+    steps = [fake_step("a", "print(1)"), fake_step("b", "print(2)")]
+    steps = [dev.Step(s.name, s.attempts, 10, 20.0) for s in steps]
+    dev.Check(tmp_path / "o", tmp_path / "w", 30, steps=steps, reserve_s=0, grace=1,
+              overhead_s=0, echo=out, pick_compile=False).run()
+    assert "budget 30 s is below the 42 s these steps need at least" in out.getvalue()
+    quiet = io.StringIO()
+    dev.Check(tmp_path / "o2", tmp_path / "w2", 60, steps=steps, reserve_s=0, grace=1,
+              overhead_s=0, echo=quiet, pick_compile=False).run()
+    assert "is below" not in quiet.getvalue()
