@@ -89,9 +89,9 @@ class LaProp(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D401
         """One update of every tensor with a gradient, group by group, with multi-tensor
-        (``torch._foreach_*``) kernels: a few dozen launches per group instead of ~25 per tensor
-        (on a GPU the per-tensor loop was ~2,000 small launches per size-S update). Step counts,
-        learning rates and bias corrections are Python numbers: no host sync."""
+        (``torch._foreach_*``) operators: ~40 per group instead of 28 per tensor (the per-tensor
+        loop dispatched 2,534 for the 90 tensors of size S, each a kernel launch on a GPU). Step
+        counts, learning rates and bias corrections are Python numbers: no host sync."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
