@@ -71,7 +71,7 @@ import tarfile
 import threading
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -829,8 +829,7 @@ class Check:
             if step.name == "train_run" and self.pick_compile:
                 step, picked = self._pick_compile(step, timeout)
             self.say(f"{step.name}: up to {timeout:.0f} s ({remaining:.0f} s left)")
-            step = Step(step.name, step.attempts, step.cap, step.min_s, step.until_timeout,
-                        {**step.env, "TORCHINDUCTOR_CACHE_DIR": str(self.cache)})
+            step = replace(step, env={**step.env, "TORCHINDUCTOR_CACHE_DIR": str(self.cache)})
             self._clean(step)
             rec = run_step(step, timeout, self.log_path(step.name), self.fast_fail_s,
                            self.grace, self.echo)
@@ -848,14 +847,13 @@ class Check:
         pick = pick_train_compile(rows, seconds)
         if pick is None:  # a compile of unmeasured length can take the whole run (seen on
             # the H200: train.compile=true was still compiling when its 98 s ended)
-            return (Step(step.name, with_train_compile(step.attempts, "false"), step.cap,
-                         step.min_s, step.until_timeout, step.env),
-                    {"train.compile": "false", "why": "no size-s bf16 train_speed row"})
-        value, why = pick
-        self.say(f"train_run: train.compile={value} (updates expected in {seconds:.0f} s: "
-                 f"{why['updates_expected']})")
-        return (Step(step.name, with_train_compile(step.attempts, value), step.cap, step.min_s,
-                     step.until_timeout, step.env), {"train.compile": value, **why})
+            value, why = "false", {"why": "no size-s bf16 train_speed row"}
+        else:
+            value, why = pick
+            self.say(f"train_run: train.compile={value} (updates expected in {seconds:.0f} s: "
+                     f"{why['updates_expected']})")
+        return (replace(step, attempts=with_train_compile(step.attempts, value)),
+                {"train.compile": value, **why})
 
     def _train_speed_variants(self) -> list[tuple[str, list[dict], dict | None]]:
         out = []
