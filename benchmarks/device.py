@@ -1,6 +1,7 @@
 """The one-shot GPU check: kernel tests, kernel bench, update speed and a timed Atari100k run.
 
     python -m benchmarks.device --out DIR [--budget-s 480] [--skip STEP ...] [--work DIR]
+        [--cap STEP=S ...] [--kernel-tests PATH ...] [--bench-ops OP ...] [--train-compile M]
     python -m benchmarks.device --print-run       # the device tool's run call (JSON), see below
     python -m benchmarks.device --from DIR --commit-results  # DIR's results -> results/*_gpu.*
     python -m benchmarks.device --check-wheels .whl  # the wheel set's requirements are all met
@@ -138,11 +139,14 @@ RUN_COMMAND = (
 
 
 
-def run_arguments(with_cache: bool) -> dict:
-    """The device tool's ``run`` arguments; ``with_cache``: carry CACHE_CARRY and seed from it."""
+def run_arguments(with_cache: bool, commit: str | None = None) -> dict:
+    """The device tool's ``run`` arguments; ``with_cache``: carry CACHE_CARRY and seed from it;
+    ``commit``: this tree's commit, which the copy there reports (its own .git HEAD is the
+    session's first commit)."""
+    command = RUN_COMMAND if commit is None else f"export WORLDRL_COMMIT={commit}; {RUN_COMMAND}"
     if not with_cache:
-        return {"command": RUN_COMMAND, "carry": RUN_CARRY, "timeout_s": RUN_TIMEOUT_S}
-    return {"command": f"{RUN_COMMAND} --cache-from {CACHE_CARRY}",
+        return {"command": command, "carry": RUN_CARRY, "timeout_s": RUN_TIMEOUT_S}
+    return {"command": f"{command} --cache-from {CACHE_CARRY}",
             "carry": [*RUN_CARRY, str(CACHE_CARRY.parent)], "timeout_s": RUN_TIMEOUT_S}
 
 # ------------------------------------------------------------------------------ the steps' flags
@@ -178,6 +182,11 @@ TRAIN_SPEED_VARIANTS: list[tuple[str, list[list[str]]]] = [
     ("compiled", [["--sizes", "s", "--amp-only", "--no-eager", "--compile", "default"],
                   ["--sizes", "s", "--no-eager", "--compile"]]),
 ]
+#: kernels.bench's ops (kernels.bench.OPS; a test keeps the two equal)
+BENCH_OPS = ("linear_scan", "selective_scan", "ssd_chunk_scan")
+#: ``--train-compile`` values: ``train.compile`` (agents.dreamer.COMPILE_MODES; a test keeps them)
+TRAIN_COMPILE_VALUES = ("false", "true", "default", "reduce-overhead", "max-autotune",
+                        "max-autotune-no-cudagraphs")
 #: (d) the timed Atari100k run (``worldrl train`` = agents.cli); stopped by the budget. The first
 #: set has ``train.compile`` (being added); the second is the fallback without it.
 TRAIN_OVERRIDES = [
@@ -198,6 +207,11 @@ STEP_BUDGET: dict[str, tuple[float | None, float]] = {
     "probe": (60, 15), "gpu_kernel_tests": (90, 30), "kernels_bench": (100, 45),
     "train_speed_eager": (60, 30), "train_speed_reduce_overhead": (200, 30),
     "train_speed_compiled": (75, 30), "train_run": (None, 60),
+}
+#: extra environment of some steps: the reduce-overhead compile says why a region is not
+#: captured as a CUDA graph ("skipping cudagraphs due to ...") and what recompiles
+STEP_ENV: dict[str, dict[str, str]] = {
+    "train_speed_reduce_overhead": {"TORCH_LOGS": "perf_hints,recompiles"},
 }
 #: an attempt that fails within this many seconds gives way to the step's next alternative
 FAST_FAIL_S = 60.0
@@ -252,19 +266,25 @@ class Step:
 
 
 def build_steps(work: Path, python: str = sys.executable,
-                caps: dict[str, float] | None = None) -> list[Step]:
+                caps: dict[str, float] | None = None, tests: list[str] | None = None,
+                bench_ops: list[str] | None = None,
+                train_compile: str | None = None) -> list[Step]:
     """The steps; every file they write goes to ``work`` (Check.finish copies to DIR).
-    ``caps``: seconds at most for some steps instead of STEP_BUDGET's (``--cap``)."""
+    ``caps``: seconds at most for some steps instead of STEP_BUDGET's (``--cap``); ``tests``:
+    the kernel-test paths instead of tests/kernels (``--kernel-tests``); ``bench_ops``:
+    kernels.bench's ``--ops`` (``--bench-ops``); ``train_compile``: the timed run's
+    ``train.compile`` instead of the picked one (``--train-compile``)."""
     py = [python]
     junit = ["--junitxml", str(work / JUNIT)]
-    bench = [*KERNEL_BENCH_ARGS, "--out", str(work / KERNELS_JSON),
-             "--png", str(work / KERNELS_PNG)]
+    bench = [*KERNEL_BENCH_ARGS, *(["--ops", *bench_ops] if bench_ops else []),
+             "--out", str(work / KERNELS_JSON), "--png", str(work / KERNELS_PNG)]
+    test_args = [*(tests or KERNEL_TEST_ARGS[:1]), *KERNEL_TEST_ARGS[1:]]
     commands: list[tuple[str, list[list[str]]]] = [
         ("probe", [[*py, "-m", "benchmarks.device", "--probe"]]),
         ("gpu_kernel_tests", [
-            [*py, "-m", "pytest", *KERNEL_TEST_ARGS, *junit],
+            [*py, "-m", "pytest", *test_args, *junit],
             # without pytest-xdist's -n
-            [*py, "-m", "pytest", *_drop_option(KERNEL_TEST_ARGS, "-n"), *junit]]),
+            [*py, "-m", "pytest", *_drop_option(test_args, "-n"), *junit]]),
         ("kernels_bench", [
             [*py, "-m", "kernels.bench", *bench],
             # accelerated-scan's Triton kernel is unverified with triton 3.6 (it failed in the
@@ -278,11 +298,12 @@ def build_steps(work: Path, python: str = sys.executable,
             for flags in alternatives]))
     run_dir = f"run_dir={work / 'train_run'}"
     train = [*py, "-m", "agents.cli", "train", *TRAIN_OVERRIDES]
-    commands.append(("train_run", [[*train, *TRAIN_OPTIONAL_OVERRIDES, run_dir],
-                                   [*train, run_dir]]))
+    run = [[*train, *TRAIN_OPTIONAL_OVERRIDES, run_dir], [*train, run_dir]]
+    commands.append(("train_run", run if train_compile is None
+                     else with_train_compile(run, train_compile)))
     caps = caps or {}
     return [Step(name, attempts, caps.get(name, STEP_BUDGET[name][0]), STEP_BUDGET[name][1],
-                 until_timeout=name == "train_run")
+                 until_timeout=name == "train_run", env=dict(STEP_ENV.get(name, {})))
             for name, attempts in commands]
 
 
@@ -828,6 +849,10 @@ class Check:
             picked = None
             if step.name == "train_run" and self.pick_compile:
                 step, picked = self._pick_compile(step, timeout)
+            elif step.name == "train_run":  # as given (--train-compile) or as built
+                value = next((a.split("=", 1)[1] for a in step.attempts[0]
+                              if a.startswith("train.compile=")), "false")
+                picked = {"train.compile": value, "why": "given, not picked"}
             self.say(f"{step.name}: up to {timeout:.0f} s ({remaining:.0f} s left)")
             step = replace(step, env={**step.env, "TORCHINDUCTOR_CACHE_DIR": str(self.cache)})
             self._clean(step)
@@ -960,6 +985,8 @@ def _pack_cache_into(cache: Path, dest: Path, limit: int = OUT_MAX_FILE_BYTES) -
 
 
 def _commit() -> str:
+    if os.environ.get("WORLDRL_COMMIT"):  # benchmarks.machine.COMMIT_ENV (stdlib-only here)
+        return f"{os.environ['WORLDRL_COMMIT']} (given)"
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True, timeout=10)
@@ -1295,6 +1322,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="steps to skip (a name or a prefix; see --list-steps)")
     p.add_argument("--cap", nargs="+", default=[], metavar="STEP=SECONDS",
                    help="at most this long for these steps (instead of the built-in caps)")
+    p.add_argument("--kernel-tests", nargs="+", default=None, metavar="PATH",
+                   help="the GPU kernel tests to run (pytest paths; default tests/kernels)")
+    p.add_argument("--bench-ops", nargs="+", default=None, choices=BENCH_OPS, metavar="OP",
+                   help=f"kernels.bench's ops (default all: {', '.join(BENCH_OPS)})")
+    p.add_argument("--train-compile", default=None, choices=TRAIN_COMPILE_VALUES,
+                   help="the timed run's train.compile (default: picked from the train_speed "
+                        "rows measured in this call, eager without one)")
     p.add_argument("--cache-from", type=Path, default=None, metavar="TAR",
                    help=f"seed the compile cache from an earlier call's {CACHE_TAR} "
                         f"(--commit-results keeps the newest as {CACHE_CARRY})")
@@ -1332,7 +1366,7 @@ def main(argv=None) -> int:
                   "device machine")
         return 1 if problems else 0
     if args.print_run:
-        print(json.dumps(run_arguments((ROOT / CACHE_CARRY).is_file()), indent=1))
+        print(json.dumps(run_arguments((ROOT / CACHE_CARRY).is_file(), _commit()), indent=1))
         return 0
     if args.list_steps:
         for s in build_steps(Path("WORK")):
@@ -1354,6 +1388,9 @@ def main(argv=None) -> int:
         p.error("--out is required (or --from DIR --commit-results, --check-wheels, --list-steps)")
     if args.budget_s <= 0:
         p.error(f"--budget-s must be > 0, got {args.budget_s}")
+    for path in args.kernel_tests or []:
+        if not (ROOT / path.split("::")[0]).exists():
+            p.error(f"--kernel-tests {path}: no such test file or folder under {ROOT}")
     names = [s.name for s in build_steps(Path("WORK"))]
     for s in args.skip:
         if not any(n == s or n.startswith(s) for n in names):
@@ -1366,8 +1403,10 @@ def main(argv=None) -> int:
     out = args.out.resolve()
     if work.resolve() == out or out in work.resolve().parents:
         p.error("--work must not be inside --out (only the flat results go there)")
-    summary = Check(out, work, args.budget_s, args.skip, caps=caps,
-                    cache_from=args.cache_from).run()
+    steps = build_steps(work, caps=caps, tests=args.kernel_tests, bench_ops=args.bench_ops,
+                        train_compile=args.train_compile)
+    summary = Check(out, work, args.budget_s, args.skip, steps=steps,
+                    pick_compile=args.train_compile is None, cache_from=args.cache_from).run()
     print(json.dumps({"steps": [{k: r.get(k) for k in ("name", "status", "rc", "wall_s")}
                                 for r in summary["steps"]],
                       "key": summary["key"], "out_dir_problems": summary["out_dir_problems"]},

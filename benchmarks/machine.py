@@ -20,7 +20,14 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+#: the commit of a copied tree whose own .git is older (the device machine's copy keeps the
+#: session's first commit as HEAD): set by the run command, reported as "<sha> (given)"
+COMMIT_ENV = "WORLDRL_COMMIT"
+
+
 def commit() -> str:
+    if os.environ.get(COMMIT_ENV):
+        return f"{os.environ[COMMIT_ENV]} (given)"
     root = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from agents.dreamer import DreamerAgent
+from agents.dreamer import CUDAGRAPH_MODES, DreamerAgent
 from benchmarks.machine import speed_note, stamp
 from worldrl.config import load_config
 
@@ -104,6 +104,8 @@ def measure(size: str, device: torch.device, batch: int, seq: int, repeats: int,
     breaks = sum(counters["graph_break"].values())
 
     def wm_update():  # the world-model part of train_step, with its precision and compilation
+        if agent.compiled in CUDAGRAPH_MODES:  # as train_step: CUDA graphs, a new iteration
+            torch.compiler.cudagraph_mark_step_begin()
         agent.opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=agent.amp):
             loss = agent.wm.loss(data)[0]

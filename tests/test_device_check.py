@@ -200,6 +200,44 @@ def test_real_steps_use_flags_that_exist_today(tmp_path):
     assert set(run.attempts[0]) - set(run.attempts[1]) == set(dev.TRAIN_OPTIONAL_OVERRIDES)
 
 
+def test_step_options_narrow_tests_bench_and_force_the_run_compile(tmp_path):
+    from agents.dreamer import COMPILE_MODES
+    from kernels.bench import OPS
+
+    assert dev.BENCH_OPS == OPS
+    assert set(dev.TRAIN_COMPILE_VALUES) == {"false", "true", *COMPILE_MODES}
+    steps = {s.name: s for s in dev.build_steps(
+        tmp_path, PY, tests=["tests/kernels/test_linear_scan.py"], bench_ops=["linear_scan"],
+        train_compile="reduce-overhead")}
+    for attempt in steps["gpu_kernel_tests"].attempts:
+        assert attempt[3] == "tests/kernels/test_linear_scan.py" and "tests/kernels" not in attempt
+        assert "-m" in attempt[4:] and "gpu" in attempt
+    for attempt in steps["kernels_bench"].attempts:
+        i = attempt.index("--ops")
+        assert attempt[i + 1:i + 2] == ["linear_scan"] and attempt[i + 2].startswith("--")
+    run = steps["train_run"].attempts
+    assert "train.compile=reduce-overhead" in run[0] and "train.compile=false" in run[1]
+    assert run[0][-1].startswith("run_dir=") and len(run) == 2
+    # the reduce-overhead step says why a region is not captured
+    assert "perf_hints" in steps["train_speed_reduce_overhead"].env["TORCH_LOGS"]
+    # defaults: every kernel test, every op, the run's compile picked later
+    plain = {s.name: s for s in dev.build_steps(tmp_path, PY)}
+    assert plain["gpu_kernel_tests"].attempts[0][3] == "tests/kernels"
+    assert "--ops" not in plain["kernels_bench"].attempts[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--bench-ops", "scan"], "invalid choice: 'scan'"),
+    (["--train-compile", "fast"], "invalid choice: 'fast'"),
+    (["--kernel-tests", "tests/kernels/nope.py"], "no such test file"),
+])
+def test_bad_step_options_are_refused_before_anything_runs(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        dev.main(["--out", str(tmp_path / "out"), *argv])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_kernels_bench_fallback_runs_the_bench_with_its_arguments(tmp_path):
     bench = {s.name: s for s in dev.build_steps(tmp_path, PY)}["kernels_bench"].attempts
     assert bench[0][1:3] == ["-m", "kernels.bench"] and bench[1][1:3] == [
@@ -726,6 +764,17 @@ def test_print_run_carries_the_cache_when_one_is_kept():
     assert cached["carry"] == [".whl", ".compile_cache"]
     assert cached["command"].endswith(f"--cache-from {dev.CACHE_CARRY}")
     assert ".compile_cache/" in (ROOT / ".gitignore").read_text()
+
+
+def test_the_run_command_names_this_trees_commit(monkeypatch):
+    given = dev.run_arguments(False, "abc123+dirty")
+    assert given["command"].startswith("export WORLDRL_COMMIT=abc123+dirty; ")
+    monkeypatch.setenv("WORLDRL_COMMIT", "abc123")
+    from benchmarks.machine import COMMIT_ENV, commit
+    assert COMMIT_ENV == "WORLDRL_COMMIT"
+    assert dev._commit() == commit() == "abc123 (given)"
+    monkeypatch.delenv("WORLDRL_COMMIT")
+    assert "given" not in dev._commit() and "given" not in commit()
 
 
 def test_a_bad_cache_is_recorded_and_the_call_goes_on(tmp_path):
