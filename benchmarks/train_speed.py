@@ -127,6 +127,59 @@ def measure(size: str, device: torch.device, batch: int, seq: int, repeats: int,
     }
 
 
+def profile_update(size: str, device: torch.device, batch: int, seq: int, steps: int,
+                   amp: bool, compile_: bool | str, warmup: int = 3) -> str:
+    """Markdown: where ``steps`` full updates spend their time, by torch.profiler (after
+    ``warmup`` updates, compilation and CUDA-graph recording included there). On CUDA it says
+    whether the update is bound by the device (kernel time near the wall time) or by the host
+    (launches, Python and the glue between compiled regions)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch._dynamo.reset()
+    agent, data, train_step = build_update(size, device, amp=amp, compile_=compile_,
+                                           batch=batch, seq=seq)
+    time_fn(train_step, 1, warmup, device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    _sync(device)
+    t = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            train_step()
+        _sync(device)
+    wall = (time.perf_counter() - t) / steps
+    events = prof.key_averages()
+    dev_attr = ("self_device_time_total" if hasattr(events[0], "self_device_time_total")
+                else "self_cuda_time_total") if len(events) else "self_cpu_time_total"
+    per = {e.key: e for e in events}
+    kernels = [e for e in events if getattr(e, dev_attr, 0) > 0
+               and getattr(getattr(e, "device_type", None), "name", "CPU") != "CPU"]
+    busy = sum(getattr(e, dev_attr) for e in kernels) / 1e6 / steps
+    launches = {k: per[k].count / steps for k in ("cudaLaunchKernel", "cuLaunchKernel",
+                                                  "cudaGraphLaunch", "cuLaunchKernelEx")
+                if k in per}
+    lines = [f"## size {size}, bf16 {amp}, compile {agent.compiled or False}, {device}", "",
+             f"{steps} profiled updates after {warmup} warm-up: **{wall * 1e3:.1f} ms** per "
+             f"update under the profiler; device kernels busy {busy * 1e3:.1f} ms of it "
+             f"({busy / wall:.0%}). Launches per update: "
+             + (", ".join(f"{k} {v:.0f}" for k, v in launches.items()) or "none recorded")
+             + ".", ""]
+
+    def table(rows, attr, title):
+        out = [f"{title}", "", "| operator / kernel | calls per update | ms per update |",
+               "|---|---:|---:|"]
+        out += [f"| `{e.key[:90]}` | {e.count / steps:.0f} | "
+                f"{getattr(e, attr) / 1e3 / steps:.2f} |" for e in rows]
+        return out + [""]
+
+    top_dev = sorted(kernels, key=lambda e: -getattr(e, dev_attr))[:25]
+    top_cpu = sorted(events, key=lambda e: -e.self_cpu_time_total)[:25]
+    if kernels:
+        lines += table(top_dev, dev_attr, "Device time (self), the top 25:")
+    lines += table(top_cpu, "self_cpu_time_total", "Host time (self), the top 25:")
+    return "\n".join(lines)
+
+
 def variants(args: argparse.Namespace) -> list[tuple[bool | str, bool]]:
     """``(compile, amp)`` pairs to measure: eager (unless ``--no-eager``) and each ``--compile``
     mode, each in float32 and, with ``--amp``, bf16 (``--amp-only``: bf16 alone)."""
@@ -154,6 +207,9 @@ def parser() -> argparse.ArgumentParser:
                         "e.g. reduce-overhead for CUDA graphs), each with every precision")
     p.add_argument("--no-eager", action="store_true",
                    help="only the compiled variants (with --compile), not the eager ones")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also profile N full updates of each variant (torch.profiler) into "
+                        "OUT_profile.md: device kernel time against the wall time")
     p.add_argument("--out", default="results/train_speed_cpu")
     return p
 
@@ -203,6 +259,17 @@ def main(argv=None) -> int:
               f"{r['replayed_steps_per_s']:.0f} | {r['atari100k_hours_at_ratio_256']:.1f} |"
               for r in rows]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    if args.profile:
+        parts = ["# Where the update's time goes (torch.profiler)", "",
+                 f"Machine: {m['cpu']}, GPU {m['gpu']}; torch {m['torch']}. Commit "
+                 f"`{report['commit']}`, {report['date']}. Command: `{report['command']}`.", ""]
+        for size in args.sizes:
+            for comp, amp in variants(args):
+                parts.append(profile_update(size, device, args.batch, args.seq, args.profile,
+                                            amp, comp))
+                path = out.parent / (out.name + "_profile.md")
+                path.write_text("\n".join(parts) + "\n")
+                print(parts[-1].split("\n")[2], flush=True)
     return 0
 
 
