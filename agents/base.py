@@ -39,8 +39,13 @@ class Agent(nn.Module):
             mode: str = "train") -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
 
-    def setup_update(self, amp: bool = False, compile: bool | str = False) -> None:
-        """Prepare the update (precision, compilation); nothing by default."""
+    def setup_update(self, amp: bool = False, compile: bool | str = False,
+                     cuda_graph: bool = False) -> None:
+        """Prepare the update (precision, compilation, a whole-update CUDA graph); nothing by
+        default, and no graph."""
+        if cuda_graph:
+            raise ValueError(f"{type(self).__name__} cannot capture its update as a CUDA graph "
+                             "(train.cuda_graph=true)")
 
     def train_step(self, batch: Mapping[str, Tensor]) -> dict[str, Any]:
         raise NotImplementedError

@@ -129,6 +129,91 @@ def compile_mode(value: bool | str, name: str = "compile mode") -> str | None:
     return mode
 
 
+#: eager updates before :class:`_GraphedStep` captures one (optimiser state, cuDNN's algorithm
+#: choice and any compilation happen in them, none of which a capture may do)
+GRAPH_WARMUP = 3
+
+
+def check_cuda_graph(cuda_graph: bool, device: torch.device, mode: str | None,
+                     world: Any = None, name: str = "cuda_graph") -> None:
+    """Raise a ValueError naming ``name`` when a whole-update CUDA graph cannot be had."""
+    if not cuda_graph:
+        return
+    if device.type != "cuda":
+        raise ValueError(f"{name}=true captures the update as a CUDA graph and needs a CUDA "
+                         f"device; the agent is on {device.type!r}")
+    if mode in CUDAGRAPH_MODES:
+        raise ValueError(f"{name}=true cannot hold compile mode {mode!r}, which makes CUDA "
+                         f"graphs of its own; compile choices with it: false, true, default, "
+                         f"max-autotune-no-cudagraphs")
+    if world is not None:
+        raise ValueError(f"{name}=true is not for data-parallel training (the gradients' "
+                         "all-reduce is not captured)")
+
+
+class _GraphedStep:
+    """The whole update as one CUDA graph (PyTorch's whole-network capture).
+
+    The first GRAPH_WARMUP calls update eagerly on a side stream; the next one captures
+    :meth:`DreamerAgent._update` on static batch tensors, with the metrics stacked into one
+    static tensor, and every call from then on copies its batch into the static tensors and
+    replays the graph. Each call is one update on its own batch (capturing computes nothing,
+    so the capturing call replays once). The optimiser steps with device-side counts
+    (``LaProp.capturable``) and random numbers come from the graph-safe CUDA generator, so a
+    replay is the update an eager call would make, not a repeat of the captured one."""
+
+    def __init__(self, agent: DreamerAgent):
+        self.agent = agent
+        self.warm = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static: dict[str, Tensor] | None = None
+        self.names: list[str] = []
+        self.stacked: Tensor | None = None
+        self.others: dict[str, Tensor] = {}
+
+    def _load(self, batch: Mapping[str, Any]) -> None:
+        batch = {k: torch.as_tensor(v) for k, v in batch.items()
+                 if isinstance(v, Tensor | np.ndarray)}
+        if self.static is None:
+            self.static = {k: v.to(self.agent.device, copy=True) for k, v in batch.items()}
+            return
+        want = {k: (tuple(v.shape), v.dtype) for k, v in self.static.items()}
+        got = {k: (tuple(v.shape), v.dtype) for k, v in batch.items()}
+        if got != want:
+            raise ValueError(f"cuda_graph: a batch of another layout than the captured one; "
+                             f"captured {want}, got {got}")
+        for k, v in batch.items():
+            self.static[k].copy_(v, non_blocking=True)
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        agent, dev = self.agent, self.agent.device
+        self._load(batch)
+        if self.warm < GRAPH_WARMUP:
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                out = agent._fresh(agent._update(self.static))
+            torch.cuda.current_stream(dev).wait_stream(side)
+            self.warm += 1
+            return out
+        if self.graph is None:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = agent._update(self.static)
+                frozen = sorted(k for k, v in out.items() if v.device != dev)
+                if frozen:  # a host value would be a constant of the graph
+                    raise RuntimeError(f"cuda_graph: metrics {frozen} are not on {dev}; a "
+                                       "captured update would report their first value forever")
+                self.names = [k for k, v in out.items() if v.dim() == 0]
+                self.stacked = torch.stack([out[k].detach().float() for k in self.names])
+                self.others = {k: v.detach() for k, v in out.items() if v.dim() > 0}
+            self.graph = graph
+        self.graph.replay()
+        metrics: dict[str, Tensor] = dict(zip(self.names, self.stacked.clone().unbind(0)))
+        metrics.update({k: v.clone() for k, v in self.others.items()})
+        return metrics
+
+
 class DreamerAgent(Agent):
     """DreamerV3 learner (see the module docstring for the config).
 
@@ -185,11 +270,13 @@ class DreamerAgent(Agent):
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
         self.amp = False
         self.compiled: str | None = None
+        self.cuda_graph = False
+        self._graph: _GraphedStep | None = None
         self.world = None  # agents.ddp.World when training data-parallel
 
     def __getstate__(self) -> dict:
-        # a copy sent to a collector worker only acts: it needs no process group
-        return {**self.__dict__, "world": None}
+        # a copy sent to a collector worker only acts: it needs no process group and no graph
+        return {**self.__dict__, "world": None, "_graph": None}
 
     def setup_distributed(self, world: Any) -> None:
         """Average the gradients over ``world``'s ranks before each optimiser step, and take the
@@ -200,7 +287,8 @@ class DreamerAgent(Agent):
         for norm in (self.ac.retnorm, self.ac.valnorm, self.ac.advnorm):
             norm.group = world.group
 
-    def setup_update(self, amp: bool = False, compile: bool | str = False) -> None:
+    def setup_update(self, amp: bool = False, compile: bool | str = False,
+                     cuda_graph: bool = False) -> None:
         """How :meth:`train_step` computes.
 
         ``amp``: bf16 autocast for the losses (their float32 parts stay float32: norms,
@@ -211,9 +299,23 @@ class DreamerAgent(Agent):
         actor, the reward and continue heads, the world-model loss terms (decoders, heads, KL)
         and the actor-critic losses. The Python loops over time stay outside, so that compiling
         takes the same time for any sequence length or horizon. ``False``: eager.
+        ``cuda_graph``: on CUDA, capture the whole update (losses, backward, optimiser, slow
+        critic, metrics) as one CUDA graph after GRAPH_WARMUP eager updates, and replay it for
+        every later batch (:class:`_GraphedStep`): one launch instead of thousands, with eager
+        or default-compiled parts inside (not with a CUDA-graph compile mode, which cannot
+        nest). The batches must keep their shapes.
         """
-        self.amp = bool(amp)
         mode = compile_mode(compile)
+        check_cuda_graph(cuda_graph, self.device, mode, self.world)
+        if cuda_graph and self.ac.slow_critic.every != 1:
+            raise ValueError("cuda_graph needs the slow critic updated every update "
+                             f"(agent.behavior slow every=1), got every="
+                             f"{self.ac.slow_critic.every}")
+        self.amp = bool(amp)
+        if bool(cuda_graph) != self.cuda_graph:
+            self.cuda_graph = bool(cuda_graph)
+            self.opt.capturable = self.cuda_graph
+            self._graph = None
         if mode is None or mode == self.compiled:  # compiled code cannot be taken back
             return
         if self.compiled:
@@ -240,6 +342,7 @@ class DreamerAgent(Agent):
 
     def load_optim_state_dict(self, state: dict[str, Any]) -> None:
         self.opt.load_state_dict(state)
+        self._graph = None  # the graph holds the old state's tensors: warm up and capture anew
 
     # ---------------------------------------------------------------------------------- acting
     def carry_spec(self) -> dict[str, tuple[int, ...]]:
@@ -325,9 +428,19 @@ class DreamerAgent(Agent):
         Returns the metrics as detached tensors on the agent's device, so that the update never
         waits for the device; read them (``float``) once per log interval."""
         self.train()
+        if self.cuda_graph:
+            if self._graph is None:
+                self._graph = _GraphedStep(self)
+            return self._graph(batch)
+        return self._fresh(self._update(batch))
+
+    def _update(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The update itself (:meth:`train_step` without the metrics' copy)."""
         if self.compiled in CUDAGRAPH_MODES:
             torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new iteration begins
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        # (autocast's weight cache cannot be held by a captured graph)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp,
+                            cache_enabled=not self.cuda_graph):
             total, _, metrics = self.losses(batch)
         self.opt.zero_grad(set_to_none=True)
         total.backward()
@@ -340,7 +453,7 @@ class DreamerAgent(Agent):
         out.update({f"grad/{k}": torch.as_tensor(v) for k, v in self.opt.last_metrics.items()})
         out["lr"] = torch.as_tensor(self.opt.last_metrics.get(
             f"{OPTIM_GROUPS[0]}/lr", self.opt.param_groups[0]["lr"]))
-        return self._fresh(out)
+        return out
 
     def _fresh(self, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
         """The metrics on the agent's device as views of one new float32 tensor (one stack).

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 import envs
 from agents import collect, ddp, make_agent
 from agents.acting import ActingModule, act_space_of, carry_primer, obs_space_of
-from agents.dreamer import compile_mode
+from agents.dreamer import check_cuda_graph, compile_mode
 from agents.logger import Logger
 from agents.run_dir import (
     CHECKPOINT_FILE,
@@ -178,7 +178,9 @@ def _check(cfg: DictConfig) -> None:
     resolve_device(cfg.device)
     ddp.check(cfg)
     t = cfg.train
-    compile_mode(t.compile, "train.compile")
+    mode = compile_mode(t.compile, "train.compile")
+    check_cuda_graph(t.cuda_graph, resolve_device(cfg.device), mode, world=True if t.ddp else None,
+                     name="train.cuda_graph")
     for key, least in MINIMUM.items():
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -513,7 +515,8 @@ def setup(cfg: DictConfig) -> Run | dict:
     agent, obs_keys = build_agent(cfg, env, device, world.size)
     if world.parallel:
         agent.setup_distributed(world)
-    agent.setup_update(amp=cfg.train.amp, compile=cfg.train.compile)
+    agent.setup_update(amp=cfg.train.amp, compile=cfg.train.compile,
+                       cuda_graph=cfg.train.cuda_graph)
     env.append_transform(carry_primer(agent))
     eval_env = None
     if world.main:

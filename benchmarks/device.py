@@ -181,12 +181,18 @@ TRAIN_SPEED_VARIANTS: list[tuple[str, list[list[str]]]] = [
                           "reduce-overhead"]]),
     ("compiled", [["--sizes", "s", "--amp-only", "--no-eager", "--compile", "default"],
                   ["--sizes", "s", "--no-eager", "--compile"]]),
+    # the whole update as one CUDA graph (train.cuda_graph): eager parts (no compile: quick),
+    # then default-compiled parts (fused kernels, one graph launch)
+    ("cuda_graph_eager", [["--sizes", "s", "--amp-only", "--cuda-graph"]]),
+    ("cuda_graph_compiled", [["--sizes", "s", "--amp-only", "--no-eager", "--compile",
+                              "default", "--cuda-graph"]]),
 ]
 #: kernels.bench's ops (kernels.bench.OPS; a test keeps the two equal)
 BENCH_OPS = ("linear_scan", "selective_scan", "ssd_chunk_scan")
 #: ``--train-compile`` values: ``train.compile`` (agents.dreamer.COMPILE_MODES; a test keeps them)
 TRAIN_COMPILE_VALUES = ("false", "true", "default", "reduce-overhead", "max-autotune",
-                        "max-autotune-no-cudagraphs")
+                        "max-autotune-no-cudagraphs", "false+graph", "true+graph",
+                        "max-autotune-no-cudagraphs+graph")
 #: (d) the timed Atari100k run (``worldrl train`` = agents.cli); stopped by the budget. The first
 #: set has ``train.compile`` (being added); the second is the fallback without it.
 TRAIN_OVERRIDES = [
@@ -206,7 +212,8 @@ TRAIN_PICK_SIZE, TRAIN_PICK_AMP = "s", True
 STEP_BUDGET: dict[str, tuple[float | None, float]] = {
     "probe": (60, 15), "gpu_kernel_tests": (90, 30), "kernels_bench": (100, 45),
     "train_speed_eager": (60, 30), "train_speed_reduce_overhead": (200, 30),
-    "train_speed_compiled": (75, 30), "train_run": (None, 60),
+    "train_speed_compiled": (75, 30), "train_speed_cuda_graph_eager": (60, 30),
+    "train_speed_cuda_graph_compiled": (200, 30), "train_run": (None, 60),
 }
 #: extra environment of some steps: the reduce-overhead compile says why a region is not
 #: captured as a CUDA graph ("skipping cudagraphs due to ...") and what recompiles
@@ -449,13 +456,20 @@ def run_step(step: Step, timeout: float, log_path: Path, fast_fail_s: float = FA
 # ------------------------------------------------------------------------------ the run's mode
 
 
-def _compile_override(torch_compile) -> str:
-    """A train_speed row's ``torch_compile`` as a ``train.compile=`` value."""
+#: a ``--train-compile`` / picked value's suffix: the run also sets ``train.cuda_graph=true``
+GRAPH_SUFFIX = "+graph"
+
+
+def _compile_override(torch_compile, cuda_graph: bool = False) -> str:
+    """A train_speed row's ``torch_compile`` (and ``cuda_graph``) as a ``train.compile=`` value,
+    with GRAPH_SUFFIX when the row captured the whole update."""
     if torch_compile in (False, None, "False", "false"):
-        return "false"
-    if torch_compile in (True, "True", "true", "default"):
-        return "true"
-    return str(torch_compile)
+        value = "false"
+    elif torch_compile in (True, "True", "true", "default"):
+        value = "true"
+    else:
+        value = str(torch_compile)
+    return value + (GRAPH_SUFFIX if cuda_graph else "")
 
 
 def pick_train_compile(rows: list[dict], seconds: float, size: str = TRAIN_PICK_SIZE,
@@ -471,7 +485,7 @@ def pick_train_compile(rows: list[dict], seconds: float, size: str = TRAIN_PICK_
         step = r.get("train_step_s")
         if r.get("size") != size or bool(r.get("bf16_autocast")) != amp or not step:
             continue
-        value = _compile_override(r.get("torch_compile"))
+        value = _compile_override(r.get("torch_compile"), bool(r.get("cuda_graph")))
         first = r.get("first_update_s") or step
         n = max(0.0, (seconds - first) / step)
         counts[value] = round(n, 1)
@@ -483,9 +497,13 @@ def pick_train_compile(rows: list[dict], seconds: float, size: str = TRAIN_PICK_
 
 
 def with_train_compile(attempts: list[list[str]], value: str) -> list[list[str]]:
-    """The train run's attempts with ``train.compile=value`` first, then eager (once)."""
-    base = [a for a in attempts[-1] if not a.startswith("train.compile=")]
-    first = [*base[:-1], f"train.compile={value}", base[-1]]  # run_dir= stays last
+    """The train run's attempts with ``train.compile=value`` first (``VALUE+graph``: and
+    ``train.cuda_graph=true``), then plain eager (once)."""
+    base = [a for a in attempts[-1]
+            if not a.startswith(("train.compile=", "train.cuda_graph="))]
+    mode = value.removesuffix(GRAPH_SUFFIX)
+    extra = ["train.cuda_graph=true"] if value.endswith(GRAPH_SUFFIX) else []
+    first = [*base[:-1], f"train.compile={mode}", *extra, base[-1]]  # run_dir= stays last
     return [first] if value == "false" else [first, [*base[:-1], "train.compile=false",
                                                       base[-1]]]
 
@@ -605,7 +623,8 @@ def merge_train_speed(variants: list[tuple[str, list[dict], dict | None]]) -> di
         if report is not None and base is None:
             base = {k: v for k, v in report.items() if k != "results"}
         for r in vrows:
-            key = (r.get("size"), r.get("bf16_autocast"), str(r.get("torch_compile")))
+            key = (r.get("size"), r.get("bf16_autocast"), str(r.get("torch_compile")),
+                   bool(r.get("cuda_graph")))
             if key in seen:
                 continue
             seen.add(key)
@@ -636,7 +655,8 @@ def train_speed_markdown(report: dict) -> str:
             replayed = r["batch"] * r["seq_len"] / full
         lines.append(
             f"| {r.get('variant')} | {r.get('size')} | {r.get('params_M', 0):.1f}M | "
-            f"{r.get('bf16_autocast')} | {r.get('torch_compile')} | "
+            f"{r.get('bf16_autocast')} | {r.get('torch_compile')}"
+            f"{' + CUDA graph' if r.get('cuda_graph') else ''} | "
             f"{r.get('compiled_graphs', '-')} / {r.get('graph_breaks', '-')} | "
             f"{_num(r.get('first_update_s'), 1)} | {_num(r.get('wm_update_s'), 4)} | "
             f"{_num(full, 4)} | {rate} | {_num(replayed, 0)} |")
@@ -915,8 +935,9 @@ class Check:
             (self.out / f"{TRAIN_SPEED}.json").write_text(json.dumps(report, indent=1) + "\n")
             key["train_speed"] = [
                 {k: r.get(k) for k in ("variant", "size", "bf16_autocast", "torch_compile",
-                                       "first_update_s", "compiled_graphs", "graph_breaks",
-                                       "wm_update_s", "train_step_s", "replayed_steps_per_s")}
+                                       "cuda_graph", "first_update_s", "compiled_graphs",
+                                       "graph_breaks", "wm_update_s", "train_step_s",
+                                       "replayed_steps_per_s")}
                 for r in report["results"]]
         run_dir = self.work / "train_run"
         run = train_run_summary(run_dir)
@@ -1297,7 +1318,8 @@ def check_markdown(summaries: list[dict], note: str = "") -> str:
         for r in key.get("train_speed", []):
             if r.get("train_step_s"):
                 lines.append(f"- update, {r['variant']}: size {r['size']}, bf16 "
-                             f"{r['bf16_autocast']}, compile {r['torch_compile']}: "
+                             f"{r['bf16_autocast']}, compile {r['torch_compile']}"
+                             f"{', one CUDA graph' if r.get('cuda_graph') else ''}: "
                              f"{r['train_step_s'] * 1e3:.0f} ms per update")
         run = key.get("train_run")
         if run:

@@ -22,7 +22,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from agents.dreamer import CUDAGRAPH_MODES, DreamerAgent
+from agents.dreamer import (
+    CUDAGRAPH_MODES,
+    GRAPH_WARMUP,
+    DreamerAgent,
+    check_cuda_graph,
+    compile_mode,
+)
 from benchmarks.machine import speed_note, stamp
 from worldrl.config import load_config
 
@@ -67,18 +73,19 @@ def param_counts(agent) -> dict[str, int]:
 
 def build_update(size: str, device: torch.device | str = "cpu", *, amp: bool = False,
                  compile_: bool | str = False, batch: int = 16, seq: int = 64, actions: int = 6,
-                 overrides: tuple[str, ...] = ()):
+                 overrides: tuple[str, ...] = (), cuda_graph: bool = False):
     """The DreamerV3 agent on the Atari100k config and one synthetic batch.
 
     Returns ``(agent, data, step)`` where ``step()`` runs one full update (``train_step``) in the
-    configuration that ``worldrl train`` uses for ``train.amp`` / ``train.compile``.
+    configuration that ``worldrl train`` uses for ``train.amp`` / ``train.compile`` /
+    ``train.cuda_graph``.
     """
     device = torch.device(device)
     cfg = load_config(["env=atari100k", f"size={size}", *overrides])
     agent_cfg = OmegaConf.to_container(cfg.agent, resolve=True)
     agent = DreamerAgent({"pixels": ((3, 64, 64), torch.uint8)},
                          {"discrete": True, "n": actions}, agent_cfg).to(device)
-    agent.setup_update(amp=amp, compile=compile_)
+    agent.setup_update(amp=amp, compile=compile_, cuda_graph=cuda_graph)
     data = synthetic_batch(batch, seq, actions, device)
 
     def step():
@@ -88,18 +95,21 @@ def build_update(size: str, device: torch.device | str = "cpu", *, amp: bool = F
 
 
 def measure(size: str, device: torch.device, batch: int, seq: int, repeats: int, warmup: int,
-            amp: bool = False, compile_: bool | str = False) -> dict:
+            amp: bool = False, compile_: bool | str = False, cuda_graph: bool = False) -> dict:
     """Time one configuration: the first update (compilation included), then the world-model
-    update alone and the full update, each the median of ``repeats`` after ``warmup``."""
+    update alone and the full update, each the median of ``repeats`` after ``warmup``. With
+    ``cuda_graph`` the first update is the eager ones before the capture plus the capturing
+    one, and the world-model update stays eager (only the full update is captured)."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
     agent, data, train_step = build_update(size, device, amp=amp, compile_=compile_,
-                                           batch=batch, seq=seq)
+                                           batch=batch, seq=seq, cuda_graph=cuda_graph)
     params = sum(p.numel() for p in agent.parameters())
-    first = time_fn(train_step, 1, 0, device)[0]
+    first = sum(time_fn(train_step, 1, 0, device)[0]
+                for _ in range(GRAPH_WARMUP + 1 if cuda_graph else 1))
     graphs = counters["stats"]["unique_graphs"]
     breaks = sum(counters["graph_break"].values())
 
@@ -118,7 +128,8 @@ def measure(size: str, device: torch.device, batch: int, seq: int, repeats: int,
     return {
         "size": size, "params_M": params / 1e6, "params": param_counts(agent), "batch": batch,
         "seq_len": seq, "device": str(device), "bf16_autocast": amp,
-        "torch_compile": agent.compiled or False, "compiled_graphs": graphs,
+        "torch_compile": agent.compiled or False, "cuda_graph": agent.cuda_graph,
+        "compiled_graphs": graphs,
         "graph_breaks": breaks, "first_update_s": first,
         "wm_update_s": wm_s, "wm_updates_per_s": 1 / wm_s,
         "train_step_s": full_s, "train_steps_per_s": 1 / full_s, "train_step_all_s": full,
@@ -128,7 +139,8 @@ def measure(size: str, device: torch.device, batch: int, seq: int, repeats: int,
 
 
 def profile_update(size: str, device: torch.device, batch: int, seq: int, steps: int,
-                   amp: bool, compile_: bool | str, warmup: int = 3) -> str:
+                   amp: bool, compile_: bool | str, warmup: int = 3,
+                   cuda_graph: bool = False) -> str:
     """Markdown: where ``steps`` full updates spend their time, by torch.profiler (after
     ``warmup`` updates, compilation and CUDA-graph recording included there). On CUDA it says
     whether the update is bound by the device (kernel time near the wall time) or by the host
@@ -137,8 +149,8 @@ def profile_update(size: str, device: torch.device, batch: int, seq: int, steps:
 
     torch._dynamo.reset()
     agent, data, train_step = build_update(size, device, amp=amp, compile_=compile_,
-                                           batch=batch, seq=seq)
-    time_fn(train_step, 1, warmup, device)
+                                           batch=batch, seq=seq, cuda_graph=cuda_graph)
+    time_fn(train_step, 1, max(warmup, GRAPH_WARMUP + 1 if cuda_graph else 0), device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
                                            else [])
     _sync(device)
@@ -158,7 +170,8 @@ def profile_update(size: str, device: torch.device, batch: int, seq: int, steps:
     launches = {k: per[k].count / steps for k in ("cudaLaunchKernel", "cuLaunchKernel",
                                                   "cudaGraphLaunch", "cuLaunchKernelEx")
                 if k in per}
-    lines = [f"## size {size}, bf16 {amp}, compile {agent.compiled or False}, {device}", "",
+    lines = [f"## size {size}, bf16 {amp}, compile {agent.compiled or False}"
+             f"{', one CUDA graph' if cuda_graph else ''}, {device}", "",
              f"{steps} profiled updates after {warmup} warm-up: **{wall * 1e3:.1f} ms** per "
              f"update under the profiler; device kernels busy {busy * 1e3:.1f} ms of it "
              f"({busy / wall:.0%}). Launches per update: "
@@ -205,6 +218,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", nargs="*", default=None, metavar="MODE",
                    help="also measure compiled updates: torch.compile modes (none given: default; "
                         "e.g. reduce-overhead for CUDA graphs), each with every precision")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="capture every variant's whole update as one CUDA graph "
+                        "(train.cuda_graph; CUDA only, not with reduce-overhead)")
     p.add_argument("--no-eager", action="store_true",
                    help="only the compiled variants (with --compile), not the eager ones")
     p.add_argument("--profile", type=int, default=0, metavar="N",
@@ -220,15 +236,22 @@ def main(argv=None) -> int:
     if args.no_eager and args.compile is None:
         p.error("--no-eager needs --compile (there would be nothing to measure)")
     device = torch.device(args.device)
+    if args.cuda_graph:
+        for comp, _ in variants(args):
+            try:
+                check_cuda_graph(True, device, compile_mode(comp), name="--cuda-graph")
+            except ValueError as err:
+                p.error(str(err))
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
     for size in args.sizes:
         for comp, amp in variants(args):
             r = measure(size, device, args.batch, args.seq, args.repeats, args.warmup, amp,
-                        comp)
+                        comp, args.cuda_graph)
             rows.append(r)
             print(f"size={size:3s} amp={amp!s:5s} compile={r['torch_compile']!s:15s} "
+                  f"{'cuda_graph ' if r['cuda_graph'] else ''}"
                   f"params={r['params_M']:.1f}M graphs={r['compiled_graphs']} "
                   f"breaks={r['graph_breaks']} first {r['first_update_s']:.1f}s  "
                   f"wm update {r['wm_update_s']:.2f}s  train step {r['train_step_s']:.2f}s",
@@ -254,7 +277,8 @@ def main(argv=None) -> int:
         "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     lines += [f"| {r['size']} | {r['params_M']:.1f}M | {r['device']} | {r['bf16_autocast']} | "
-              f"{r['torch_compile']} | {r['compiled_graphs']} / {r['graph_breaks']} | "
+              f"{r['torch_compile']}{' + CUDA graph' if r.get('cuda_graph') else ''} | "
+              f"{r['compiled_graphs']} / {r['graph_breaks']} | "
               f"{r['first_update_s']:.1f} | {r['wm_update_s']:.3f} | {r['train_step_s']:.3f} | "
               f"{r['replayed_steps_per_s']:.0f} | {r['atari100k_hours_at_ratio_256']:.1f} |"
               for r in rows]
@@ -266,7 +290,7 @@ def main(argv=None) -> int:
         for size in args.sizes:
             for comp, amp in variants(args):
                 parts.append(profile_update(size, device, args.batch, args.seq, args.profile,
-                                            amp, comp))
+                                            amp, comp, cuda_graph=args.cuda_graph))
                 path = out.parent / (out.name + "_profile.md")
                 path.write_text("\n".join(parts) + "\n")
                 print(parts[-1].split("\n")[2], flush=True)

@@ -189,6 +189,8 @@ def test_real_steps_use_flags_that_exist_today(tmp_path):
             assert f'add_argument("{flag}"' in ts_src, (name, flag)
         if "--compile" in flags:
             for mode in flags[flags.index("--compile") + 1:]:
+                if mode.startswith("--"):
+                    break
                 assert f'"{mode}"' in modes_src, (name, mode)
     assert "gpu:" in (ROOT / "setup.cfg").read_text()
     tests = steps["gpu_kernel_tests"].attempts
@@ -205,7 +207,11 @@ def test_step_options_narrow_tests_bench_and_force_the_run_compile(tmp_path):
     from kernels.bench import OPS
 
     assert dev.BENCH_OPS == OPS
-    assert set(dev.TRAIN_COMPILE_VALUES) == {"false", "true", *COMPILE_MODES}
+    from agents.dreamer import CUDAGRAPH_MODES
+
+    plain = {"false", "true", *COMPILE_MODES}
+    graphed = {m + dev.GRAPH_SUFFIX for m in plain - {"default", *CUDAGRAPH_MODES}}
+    assert set(dev.TRAIN_COMPILE_VALUES) == plain | graphed
     steps = {s.name: s for s in dev.build_steps(
         tmp_path, PY, tests=["tests/kernels/test_linear_scan.py"], bench_ops=["linear_scan"],
         train_compile="reduce-overhead")}
@@ -531,8 +537,8 @@ def test_check_output_folder_is_flat_small_and_within_the_tool_limits(finished):
     with tarfile.open(out / dev.TRAIN_TAR) as tar:
         assert sorted(tar.getnames()) == ["config.yaml", "episodes.csv", "metrics.jsonl"]
     log = (out / dev.LOG).read_text()
-    for name in dev.STEP_BUDGET:
-        assert f"===== {name} (" in log
+    for step in fake_steps(tmp / "work"):
+        assert f"===== {step.name} (" in log
     assert "bytes cut" in log  # the kernels step's 300 KB line was cut to head + tail
     assert len(log) < 8 * (dev.LOG_HEAD_BYTES + dev.LOG_TAIL_BYTES)
     report = json.loads((out / (dev.TRAIN_SPEED + ".json")).read_text())
@@ -843,3 +849,27 @@ def test_a_budget_below_the_steps_minimums_is_announced(tmp_path):
     dev.Check(tmp_path / "o2", tmp_path / "w2", 60, steps=steps, reserve_s=0, grace=1,
               overhead_s=0, echo=quiet, pick_compile=False).run()
     assert "is below" not in quiet.getvalue()
+
+
+def test_a_whole_update_graph_row_is_picked_with_its_run_flag():
+    rows = [
+        {"size": "s", "bf16_autocast": True, "torch_compile": False, "train_step_s": 0.4,
+         "first_update_s": 1.0},
+        {"size": "s", "bf16_autocast": True, "torch_compile": False, "cuda_graph": True,
+         "train_step_s": 0.08, "first_update_s": 3.0},
+        {"size": "s", "bf16_autocast": True, "torch_compile": "default", "cuda_graph": True,
+         "train_step_s": 0.04, "first_update_s": 150.0},
+    ]
+    value, why = dev.pick_train_compile(rows, 100.0)
+    assert value == "false+graph" and set(why["updates_expected"]) == {
+        "false", "false+graph", "true+graph"}
+    assert dev.pick_train_compile(rows, 1000.0)[0] == "true+graph"
+    built = {s.name: s for s in dev.build_steps(Path("/w"), PY)}["train_run"].attempts
+    first, fallback = dev.with_train_compile(built, "true+graph")
+    assert "train.compile=true" in first and "train.cuda_graph=true" in first
+    assert first[-1] == "run_dir=/w/train_run"
+    assert "train.compile=false" in fallback and not any("cuda_graph" in a for a in fallback)
+    # the merged report keeps a graph row beside the plain row of the same compile mode
+    merged = dev.merge_train_speed([("eager", rows[:1], None), ("cuda_graph_eager", rows[1:2],
+                                                                  None)])
+    assert len(merged["results"]) == 2

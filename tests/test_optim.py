@@ -32,9 +32,10 @@ def reference_step(params, state, t, lr, agc, pmin, eps, b1, b2, nesterov, wd, w
         p.data.add_((-lr * min(1.0, t / warmup) * m).to(p.dtype))
 
 
+@pytest.mark.parametrize("capturable", [False, True])
 @pytest.mark.parametrize("nesterov, wd, agc", [(False, 0.0, 0.3), (True, 0.1, 0.3),
                                                 (False, 0.0, 0.0)])
-def test_laprop_matches_the_per_tensor_chain(nesterov, wd, agc):
+def test_laprop_matches_the_per_tensor_chain(nesterov, wd, agc, capturable):
     g = torch.Generator().manual_seed(0)
     shapes = [(5, 3), (3,), (2, 2, 2), ()]
     ours = [torch.randn(s, generator=g).requires_grad_() for s in shapes]
@@ -42,6 +43,7 @@ def test_laprop_matches_the_per_tensor_chain(nesterov, wd, agc):
     kw = dict(lr=0.05, agc=agc, pmin=1e-3, eps=1e-20, beta1=0.9, beta2=0.999, nesterov=nesterov,
               wd=wd, warmup=3)
     opt = LaProp([{"params": ours[:2], "name": "a"}, {"params": ours[2:], "name": "b"}], **kw)
+    opt.capturable = capturable
     state = {}
     clipped_any = False
     for t in range(1, 7):
@@ -119,7 +121,8 @@ def test_metrics_report_the_applied_lr():
     assert opt.last_metrics["w/lr"] == pytest.approx(0.025)
 
 
-def test_each_tensor_keeps_its_own_step_count():
+@pytest.mark.parametrize("capturable", [False, True])
+def test_each_tensor_keeps_its_own_step_count(capturable):
     """A tensor without a gradient at some update falls behind the group's count: its bias
     corrections and warm-up follow its own count, as the per-tensor chain does."""
     g = torch.Generator().manual_seed(1)
@@ -127,6 +130,7 @@ def test_each_tensor_keeps_its_own_step_count():
             .requires_grad_()]
     ref = [p.detach().clone().requires_grad_() for p in ours]
     opt = LaProp(ours, lr=0.05, warmup=4, wd=0.1)
+    opt.capturable = capturable
     states = [{}, {}]
     counts = [0, 0]
     for t in range(1, 6):
@@ -144,7 +148,45 @@ def test_each_tensor_keeps_its_own_step_count():
                                False, 0.1, 4)
         for p, q in zip(ours, ref):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
-    assert [opt.state[p]["step"] for p in ours] == [5, 4] == counts
+    assert [int(opt.state[p]["step"]) for p in ours] == [5, 4] == counts
+    assert all(torch.is_tensor(opt.state[p]["step"]) == capturable for p in ours)
+
+
+@pytest.mark.parametrize("schedule, anneal, warmup", [("const", 0, 5), ("linear", 12, 5),
+                                                      ("cosine", 12, 5), ("cosine", 12, 0)])
+def test_the_learning_rate_on_the_device_is_the_python_one(schedule, anneal, warmup):
+    opt = LaProp([torch.zeros(1, requires_grad=True)], lr=0.3, warmup=warmup, schedule=schedule,
+                 anneal=anneal)
+    group = opt.param_groups[0]
+    steps = torch.arange(1, 20)
+    want = torch.tensor([opt.current_lr(group, int(t)) for t in steps])
+    torch.testing.assert_close(opt.lr_tensor(group, steps), want, rtol=1e-6, atol=0)
+
+
+def test_capturable_state_round_trips_with_the_plain_one():
+    """A checkpoint of one mode resumes in the other: the step counts convert once, and the
+    two continue as one optimiser would."""
+    g = torch.Generator().manual_seed(2)
+    a = [torch.randn(4, 3, generator=g).requires_grad_(), torch.randn(5, generator=g)
+         .requires_grad_()]
+    b = [p.detach().clone().requires_grad_() for p in a]
+    opt_a, opt_b = LaProp(a, lr=0.05, warmup=3), LaProp(b, lr=0.05, warmup=3)
+    opt_a.capturable = True
+    for t in range(8):
+        if t == 4:  # swap modes through state dicts
+            sa, sb = opt_a.state_dict(), opt_b.state_dict()
+            opt_a.load_state_dict(sb)
+            opt_b.load_state_dict(sa)
+            opt_a.capturable, opt_b.capturable = False, True
+        for p, q in zip(a, b):
+            gr = torch.randn(p.shape, generator=g)
+            p.grad, q.grad = gr.clone(), gr.clone()
+        opt_a.step()
+        opt_b.step()
+        for p, q in zip(a, b):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+    assert opt_a.state[a[0]]["step"] == 8 and float(opt_b.state[b[0]]["step"]) == 8.0
+    assert float(opt_b.last_metrics["group0/lr"]) == pytest.approx(0.05)
 
 
 @pytest.mark.parametrize("dtype, momentum", [(torch.float32, False), (torch.bfloat16, True)])

@@ -179,6 +179,10 @@ def test_one_process_per_run_directory(tmp_path, capsys):
     ("agent.optim.anneal=50", "anneal must be > warmup, got anneal=50"),
     ("train.compile=fast", "unknown train.compile 'fast'; choices: [False, True, 'default', "
                            "'reduce-overhead'"),
+    ("train.cuda_graph=true", "train.cuda_graph=true captures the update as a CUDA graph and "
+                              "needs a CUDA device; the agent is on 'cpu'"),
+    ("train.cuda_graph=yes", "train.cuda_graph must be a boolean (true/false) like its default "
+                             "False, got 'yes'"),
     ("env.collectors=0", "env.collectors must be >= 1, got 0"),
     ("env.collectors=1.5", "env.collectors must be an integer like its default 1, got 1.5"),
     ("env.collector_backend=mpi", "unknown env.collector_backend 'mpi'; choose one of: process, "

@@ -29,10 +29,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "one_hot",
     "symlog",
     "symexp",
     "symexp_bins",
@@ -43,6 +43,14 @@ __all__ = [
     "Bernoulli",
     "BoundedNormal",
 ]
+
+
+def one_hot(index: Tensor, classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``F.one_hot(index, classes).to(dtype)`` without its host read: on the CPU ``F.one_hot``
+    checks ``index.min() >= 0`` with ``.item()``, which a captured CUDA graph cannot hold and
+    which stalls a GPU update. Out-of-range indices give an all-zero row instead of an error."""
+    arange = torch.arange(classes, device=index.device)
+    return (index.unsqueeze(-1) == arange).to(dtype)
 
 
 def symlog(x: Tensor) -> Tensor:
@@ -94,8 +102,8 @@ def twohot_encode(target: Tensor, bins: Tensor) -> Tensor:
     weight_below = dist_above / total
     weight_above = dist_below / total
     return (
-        F.one_hot(below, num).float() * weight_below[..., None]
-        + F.one_hot(above, num).float() * weight_above[..., None]
+        one_hot(below, num) * weight_below[..., None]
+        + one_hot(above, num) * weight_above[..., None]
     )
 
 
@@ -190,7 +198,7 @@ class OneHot:
         self.classes = logits.shape[-1]
 
     def _straight_through(self, index: Tensor) -> Tensor:
-        onehot = F.one_hot(index, self.classes).to(self.probs.dtype)
+        onehot = one_hot(index, self.classes, self.probs.dtype)
         return onehot + (self.probs - self.probs.detach())  # exact 0/1 forward values
 
     def sample(self) -> Tensor:

@@ -34,6 +34,10 @@ __all__ = ["LaProp", "SCHEDULES", "check_schedule"]
 SCHEDULES = ("const", "linear", "cosine")
 
 
+def _log(beta: float) -> float:
+    return math.log(beta) if beta > 0 else -math.inf  # 0^t = 0 for t >= 1
+
+
 def check_schedule(schedule: str, warmup: int, anneal: int | None) -> None:
     """Raise ``ValueError`` for an unknown schedule or an ``anneal`` it cannot reach."""
     if schedule not in SCHEDULES:
@@ -70,6 +74,33 @@ class LaProp(torch.optim.Optimizer):
                         schedule=schedule, anneal=anneal)
         super().__init__(params, defaults)
         self.last_metrics: dict[str, float] = {}
+        self.capturable = False
+
+    @property
+    def capturable(self) -> bool:
+        """Step counts, learning rates and bias corrections as device tensors, so that a step
+        captured in a CUDA graph replays with the right ones (the agent's ``cuda_graph`` sets
+        it); off, they are Python numbers, which a graph would freeze. A copy (pickled: only
+        the state and groups travel) starts off."""
+        return self.__dict__.get("_capturable", False)
+
+    @capturable.setter
+    def capturable(self, value: bool) -> None:
+        self.__dict__["_capturable"] = bool(value)
+
+    def lr_tensor(self, group: dict[str, Any], step: Tensor) -> Tensor:
+        """:meth:`current_lr` for a tensor of (1-based) step counts, on their device."""
+        lr, warmup = group["lr"], group["warmup"]
+        step = step.float()
+        out = torch.full_like(step, lr)
+        schedule = group.get("schedule", "const")
+        if schedule != "const":
+            frac = ((step - 1 - warmup).clamp_min(0) / (group["anneal"] - warmup)).clamp_max(1)
+            out = (lr * (1.0 - 0.9 * frac) if schedule == "linear"
+                   else lr * (0.1 + 0.9 * 0.5 * (1.0 + torch.cos(math.pi * frac))))
+        if warmup:
+            out = torch.where(step < warmup, lr * step / warmup, out)
+        return out
 
     def current_lr(self, group: dict[str, Any], step: int) -> float:
         """The learning rate of update ``step`` (1-based) for ``group``."""
@@ -91,7 +122,8 @@ class LaProp(torch.optim.Optimizer):
         """One update of every tensor with a gradient, group by group, with multi-tensor
         (``torch._foreach_*``) operators: ~40 per group instead of 28 per tensor (the per-tensor
         loop dispatched 2,534 for the 90 tensors of size S, each a kernel launch on a GPU). Step
-        counts, learning rates and bias corrections are Python numbers: no host sync."""
+        counts, learning rates and bias corrections are Python numbers (no host sync), or
+        device tensors when :attr:`capturable`."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -130,8 +162,25 @@ class LaProp(torch.optim.Optimizer):
                 state["step"] = 0
                 state["nu"] = torch.zeros_like(p, dtype=torch.float32)
                 state["mu"] = torch.zeros_like(p, dtype=torch.float32)
-            state["step"] += 1
+            if self.capturable and not torch.is_tensor(state["step"]):  # once: a host copy
+                state["step"] = torch.tensor(float(state["step"]), device=p.device)
+            elif not self.capturable and torch.is_tensor(state["step"]):  # once: a host read
+                state["step"] = int(state["step"])
+            if not self.capturable:
+                state["step"] += 1
             steps.append(state["step"])
+        if self.capturable:  # [N] step counts, then per-tensor 0-d views: no host value
+            torch._foreach_add_(steps, 1.0)
+            t = torch.stack(steps)
+            # 1 - b^t as -expm1(t log b): float32 keeps its precision where 1 - 0.999^t cancels
+            bias2 = list((-torch.expm1(t * _log(b2))).unbind(0))
+            bias1 = list((-torch.expm1(t * _log(b1))).unbind(0))
+            lr_t = self.lr_tensor(group, t)
+            lrs = list(lr_t.unbind(0))
+        else:
+            bias2 = [1.0 - b2**t for t in steps]
+            bias1 = [1.0 - b1**t for t in steps]
+            lrs = [self.current_lr(group, t) for t in steps]
         nus = [self.state[p]["nu"] for p in params]
         mus = [self.state[p]["mu"] for p in params]
         grads = [p.grad.float() for p in params]
@@ -146,11 +195,10 @@ class LaProp(torch.optim.Optimizer):
             grads = self._scaled(grads, factor)
         torch._foreach_mul_(nus, b2)
         torch._foreach_addcmul_(nus, grads, grads, value=1.0 - b2)
-        denom = torch._foreach_div(nus, [1.0 - b2**t for t in steps])
+        denom = torch._foreach_div(nus, bias2)
         torch._foreach_sqrt_(denom)
         torch._foreach_add_(denom, eps)
         u = torch._foreach_div(grads, denom)
-        bias1 = [1.0 - b1**t for t in steps]
         if group["momentum"]:
             torch._foreach_mul_(mus, b1)
             torch._foreach_add_(mus, u, alpha=1.0 - b1)
@@ -161,14 +209,16 @@ class LaProp(torch.optim.Optimizer):
                 u = m
             else:
                 u = torch._foreach_div(mus, bias1)
-        lrs = [self.current_lr(group, t) for t in steps]
         if group["wd"]:
             decayed = [i for i, p in enumerate(params) if p.ndim >= 2]
             if decayed:
                 torch._foreach_add_([u[i] for i in decayed],
                                     [params[i].detach().float() for i in decayed],
                                     alpha=group["wd"])
-        torch._foreach_mul_(u, [-lr for lr in lrs])  # the updates
+        if self.capturable:  # one flat multiply by the per-tensor learning rates
+            u = self._scaled(u, -lr_t)
+        else:
+            torch._foreach_mul_(u, [-lr for lr in lrs])  # the updates
         usq = torch.stack(torch._foreach_norm(u)).square().sum()
         usize = sum(x.numel() for x in u)
         torch._foreach_add_(params, [x.to(p.dtype) for x, p in zip(u, params)])
