@@ -164,8 +164,12 @@ def profile_update(size: str, device: torch.device, batch: int, seq: int, steps:
     dev_attr = ("self_device_time_total" if hasattr(events[0], "self_device_time_total")
                 else "self_cuda_time_total") if len(events) else "self_cpu_time_total"
     per = {e.key: e for e in events}
-    kernels = [e for e in events if getattr(e, dev_attr, 0) > 0
-               and getattr(getattr(e, "device_type", None), "name", "CPU") != "CPU"]
+    on_device = [e for e in events if getattr(e, dev_attr, 0) > 0
+                 and getattr(getattr(e, "device_type", None), "name", "CPU") != "CPU"]
+    # a record_function range (the optimiser's step) also shows on the device as the span of
+    # its kernels, gaps included: not kernel time
+    spans = [e for e in on_device if getattr(e, "is_user_annotation", False)]
+    kernels = [e for e in on_device if not getattr(e, "is_user_annotation", False)]
     busy = sum(getattr(e, dev_attr) for e in kernels) / 1e6 / steps
     launches = {k: per[k].count / steps for k in ("cudaLaunchKernel", "cuLaunchKernel",
                                                   "cudaGraphLaunch", "cuLaunchKernelEx")
@@ -176,7 +180,9 @@ def profile_update(size: str, device: torch.device, batch: int, seq: int, steps:
              f"update under the profiler; device kernels busy {busy * 1e3:.1f} ms of it "
              f"({busy / wall:.0%}). Launches per update: "
              + (", ".join(f"{k} {v:.0f}" for k, v in launches.items()) or "none recorded")
-             + ".", ""]
+             + "." + ("" if not spans else " Device spans of annotated ranges (not counted): "
+                      + ", ".join(f"`{e.key}` {getattr(e, dev_attr) / 1e3 / steps:.1f} ms"
+                                  for e in spans) + "."), ""]
 
     def table(rows, attr, title):
         out = [f"{title}", "", "| operator / kernel | calls per update | ms per update |",
