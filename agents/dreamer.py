@@ -162,8 +162,7 @@ class _GraphedStep:
     (``LaProp.capturable``) and random numbers come from the graph-safe CUDA generator, so a
     replay is the update an eager call would make, not a repeat of the captured one."""
 
-    def __init__(self, agent: DreamerAgent):
-        self.agent = agent
+    def __init__(self):  # (no reference to the agent: no cycle keeping a graph's memory alive)
         self.warm = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: dict[str, Tensor] | None = None
@@ -171,11 +170,11 @@ class _GraphedStep:
         self.stacked: Tensor | None = None
         self.others: dict[str, Tensor] = {}
 
-    def _load(self, batch: Mapping[str, Any]) -> None:
+    def _load(self, batch: Mapping[str, Any], device: torch.device) -> None:
         batch = {k: torch.as_tensor(v) for k, v in batch.items()
                  if isinstance(v, Tensor | np.ndarray)}
         if self.static is None:
-            self.static = {k: v.to(self.agent.device, copy=True) for k, v in batch.items()}
+            self.static = {k: v.to(device, copy=True) for k, v in batch.items()}
             return
         want = {k: (tuple(v.shape), v.dtype) for k, v in self.static.items()}
         got = {k: (tuple(v.shape), v.dtype) for k, v in batch.items()}
@@ -185,9 +184,9 @@ class _GraphedStep:
         for k, v in batch.items():
             self.static[k].copy_(v, non_blocking=True)
 
-    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        agent, dev = self.agent, self.agent.device
-        self._load(batch)
+    def __call__(self, agent: DreamerAgent, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        dev = agent.device
+        self._load(batch, dev)
         if self.warm < GRAPH_WARMUP:
             side = torch.cuda.Stream(dev)
             side.wait_stream(torch.cuda.current_stream(dev))
@@ -198,7 +197,9 @@ class _GraphedStep:
             return out
         if self.graph is None:
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # a compile inside a capture fails obscurely (it reads the generator's state): the
+            # warm-ups compiled every region, and anything new is an error that says so
+            with torch.compiler.set_stance("fail_on_recompile"), torch.cuda.graph(graph):
                 out = agent._update(self.static)
                 frozen = sorted(k for k, v in out.items() if v.device != dev)
                 if frozen:  # a host value would be a constant of the graph
@@ -303,7 +304,8 @@ class DreamerAgent(Agent):
         critic, metrics) as one CUDA graph after GRAPH_WARMUP eager updates, and replay it for
         every later batch (:class:`_GraphedStep`): one launch instead of thousands, with eager
         or default-compiled parts inside (not with a CUDA-graph compile mode, which cannot
-        nest). The batches must keep their shapes.
+        nest). The batches must keep their shapes, and the learning rates are the graph's:
+        change ``opt.param_groups`` before the capture, or call this again to capture anew.
         """
         mode = compile_mode(compile)
         check_cuda_graph(cuda_graph, self.device, mode, self.world)
@@ -311,11 +313,12 @@ class DreamerAgent(Agent):
             raise ValueError("cuda_graph needs the slow critic updated every update "
                              f"(agent.behavior slow every=1), got every="
                              f"{self.ac.slow_critic.every}")
+        if bool(amp) != self.amp or bool(cuda_graph) != self.cuda_graph or (
+                mode is not None and mode != self.compiled):
+            self._graph = None  # a captured update keeps the precision and kernels it had
         self.amp = bool(amp)
-        if bool(cuda_graph) != self.cuda_graph:
-            self.cuda_graph = bool(cuda_graph)
-            self.opt.capturable = self.cuda_graph
-            self._graph = None
+        self.cuda_graph = bool(cuda_graph)
+        self.opt.capturable = self.cuda_graph
         if mode is None or mode == self.compiled:  # compiled code cannot be taken back
             return
         if self.compiled:
@@ -430,8 +433,8 @@ class DreamerAgent(Agent):
         self.train()
         if self.cuda_graph:
             if self._graph is None:
-                self._graph = _GraphedStep(self)
-            return self._graph(batch)
+                self._graph = _GraphedStep()
+            return self._graph(self, batch)
         return self._fresh(self._update(batch))
 
     def _update(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:

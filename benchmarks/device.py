@@ -151,9 +151,11 @@ def run_arguments(with_cache: bool, commit: str | None = None) -> dict:
 
 # ------------------------------------------------------------------------------ the steps' flags
 
-#: (a) the GPU kernel tests (the ``gpu`` marker of setup.cfg; they skip without CUDA); -n: xdist
-#: workers (installed there) overlap the Triton compiles
-KERNEL_TEST_ARGS = ["tests/kernels", "-m", "gpu", "-q", "-n", "4", "-p", "no:cacheprovider"]
+#: (a) the GPU tests (the ``gpu`` marker of setup.cfg; they skip without CUDA): the kernels' and
+#: the whole-update CUDA graph's (train.cuda_graph); -n: xdist workers (installed there) overlap
+#: the Triton compiles
+KERNEL_TEST_PATHS = ["tests/kernels", "tests/test_cuda_graph.py"]
+KERNEL_TEST_ARGS = ["-m", "gpu", "-q", "-n", "4", "-p", "no:cacheprovider"]
 #: (b) kernels.bench on CUDA, one interleaved round and a short timing budget (the defaults, 3
 #: rounds of up to 2 s, would take most of the budget on the per-step loop references at T=16k)
 KERNEL_BENCH_ARGS = ["--device", "cuda", "--rounds", "1", "--reps", "5", "--budget", "0.5"]
@@ -285,7 +287,7 @@ def build_steps(work: Path, python: str = sys.executable,
     junit = ["--junitxml", str(work / JUNIT)]
     bench = [*KERNEL_BENCH_ARGS, *(["--ops", *bench_ops] if bench_ops else []),
              "--out", str(work / KERNELS_JSON), "--png", str(work / KERNELS_PNG)]
-    test_args = [*(tests or KERNEL_TEST_ARGS[:1]), *KERNEL_TEST_ARGS[1:]]
+    test_args = [*(tests or KERNEL_TEST_PATHS), *KERNEL_TEST_ARGS]
     commands: list[tuple[str, list[list[str]]]] = [
         ("probe", [[*py, "-m", "benchmarks.device", "--probe"]]),
         ("gpu_kernel_tests", [
@@ -583,8 +585,8 @@ def _json_row(row: dict) -> dict:
 
 
 _COPY_LINE = re.compile(r"copy bandwidth ([\d.]+) GB/s")
-_TS_LINE = re.compile(r"size=(\S+)\s+amp=(\S+)\s+compile=(\S+)\s+params=([\d.]+)M.*?"
-                      r"wm update ([\d.]+)s\s+train step ([\d.]+)s")
+_TS_LINE = re.compile(r"size=(\S+)\s+amp=(\S+)\s+compile=(\S+)\s+(cuda_graph )?"
+                      r"params=([\d.]+)M.*?wm update (?:([\d.]+)s|n/a)\s+train step ([\d.]+)s")
 
 
 def _flag(text: str):
@@ -602,9 +604,10 @@ def train_speed_rows(json_path: Path, log_text: str = "") -> tuple[list[dict], d
             pass
     rows = []
     for m in _TS_LINE.finditer(log_text):
-        size, amp, comp, params, wm, full = m.groups()
+        size, amp, comp, graphed, params, wm, full = m.groups()
         row = {"size": size, "bf16_autocast": _flag(amp), "torch_compile": _flag(comp),
-               "params_M": float(params), "wm_update_s": float(wm),
+               "cuda_graph": bool(graphed), "params_M": float(params),
+               "wm_update_s": None if wm is None else float(wm),
                "train_step_s": float(full), "from_log": True}
         graphs = re.search(r"graphs=(\S+) breaks=(\S+)", m.group(0))
         if graphs:
@@ -1345,7 +1348,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cap", nargs="+", default=[], metavar="STEP=SECONDS",
                    help="at most this long for these steps (instead of the built-in caps)")
     p.add_argument("--kernel-tests", nargs="+", default=None, metavar="PATH",
-                   help="the GPU kernel tests to run (pytest paths; default tests/kernels)")
+                   help="the GPU tests to run (pytest paths; default: "
+                        f"{' '.join(KERNEL_TEST_PATHS)})")
     p.add_argument("--bench-ops", nargs="+", default=None, choices=BENCH_OPS, metavar="OP",
                    help=f"kernels.bench's ops (default all: {', '.join(BENCH_OPS)})")
     p.add_argument("--train-compile", default=None, choices=TRAIN_COMPILE_VALUES,

@@ -2,12 +2,14 @@
 reads of device values in the update, which a capture cannot hold; the refusals), and on a GPU
 (marked ``gpu``) that the captured update replays as fresh updates on fresh batches."""
 
+import copy
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from agents.dreamer import GRAPH_WARMUP, check_cuda_graph
-from tests.test_dreamer_agent import PIXVEC, make_agent, make_batch
+from tests.test_dreamer_agent import PIXVEC, TINY, make_agent, make_batch
 
 torch.set_num_threads(1)
 
@@ -70,6 +72,29 @@ def test_cuda_graph_is_refused_where_it_cannot_work():
 
 # ------------------------------------------------------------------------------------ GPU
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+#: the tiny agent with a learning-rate warm-up longer than these tests: the rate moves each update
+WARM = {**TINY, "optim": {"lr": 3e-3, "warmup": 100}}
+
+
+def _buffers(agent):
+    return {k: v.detach().clone() for k, v in agent.named_buffers()}
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_the_update_never_waits_for_the_device():
+    """What a capture cannot hold, seen by CUDA itself: a synchronising call raises."""
+    agent = make_agent(cfg=WARM).cuda()
+    agent.setup_update(amp=True)
+    agent.opt.capturable = True
+    agent.train_step(make_batch())  # the optimiser's state, cuDNN's choices
+    batch = {k: v.cuda() for k, v in make_batch(seed=1).items()}
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        agent.train_step(batch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 @pytest.mark.gpu
@@ -77,7 +102,7 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 @pytest.mark.parametrize("compile_", [False, True])
 def test_gpu_graphed_updates_are_fresh_updates_on_fresh_batches(compile_):
     torch.manual_seed(0)
-    agent = make_agent().cuda()
+    agent = make_agent(cfg=WARM).cuda()
     agent.setup_update(amp=True, compile=compile_, cuda_graph=True)
     batches = [make_batch(seed=i) for i in range(GRAPH_WARMUP + 4)]
     rows, before = [], None
@@ -91,13 +116,10 @@ def test_gpu_graphed_updates_are_fresh_updates_on_fresh_batches(compile_):
     assert int(agent.updates) == len(batches)
     steps = {float(s["step"]) for s in agent.opt.state.values()}
     assert steps == {float(len(batches))}  # the device-side counts advance in every replay
-    lr = agent.opt.param_groups[0]
-    assert rows[-1]["lr"] == pytest.approx(agent.opt.current_lr(lr, len(batches)), rel=1e-5)
-    assert rows[-1]["lr"] > rows[GRAPH_WARMUP]["lr"]  # warm-up: the replays' lr moves
-    for row in rows:
+    group = agent.opt.param_groups[0]
+    for i, row in enumerate(rows, 1):  # the warm-up's rate, update by update, replays included
+        assert row["lr"] == pytest.approx(agent.opt.current_lr(group, i), rel=1e-5), i
         assert all(v == v and abs(v) != float("inf") for v in row.values()), row
-    # the batch is copied in: the same batch twice gives the same world-model loss only if
-    # the weights did not move, so compare a replay's loss with another batch's
     assert rows[-1]["loss/total"] != rows[-2]["loss/total"]
     with pytest.raises(ValueError, match="another layout than the captured one"):
         agent.train_step(make_batch(B=2))
@@ -106,24 +128,56 @@ def test_gpu_graphed_updates_are_fresh_updates_on_fresh_batches(compile_):
 @pytest.mark.gpu
 @needs_gpu
 def test_gpu_graphed_update_matches_eager_with_the_same_random_numbers():
-    """A replay computes what an eager update of the same weights, optimiser state, batch and
-    generator state does (float32; a tolerance for kernel-order differences): the twin takes
-    the graphed agent's state after the capture, then both update from one generator state."""
+    """A replay computes what an eager update of the same weights, optimiser state, buffers,
+    batch and generator state does (float32; a tolerance for kernel-order differences): the
+    twin takes copies of the graphed agent's state after the capture, then both update from
+    one generator state."""
     torch.manual_seed(0)
-    graphed = make_agent().cuda()
+    graphed = make_agent(cfg=WARM).cuda()
     graphed.setup_update(cuda_graph=True)
     for i in range(GRAPH_WARMUP + 1):  # the eager warm-ups and the capturing update
         graphed.train_step(make_batch(seed=i))
-    eager = make_agent().cuda()
+    eager = make_agent(cfg=WARM).cuda()
     eager.load_state_dict(graphed.state_dict())
     eager.opt.capturable = True
-    eager.load_optim_state_dict(graphed.optim_state_dict())
+    eager.load_optim_state_dict(copy.deepcopy(graphed.optim_state_dict()))
+    assert all(a is not b for a, b in zip(graphed.opt.state.values(), eager.opt.state.values()))
     batch = make_batch(seed=99)
     state = torch.cuda.get_rng_state()
     got = graphed.train_step(batch)  # a replay
     torch.cuda.set_rng_state(state)
     want = eager.train_step(batch)
-    for k in ("loss/total", "grad/world_model/grad_norm"):
+    for k in ("loss/total", "grad/world_model/grad_norm", "lr"):
         torch.testing.assert_close(got[k], want[k], rtol=2e-3, atol=1e-4)
     for p, q in zip(graphed.parameters(), eager.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-5)
+    for (k, a), b in zip(_buffers(graphed).items(), _buffers(eager).values()):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-3, atol=1e-5, msg=k)
+    for a, b in zip(graphed.opt.state.values(), eager.opt.state.values()):
+        for key in ("step", "nu", "mu"):
+            torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_a_graphed_run_resumes_from_its_checkpoint(tmp_path):
+    """Saved with device-side step counts, loaded onto the CPU as checkpoints are: the next
+    updates (warm-up, capture, replay) run on the GPU with the counts where they were."""
+    agent = make_agent(cfg=WARM).cuda()
+    agent.setup_update(cuda_graph=True)
+    for i in range(GRAPH_WARMUP + 2):
+        agent.train_step(make_batch(seed=i))
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": agent.state_dict(), "optim": agent.optim_state_dict()}, path)
+    saved = torch.load(path, map_location="cpu")
+    again = make_agent(cfg=WARM).cuda()
+    again.load_state_dict(saved["model"])
+    again.load_optim_state_dict(saved["optim"])
+    again.setup_update(cuda_graph=True)
+    for i in range(GRAPH_WARMUP + 2):
+        metrics = again.train_step(make_batch(seed=10 + i))
+    n = 2 * (GRAPH_WARMUP + 2)
+    assert {float(s["step"]) for s in again.opt.state.values()} == {float(n)}
+    assert all(s["step"].device.type == "cuda" for s in again.opt.state.values())
+    assert float(metrics["lr"]) == pytest.approx(again.opt.current_lr(
+        again.opt.param_groups[0], n), rel=1e-5)

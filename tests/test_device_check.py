@@ -228,7 +228,10 @@ def test_step_options_narrow_tests_bench_and_force_the_run_compile(tmp_path):
     assert "perf_hints" in steps["train_speed_reduce_overhead"].env["TORCH_LOGS"]
     # defaults: every kernel test, every op, the run's compile picked later
     plain = {s.name: s for s in dev.build_steps(tmp_path, PY)}
-    assert plain["gpu_kernel_tests"].attempts[0][3] == "tests/kernels"
+    assert plain["gpu_kernel_tests"].attempts[0][3:5] == ["tests/kernels",
+                                                          "tests/test_cuda_graph.py"]
+    for path in dev.KERNEL_TEST_PATHS:
+        assert (ROOT / path).exists(), path
     assert "--ops" not in plain["kernels_bench"].attempts[0]
 
 
@@ -873,3 +876,17 @@ def test_a_whole_update_graph_row_is_picked_with_its_run_flag():
     merged = dev.merge_train_speed([("eager", rows[:1], None), ("cuda_graph_eager", rows[1:2],
                                                                   None)])
     assert len(merged["results"]) == 2
+
+
+def test_a_cuda_graph_row_is_read_back_from_its_log_line():
+    log = ("size=s   amp=True  compile=True            cuda_graph params=11.3M graphs=10 "
+           "breaks=0 first 120.5s  wm update n/a  train step 0.04s\n"
+           "size=s   amp=True  compile=False           params=11.3M graphs=0 breaks=0 "
+           "first 1.0s  wm update 0.30s  train step 0.43s\n")
+    rows, report = dev.train_speed_rows(Path("/nonexistent.json"), log)
+    assert report is None and len(rows) == 2
+    assert rows[0]["cuda_graph"] and rows[0]["wm_update_s"] is None
+    assert rows[0]["train_step_s"] == 0.04 and rows[0]["first_update_s"] == 120.5
+    assert not rows[1]["cuda_graph"] and rows[1]["wm_update_s"] == 0.30
+    md = dev.train_speed_markdown({"results": [{**r, "variant": "v"} for r in rows]})
+    assert "| True + CUDA graph | 10 / 0 | 120.5 | - | 0.0400 |" in md

@@ -162,8 +162,10 @@ class LaProp(torch.optim.Optimizer):
                 state["step"] = 0
                 state["nu"] = torch.zeros_like(p, dtype=torch.float32)
                 state["mu"] = torch.zeros_like(p, dtype=torch.float32)
-            if self.capturable and not torch.is_tensor(state["step"]):  # once: a host copy
-                state["step"] = torch.tensor(float(state["step"]), device=p.device)
+            step = state["step"]
+            if self.capturable and (not torch.is_tensor(step) or step.device != p.device):
+                # once (a fresh state, or one loaded onto the CPU): a host copy
+                state["step"] = torch.as_tensor(step, dtype=torch.float32).to(p.device)
             elif not self.capturable and torch.is_tensor(state["step"]):  # once: a host read
                 state["step"] = int(state["step"])
             if not self.capturable:
