@@ -69,6 +69,7 @@ ADDED_KEYS = {
     "env.collectors": 1,
     "env.collector_backend": "process",
     "train.ddp": False,
+    "train.cuda_graph": False,
 }
 
 

@@ -303,8 +303,9 @@ def test_runs_made_before_a_key_existed_still_resume():
     del old.agent.optim["group_lr"]
     del old.env["collectors"]
     del old.env["collector_backend"]
+    del old.train["cuda_graph"]
     assert set(ADDED_KEYS) >= {"train.amp", "replay.dfs.tau", "agent.optim.group_lr.actor",
-                               "env.collectors"}
+                               "env.collectors", "train.cuda_graph"}
     assert config_diff(old, new) == []
     assert config_diff(old, load_config(["preset=debug", "env.collectors=2"])) == [
         "env.collectors: '<unset>' -> 2"]
