@@ -154,7 +154,8 @@ def profile_update(size: str, device: torch.device, batch: int, seq: int, steps:
     torch._dynamo.reset()
     agent, data, train_step = build_update(size, device, amp=amp, compile_=compile_,
                                            batch=batch, seq=seq, cuda_graph=cuda_graph)
-    time_fn(train_step, 1, max(warmup, GRAPH_WARMUP + 1 if cuda_graph else 0), device)
+    warmup = max(warmup, GRAPH_WARMUP + 1 if cuda_graph else 0)  # replays, not the capture
+    time_fn(train_step, 1, warmup, device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
                                            else [])
     _sync(device)
