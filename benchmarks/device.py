@@ -76,6 +76,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from xml.etree import ElementTree
 
+from benchmarks.machine import commit as machine_commit  # stdlib-only at import
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------------------ the machine
@@ -138,11 +140,12 @@ RUN_COMMAND = (
 )
 
 
-
 def run_arguments(with_cache: bool, commit: str | None = None) -> dict:
     """The device tool's ``run`` arguments; ``with_cache``: carry CACHE_CARRY and seed from it;
     ``commit``: this tree's commit, which the copy there reports (its own .git HEAD is the
     session's first commit)."""
+    if commit is not None:  # "<sha> (given)" when this tree's own commit was given to it
+        commit = commit.split()[0]
     command = RUN_COMMAND if commit is None else f"export WORLDRL_COMMIT={commit}; {RUN_COMMAND}"
     if not with_cache:
         return {"command": command, "carry": RUN_CARRY, "timeout_s": RUN_TIMEOUT_S}
@@ -962,7 +965,7 @@ class Check:
             "what": "benchmarks.device: the one-shot GPU check",
             "command": self.command,
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "commit": _commit(),
+            "commit": machine_commit(),
             "budget_s": self.budget_s,
             "elapsed_s": round(time.monotonic() - self.start, 1),
             "flags": {"kernel_tests": KERNEL_TEST_ARGS, "kernel_bench": KERNEL_BENCH_ARGS,
@@ -1007,21 +1010,6 @@ def _pack_cache_into(cache: Path, dest: Path, limit: int = OUT_MAX_FILE_BYTES) -
                 "why": f"over the {limit} bytes a returned file may have"}
     tmp.replace(dest)
     return {"files": len(files), "bytes": size, "returned": True}
-
-
-def _commit() -> str:
-    if os.environ.get("WORLDRL_COMMIT"):  # benchmarks.machine.COMMIT_ENV (stdlib-only here)
-        return f"{os.environ['WORLDRL_COMMIT']} (given)"
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=10)
-        if sha.returncode != 0:
-            return "unknown (no git checkout)"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
-        return sha.stdout.strip() + ("+dirty" if dirty.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git)"
 
 
 # ------------------------------------------------------------------------------ the probe
@@ -1393,7 +1381,7 @@ def main(argv=None) -> int:
                   "device machine")
         return 1 if problems else 0
     if args.print_run:
-        print(json.dumps(run_arguments((ROOT / CACHE_CARRY).is_file(), _commit()), indent=1))
+        print(json.dumps(run_arguments((ROOT / CACHE_CARRY).is_file(), machine_commit()), indent=1))
         return 0
     if args.list_steps:
         for s in build_steps(Path("WORK")):

@@ -274,6 +274,11 @@ def main(argv=None) -> int:
                         "results/update_ops)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.ops and args.compile:
+        # inductor's fused kernels are not ATen operators: a count "with --compile" would be
+        # the eager count under another name
+        p.error("--ops counts the eager update's ATen operators; it cannot be combined with "
+                "--compile (drop one of them)")
     torch.set_num_threads(args.threads)
     if args.ops:
         return _ops_main(args)

@@ -781,9 +781,11 @@ def test_the_run_command_names_this_trees_commit(monkeypatch):
     monkeypatch.setenv("WORLDRL_COMMIT", "abc123")
     from benchmarks.machine import COMMIT_ENV, commit
     assert COMMIT_ENV == "WORLDRL_COMMIT"
-    assert dev._commit() == commit() == "abc123 (given)"
+    assert commit() == "abc123 (given)"
+    assert dev.run_arguments(False, commit())["command"].startswith(
+        "export WORLDRL_COMMIT=abc123; ")
     monkeypatch.delenv("WORLDRL_COMMIT")
-    assert "given" not in dev._commit() and "given" not in commit()
+    assert "given" not in commit()
 
 
 def test_a_bad_cache_is_recorded_and_the_call_goes_on(tmp_path):

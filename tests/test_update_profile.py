@@ -1,5 +1,6 @@
 """benchmarks.update_profile --ops: what it counts, and what the counts show about the update."""
 
+import pytest
 import torch
 
 from benchmarks.update_profile import count_ops, op_counts
@@ -33,3 +34,15 @@ def test_the_posterior_loop_dispatches_per_step_and_the_encoder_per_batch():
     assert long["parts"]["backbone"]["ops"] > 1.8 * short["parts"]["backbone"]["ops"]
     assert long["train_step_ops"] > short["train_step_ops"]
     assert long["parts"]["optimiser"]["ops"] == short["parts"]["optimiser"]["ops"]
+
+
+def test_ops_with_compile_is_refused_before_anything_runs(tmp_path, capsys):
+    """--compile would not change what --ops counts (eager ATen operators): refused, nothing
+    written, no traceback."""
+    from benchmarks.update_profile import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--ops", "--compile", "--out", str(tmp_path / "ops")])
+    assert e.value.code == 2
+    assert "--compile" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
