@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from agents.run_dir import CHECKPOINT_FILE
+from benchmarks.machine import stamp
 
 X_LIMIT, ANGLE_LIMIT = 2.4, 12 * 2 * np.pi / 360  # gymnasium's CartPole-v1 thresholds
 
@@ -116,7 +117,9 @@ def main(argv=None) -> int:
     counts = {k: sum(e["ended"] == k for e in episodes) for k in ("angle", "position",
                                                                    "truncated")}
     print("ended: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    result = {"checkpoint": str(args.checkpoint), "env_steps": env_steps, "ended": counts,
+    result = {**stamp("python -m benchmarks.cartpole_failures " + " ".join(map(str, argv or
+                                                                                sys.argv[1:]))),
+              "checkpoint": str(args.checkpoint), "env_steps": env_steps, "ended": counts,
               "episodes": episodes}
     if args.trace:
         trace = episodes[0]["trace"]
@@ -128,6 +131,7 @@ def main(argv=None) -> int:
         print("replay terminations: " + ", ".join(f"{k} {v}"
                                                    for k, v in result["replay"].items()))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
     return 0
 

@@ -24,6 +24,8 @@ def test_failures_of_a_trained_checkpoint(tmp_path, capsys):
     assert main([str(run / "checkpoint.pt"), "--episodes", "3", "--trace", "--replay",
                  "--json", str(out)]) == 0
     result = json.loads(out.read_text())
+    assert result["command"].startswith("python -m benchmarks.cartpole_failures ")
+    assert result["commit"] and result["date"].startswith("20") and "cpu" in result["machine"]
     episodes = result["episodes"]
     assert [e["seed"] for e in episodes] == [1000, 1001, 1002]
     assert sum(result["ended"].values()) == 3
