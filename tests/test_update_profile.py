@@ -46,3 +46,29 @@ def test_ops_with_compile_is_refused_before_anything_runs(tmp_path, capsys):
     assert e.value.code == 2
     assert "--compile" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_compiled_update_is_profiled_in_the_regions_it_compiles():
+    """The compiled update runs the decoder and the heads inside one compiled region
+    (``WorldModel.terms``); the profile's parts of a compiled update must time that region, not
+    the eager decoder and heads (which no compiled update runs)."""
+    from benchmarks.train_speed import build_update
+    from benchmarks.update_profile import COMPILED_TERMS, parts
+
+    agent, data, _ = build_update("xs", batch=2, seq=4)
+    assert {"decoder", "heads"} <= set(parts(agent, data)) and COMPILED_TERMS not in parts(
+        agent, data)
+    calls = []
+    terms = agent.wm.terms
+    agent.wm.terms = lambda *a: calls.append(a) or terms(*a)  # the region a compile replaces
+    agent.compiled = "default"  # what setup_update(compile=True) records, without compiling
+    found = parts(agent, data)
+    assert list(found) == ["encoder", "backbone", COMPILED_TERMS, "imagination",
+                           "actor-critic", "optimiser"]
+    calls.clear()  # parts() ran the whole loss once, for the optimiser's gradients
+    found[COMPILED_TERMS]()
+    assert len(calls) == 1
+    post, prior, batch = calls[0]
+    assert post["deter"].requires_grad and prior["logits"].requires_grad
+    assert batch["pixels"].shape[:2] == (2, 4)
+    assert all(p.grad is None for p in agent.parameters())  # the part cleans up after itself
