@@ -1,4 +1,4 @@
-"""benchmarks.update_profile --ops: what it counts, and what the counts show about the update."""
+"""benchmarks.update_profile: what --ops counts, and which regions a compiled profile times."""
 
 import pytest
 import torch
