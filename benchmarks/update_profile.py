@@ -194,15 +194,12 @@ def parts(agent, data) -> dict:
             terms, _ = wm.terms(p, q, data)
         backward([t.mean() for t in terms.values()])
 
-    found = {"encoder": encoder, "backbone": backbone, "decoder": decoder, "heads": heads,
-             "imagination": imagination, "actor-critic": actor_critic, "optimiser": optimiser}
-    if agent.compiled:
-        # the decoder and the heads are not compiled on their own: timing them apart would time
-        # eager code. The update compiles them as one region (WorldModel.terms): time that.
-        found = {k: v for k, v in found.items() if k not in ("decoder", "heads")}
-        found = {**dict(list(found.items())[:2]), COMPILED_TERMS: decoder_heads,
-                 **dict(list(found.items())[2:])}
-    return found
+    # a compiled update runs the decoder and the heads only inside one compiled region
+    # (WorldModel.terms): timing them apart would time eager code
+    middle = ({COMPILED_TERMS: decoder_heads} if agent.compiled
+              else {"decoder": decoder, "heads": heads})
+    return {"encoder": encoder, "backbone": backbone, **middle, "imagination": imagination,
+            "actor-critic": actor_critic, "optimiser": optimiser}
 
 
 def profile(size: str, amp: bool, compile_: bool, repeats: int, rates: dict) -> dict:
